@@ -1,0 +1,254 @@
+/**
+ * The data-plane facade the node and plugins use: publish telemetry and standing data with
+ * JetStream acknowledgements, read resources, and watch subjects. Every publish is confirmed by
+ * the stream before it counts as accepted, so an answer of "accepted" means stored.
+ */
+import { DeliverPolicy, type JetStreamClient, type JetStreamManager, jetstream, jetstreamManager } from '@nats-io/jetstream'
+import { type KV, Kvm } from '@nats-io/kv'
+import { type Msg, type NatsConnection, nuid, type Subscription } from '@nats-io/nats-core'
+import { decodeCbor, decodeForDisplay, encodeCbor, encodeTelemetryPayload } from './codec.ts'
+import { DataPlaneError, NotConnectedError, PublishError } from './errors.ts'
+import type { Resource, ResourceKind, TelemetryRecord } from './model.ts'
+import type { Logger } from './nats-server.ts'
+import { ensureStreams, RESOURCES_BUCKET, type RetentionLimits, streamForSubject } from './streams.ts'
+import { subjects } from './subjects.ts'
+
+export interface DataPlaneInit {
+  limits: RetentionLimits
+  /** How long a publish may wait for JetStream to confirm it. */
+  publishTimeoutMs?: number
+}
+
+export interface DataPlaneComponents {
+  connection: NatsConnection
+  logger: Logger
+}
+
+export interface OutgoingMessage {
+  subject: string
+  payload: Uint8Array
+}
+
+export interface SubjectMessage {
+  subject: string
+  data: unknown
+}
+
+interface PendingBatch {
+  remaining: number
+  failures: string[]
+  resolve: () => void
+  reject: (error: Error) => void
+  timer: ReturnType<typeof setTimeout>
+}
+
+export class DataPlane {
+  private jsClient: JetStreamClient | undefined
+  private jsManager: JetStreamManager | undefined
+  private kv: KV | undefined
+  private ackSubscription: Subscription | undefined
+  private readonly ackPrefix = `_INBOX.oe-ack.${nuid.next()}`
+  private readonly pending = new Map<string, PendingBatch>()
+  private batchSequence = 0
+  private started = false
+
+  constructor(
+    private readonly init: DataPlaneInit,
+    private readonly components: DataPlaneComponents,
+  ) {}
+
+  get connection(): NatsConnection {
+    return this.components.connection
+  }
+
+  get jetstream(): JetStreamClient {
+    if (!this.jsClient) throw new NotConnectedError('the data plane has not been started')
+    return this.jsClient
+  }
+
+  get manager(): JetStreamManager {
+    if (!this.jsManager) throw new NotConnectedError('the data plane has not been started')
+    return this.jsManager
+  }
+
+  /** True while the NATS connection is up and not closing. */
+  isConnected(): boolean {
+    const nc = this.components.connection
+    return this.started && !nc.isClosed() && !nc.isDraining() && nc.info !== undefined && this.connected
+  }
+
+  private connected = true
+
+  async start(options: { signal?: AbortSignal } = {}): Promise<void> {
+    if (this.started) return
+    const nc = this.components.connection
+    this.jsManager = await jetstreamManager(nc)
+    options.signal?.throwIfAborted()
+    await ensureStreams(this.jsManager, this.init.limits)
+    this.jsClient = jetstream(nc)
+    this.kv = await new Kvm(this.jsClient).create(RESOURCES_BUCKET, { history: 5 })
+    this.ackSubscription = nc.subscribe(`${this.ackPrefix}.*`, {
+      callback: (error, msg) => {
+        if (!error) this.onAck(msg)
+      },
+    })
+    this.started = true
+    void this.watchStatus()
+  }
+
+  async stop(): Promise<void> {
+    if (!this.started) return
+    this.started = false
+    this.ackSubscription?.unsubscribe()
+    for (const batch of this.pending.values()) {
+      clearTimeout(batch.timer)
+      batch.reject(new NotConnectedError('the data plane is stopping'))
+    }
+    this.pending.clear()
+  }
+
+  private async watchStatus(): Promise<void> {
+    for await (const status of this.components.connection.status()) {
+      if (status.type === 'disconnect') {
+        this.connected = false
+        this.components.logger.warn({ server: status.server }, 'data plane disconnected')
+      } else if (status.type === 'reconnect') {
+        this.connected = true
+        this.components.logger.info({ server: status.server }, 'data plane reconnected')
+      }
+    }
+  }
+
+  /** Publish telemetry records to `oe.tel.…`; resolves once JetStream has stored every one. */
+  async publishTelemetry(records: readonly TelemetryRecord[]): Promise<void> {
+    const messages: OutgoingMessage[] = new Array(records.length)
+    for (let i = 0; i < records.length; i++) {
+      const record = records[i]!
+      messages[i] = { subject: subjects.telemetry(record.kind, record.rid, record.q), payload: encodeTelemetryPayload(record) }
+    }
+    await this.publishConfirmed(messages)
+  }
+
+  /** Publish an event payload on `oe.evt.<kind>.<rid>.<type>`. */
+  async publishEvent(kind: ResourceKind, rid: string, type: string, event: Record<string, unknown>): Promise<void> {
+    await this.publishConfirmed([{ subject: subjects.event(kind, rid, type), payload: encodeCbor(event) }])
+  }
+
+  /** Store standing data in KV and publish it on `oe.std.<kind>.<rid>` so it can be routed. */
+  async upsertResource(resource: Resource): Promise<void> {
+    if (!this.kv) throw new NotConnectedError('the data plane has not been started')
+    const payload = encodeCbor(resource)
+    await this.kv.put(subjects.resourceKey(resource.kind, resource.rid), payload)
+    await this.publishConfirmed([{ subject: subjects.standing(resource.kind, resource.rid), payload }])
+  }
+
+  async getResource(kind: ResourceKind, rid: string): Promise<Resource | undefined> {
+    if (!this.kv) throw new NotConnectedError('the data plane has not been started')
+    const entry = await this.kv.get(subjects.resourceKey(kind, rid))
+    if (!entry || entry.operation !== 'PUT') return undefined
+    return decodeCbor(entry.value) as Resource
+  }
+
+  /**
+   * Publish messages into JetStream and wait until every one is confirmed. Acks for the whole
+   * batch come back on one reply subject, so a batch of thousands costs one pending entry.
+   */
+  async publishConfirmed(messages: readonly OutgoingMessage[]): Promise<void> {
+    if (messages.length === 0) return
+    if (!this.started) throw new NotConnectedError('the data plane has not been started')
+    const nc = this.components.connection
+    const id = String(++this.batchSequence)
+    const reply = `${this.ackPrefix}.${id}`
+    const timeoutMs = this.init.publishTimeoutMs ?? 10_000
+    const done = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        const batch = this.pending.get(id)
+        this.pending.delete(id)
+        reject(
+          new PublishError(
+            `JetStream confirmed ${messages.length - (batch?.remaining ?? 0)} of ${messages.length} messages within ${timeoutMs} ms`,
+          ),
+        )
+      }, timeoutMs)
+      this.pending.set(id, { remaining: messages.length, failures: [], resolve, reject, timer })
+    })
+    try {
+      for (const message of messages) nc.publish(message.subject, message.payload, { reply })
+    } catch (error) {
+      const batch = this.pending.get(id)
+      if (batch) clearTimeout(batch.timer)
+      this.pending.delete(id)
+      throw new PublishError(`publish failed: ${(error as Error).message}`, { cause: error })
+    }
+    await done
+  }
+
+  private onAck(msg: Msg): void {
+    const id = msg.subject.slice(this.ackPrefix.length + 1)
+    const batch = this.pending.get(id)
+    if (!batch) return
+    if (msg.headers?.hasError) {
+      batch.failures.push(msg.headers.code === 503 ? 'no stream captures the subject' : msg.headers.description)
+    } else if (msg.data.length === 0 || msg.data[2] !== 0x73 /* {"s…: {"stream":…} */) {
+      const text = msg.string()
+      if (text.includes('"error"')) batch.failures.push(text)
+    }
+    batch.remaining -= 1
+    if (batch.remaining > 0) return
+    clearTimeout(batch.timer)
+    this.pending.delete(id)
+    if (batch.failures.length > 0) {
+      batch.reject(
+        new PublishError(`JetStream refused ${batch.failures.length} message(s): ${batch.failures[0]}`),
+      )
+    } else {
+      batch.resolve()
+    }
+  }
+
+  /**
+   * Messages on a subject as they arrive; with `fromStart`, first what the stream holding the
+   * subject already has. Payloads are decoded for display (CBOR → objects).
+   */
+  async *watch(subject: string, options: { fromStart?: boolean; signal?: AbortSignal } = {}): AsyncGenerator<SubjectMessage> {
+    const { signal } = options
+    if (options.fromStart) {
+      const stream = streamForSubject(subject) ?? (await this.findStream(subject))
+      const consumer = await this.jetstream.consumers.get(stream, {
+        filter_subjects: subject,
+        deliver_policy: DeliverPolicy.All,
+      })
+      const messages = await consumer.consume({ max_messages: 1024 })
+      const onAbort = (): void => {
+        void messages.close()
+      }
+      signal?.addEventListener('abort', onAbort, { once: true })
+      try {
+        for await (const msg of messages) {
+          yield { subject: msg.subject, data: decodeForDisplay(msg.data) }
+        }
+      } finally {
+        signal?.removeEventListener('abort', onAbort)
+        await messages.close()
+      }
+      return
+    }
+    const subscription = this.components.connection.subscribe(subject)
+    const onAbort = (): void => subscription.unsubscribe()
+    signal?.addEventListener('abort', onAbort, { once: true })
+    try {
+      for await (const msg of subscription) yield { subject: msg.subject, data: decodeForDisplay(msg.data) }
+    } finally {
+      signal?.removeEventListener('abort', onAbort)
+      subscription.unsubscribe()
+    }
+  }
+
+  private async findStream(subject: string): Promise<string> {
+    try {
+      return await this.manager.streams.find(subject)
+    } catch {
+      throw new DataPlaneError(`no stream holds '${subject}': --from-start needs a subject inside one stream (oe.tel.>, oe.evt.>, …)`)
+    }
+  }
+}

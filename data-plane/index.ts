@@ -1,0 +1,45 @@
+/**
+ * data-plane: the canonical model, codecs and subject scheme, the embedded nats-server
+ * supervisor, JetStream streams and KV, and the publishing facade.
+ *
+ * @example
+ * const server = new EmbeddedNatsServer({ dir: '/var/lib/oe-node/nats' }, { logger })
+ * await server.start()
+ * const nc = await connectDataPlane({ servers: server.url, ...server.credentials })
+ * const dataPlane = new DataPlane({ limits }, { connection: nc, logger })
+ * await dataPlane.start()
+ * await dataPlane.publishTelemetry([parseTelemetryRecord(input)])
+ */
+export { decodeCbor, decodeForDisplay, encodeCbor, encodeTelemetryPayload } from './codec.ts'
+export { connectDataPlane, type DataPlaneConnectionInit, redactUrl } from './connection.ts'
+export {
+  DataPlane,
+  type DataPlaneComponents,
+  type DataPlaneInit,
+  type OutgoingMessage,
+  type SubjectMessage,
+} from './data-plane.ts'
+export * from './errors.ts'
+export * from './model.ts'
+export {
+  EmbeddedNatsServer,
+  type EmbeddedNatsServerInit,
+  type EmbeddedNatsServerState,
+  freePort,
+  isVersionAtLeast,
+  locateNatsServer,
+  type Logger,
+  MIN_NATS_SERVER_VERSION,
+  type NatsCredentials,
+  natsServerVersion,
+} from './nats-server.ts'
+export {
+  ensureStreams,
+  RESOURCES_BUCKET,
+  type RetentionLimits,
+  STREAMS,
+  type StreamLimits,
+  type StreamName,
+  streamForSubject,
+} from './streams.ts'
+export { isValidSubjectFilter, parseTelemetrySubject, SUBJECT_ROOT, subjects, type TelemetrySubject } from './subjects.ts'

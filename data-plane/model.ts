@@ -1,0 +1,221 @@
+/**
+ * The canonical model (ARCHITECTURE §5): resource kinds and ids, quantities with their canonical
+ * units, telemetry records and standing-data resources, and their validation. Validation names
+ * the field at fault so an edge can tell the sender exactly what is wrong.
+ */
+import { ValidationError } from './errors.ts'
+
+export const RESOURCE_KINDS = ['site', 'meter', 'der', 'inverter', 'battery', 'pv', 'station', 'evse', 'load'] as const
+export type ResourceKind = (typeof RESOURCE_KINDS)[number]
+
+export const RESOURCE_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_:-]{0,127}$/
+
+/** Base quantities and their canonical units. */
+export const QUANTITY_UNITS = {
+  power: 'W',
+  reactive_power: 'var',
+  apparent_power: 'VA',
+  power_factor: '1',
+  energy_import: 'Wh',
+  energy_export: 'Wh',
+  voltage: 'V',
+  current: 'A',
+  frequency: 'Hz',
+  soc: '%',
+  temperature: '°C',
+  power_limit: 'W',
+  power_offered: 'W',
+} as const
+export type BaseQuantity = keyof typeof QUANTITY_UNITS
+
+/** Quantities that may carry a phase suffix (`_l1`, `_l2`, `_l3`): the electrical ones. */
+const PHASED_QUANTITIES: ReadonlySet<string> = new Set<BaseQuantity>([
+  'power',
+  'reactive_power',
+  'apparent_power',
+  'power_factor',
+  'energy_import',
+  'energy_export',
+  'voltage',
+  'current',
+  'frequency',
+  'power_limit',
+  'power_offered',
+])
+
+export const QUALITIES = ['good', 'estimated', 'suspect', 'missing'] as const
+export type Quality = (typeof QUALITIES)[number]
+
+/** One reading, as it crosses the HTTP API and the federation. */
+export interface TelemetryRecord {
+  kind: ResourceKind
+  rid: string
+  q: string
+  v: number
+  t: number
+  u?: string
+  ql?: Quality
+}
+
+/** The payload on `oe.tel.<kind>.<rid>.<q>`: the record without what the subject already says. */
+export interface TelemetryPayload {
+  v: number
+  t: number
+  u?: string
+  ql?: Quality
+}
+
+/** Standing data, as kept in KV `oe-resources` and published on `oe.std.<kind>.<rid>`. */
+export interface Resource {
+  kind: ResourceKind
+  rid: string
+  site?: string
+  name?: string
+  attrs: Record<string, unknown>
+  updated: number
+}
+
+/** How far ahead of the node's clock a reading may be stamped. */
+export const MAX_FUTURE_SKEW_MS = 5 * 60 * 1000
+
+const kindSet: ReadonlySet<string> = new Set(RESOURCE_KINDS)
+const qualitySet: ReadonlySet<string> = new Set(QUALITIES)
+
+export function isResourceKind(value: unknown): value is ResourceKind {
+  return typeof value === 'string' && kindSet.has(value)
+}
+
+export function isResourceId(value: unknown): value is string {
+  return typeof value === 'string' && RESOURCE_ID_PATTERN.test(value)
+}
+
+/** The canonical unit of a quantity (with or without phase suffix), or undefined if unknown. */
+export function canonicalUnit(quantity: string): string | undefined {
+  const direct = (QUANTITY_UNITS as Record<string, string>)[quantity]
+  if (direct !== undefined) return direct
+  const match = /^(.+)_l[123]$/.exec(quantity)
+  if (match?.[1] !== undefined && PHASED_QUANTITIES.has(match[1])) {
+    return (QUANTITY_UNITS as Record<string, string>)[match[1]]
+  }
+  return undefined
+}
+
+export function isQuantity(value: unknown): value is string {
+  return typeof value === 'string' && canonicalUnit(value) !== undefined
+}
+
+const describe = (value: unknown): string =>
+  value === null ? 'null' : Array.isArray(value) ? 'array' : typeof value
+
+/**
+ * Check one telemetry record. Returns the typed record or throws a ValidationError naming the
+ * field. `now` is the node's clock, used to refuse readings stamped too far in the future.
+ */
+export function parseTelemetryRecord(input: unknown, now = Date.now()): TelemetryRecord {
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) {
+    throw new ValidationError('', `a record must be an object, got ${describe(input)}`)
+  }
+  const r = input as Record<string, unknown>
+  if (typeof r.kind !== 'string') throw new ValidationError('kind', `must be a string, got ${describe(r.kind)}`)
+  if (!kindSet.has(r.kind)) {
+    throw new ValidationError('kind', `unknown resource kind '${r.kind}' (one of ${RESOURCE_KINDS.join(', ')})`)
+  }
+  if (typeof r.rid !== 'string') throw new ValidationError('rid', `must be a string, got ${describe(r.rid)}`)
+  if (!RESOURCE_ID_PATTERN.test(r.rid)) {
+    throw new ValidationError('rid', `'${truncate(r.rid)}' is not a resource id (${RESOURCE_ID_PATTERN.source})`)
+  }
+  if (typeof r.q !== 'string') throw new ValidationError('q', `must be a string, got ${describe(r.q)}`)
+  const unit = canonicalUnit(r.q)
+  if (unit === undefined) throw new ValidationError('q', `unknown quantity '${truncate(r.q)}'`)
+  if (typeof r.v !== 'number') throw new ValidationError('v', `must be a number, got ${describe(r.v)}`)
+  if (!Number.isFinite(r.v)) throw new ValidationError('v', `must be finite, got ${r.v}`)
+  if (typeof r.t !== 'number') throw new ValidationError('t', `must be epoch milliseconds, got ${describe(r.t)}`)
+  if (!Number.isSafeInteger(r.t) || r.t < 0) {
+    throw new ValidationError('t', `must be a non-negative integer of epoch milliseconds, got ${r.t}`)
+  }
+  if (r.t > now + MAX_FUTURE_SKEW_MS) {
+    throw new ValidationError('t', `is ${Math.round((r.t - now) / 1000)} s in the future (at most 300 s allowed)`)
+  }
+  const record: TelemetryRecord = { kind: r.kind as ResourceKind, rid: r.rid, q: r.q, v: r.v, t: r.t }
+  if (r.u !== undefined) {
+    if (r.u !== unit) {
+      throw new ValidationError('u', `'${truncate(String(r.u))}' is not the canonical unit '${unit}' of ${r.q}`)
+    }
+    record.u = unit
+  }
+  if (r.ql !== undefined) {
+    if (typeof r.ql !== 'string' || !qualitySet.has(r.ql)) {
+      throw new ValidationError('ql', `unknown quality '${truncate(String(r.ql))}' (one of ${QUALITIES.join(', ')})`)
+    }
+    record.ql = r.ql as Quality
+  }
+  for (const key of Object.keys(r)) {
+    if (!RECORD_KEYS.has(key)) throw new ValidationError(key, 'is not a field of a telemetry record')
+  }
+  return record
+}
+
+const RECORD_KEYS: ReadonlySet<string> = new Set(['kind', 'rid', 'q', 'v', 't', 'u', 'ql'])
+
+/** What a client may send for standing data; kind and rid come from the path. */
+export interface ResourceInput {
+  site?: string
+  name?: string
+  attrs?: Record<string, unknown>
+}
+
+const MAX_ATTRS_BYTES = 64 * 1024
+
+/** Check standing data for one resource and stamp it. */
+export function parseResource(kind: unknown, rid: unknown, input: unknown, now = Date.now()): Resource {
+  if (!isResourceKind(kind)) {
+    throw new ValidationError('kind', `unknown resource kind '${truncate(String(kind))}' (one of ${RESOURCE_KINDS.join(', ')})`)
+  }
+  if (!isResourceId(rid)) {
+    throw new ValidationError('rid', `'${truncate(String(rid))}' is not a resource id (${RESOURCE_ID_PATTERN.source})`)
+  }
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) {
+    throw new ValidationError('', `standing data must be an object, got ${describe(input)}`)
+  }
+  const body = input as Record<string, unknown>
+  for (const key of Object.keys(body)) {
+    if (key !== 'site' && key !== 'name' && key !== 'attrs' && key !== 'kind' && key !== 'rid') {
+      throw new ValidationError(key, 'is not a field of a resource (site, name, attrs)')
+    }
+  }
+  if (body.kind !== undefined && body.kind !== kind) throw new ValidationError('kind', 'does not match the path')
+  if (body.rid !== undefined && body.rid !== rid) throw new ValidationError('rid', 'does not match the path')
+  const resource: Resource = { kind, rid, attrs: {}, updated: now }
+  if (body.site !== undefined) {
+    if (!isResourceId(body.site)) throw new ValidationError('site', `'${truncate(String(body.site))}' is not a resource id`)
+    resource.site = body.site
+  }
+  if (body.name !== undefined) {
+    if (typeof body.name !== 'string' || body.name.length > 256) {
+      throw new ValidationError('name', 'must be a string of at most 256 characters')
+    }
+    resource.name = body.name
+  }
+  if (body.attrs !== undefined) {
+    if (typeof body.attrs !== 'object' || body.attrs === null || Array.isArray(body.attrs)) {
+      throw new ValidationError('attrs', `must be an object, got ${describe(body.attrs)}`)
+    }
+    checkAttrValues(body.attrs as Record<string, unknown>, 'attrs')
+    if (JSON.stringify(body.attrs).length > MAX_ATTRS_BYTES) {
+      throw new ValidationError('attrs', `is larger than ${MAX_ATTRS_BYTES} bytes`)
+    }
+    resource.attrs = body.attrs as Record<string, unknown>
+  }
+  return resource
+}
+
+function checkAttrValues(value: unknown, path: string): void {
+  if (typeof value === 'number' && !Number.isFinite(value)) throw new ValidationError(path, 'must be finite')
+  if (typeof value === 'object' && value !== null) {
+    for (const [key, inner] of Object.entries(value)) checkAttrValues(inner, `${path}.${key}`)
+  }
+}
+
+function truncate(text: string, max = 64): string {
+  return text.length > max ? `${text.slice(0, max)}…` : text
+}

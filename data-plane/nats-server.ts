@@ -1,0 +1,379 @@
+/**
+ * Supervisor for the embedded nats-server: finds the executable (embedded in the binary, named
+ * in config, or on PATH), writes its config (loopback only, user/password auth, JetStream store
+ * under the data dir), starts it, waits until it is ready, restarts it with backoff if it dies,
+ * and stops it cleanly.
+ */
+import { type ChildProcess, execFile, spawn } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { chmod, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { createServer } from 'node:net'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import { embeddedNatsServerPath } from './embedded-nats.ts'
+import { NatsServerNotFoundError, NatsServerStartError, NatsServerVersionError } from './errors.ts'
+
+const execFileAsync = promisify(execFile)
+
+export const MIN_NATS_SERVER_VERSION = [2, 10] as const
+
+export interface Logger {
+  debug(obj: object, msg?: string): void
+  info(obj: object, msg?: string): void
+  warn(obj: object, msg?: string): void
+  error(obj: object, msg?: string): void
+}
+
+export interface EmbeddedNatsServerInit {
+  /** Folder for config, pid file, credentials and the JetStream store (`<data-dir>/nats`). */
+  dir: string
+  /** Client port; 0 picks a free one (kept across restarts so clients reconnect). */
+  port?: number
+  /** Explicit executable; otherwise the embedded one, then PATH. */
+  executable?: string
+  maxMemoryStore?: number
+  maxFileStore?: number
+  readyTimeoutMs?: number
+}
+
+export interface EmbeddedNatsServerComponents {
+  logger: Logger
+  /** Called every time the server is restarted after dying. */
+  onRestart?: () => void
+}
+
+export interface NatsCredentials {
+  user: string
+  password: string
+}
+
+export type EmbeddedNatsServerState =
+  | { status: 'stopped' }
+  | { status: 'starting' }
+  | { status: 'running'; pid: number }
+  | { status: 'restarting'; attempt: number; lastExit: string }
+
+export function isVersionAtLeast(version: string, min: readonly [number, number] = MIN_NATS_SERVER_VERSION): boolean {
+  const match = /(\d+)\.(\d+)\.(\d+)/.exec(version)
+  if (!match) return false
+  const major = Number(match[1])
+  const minor = Number(match[2])
+  return major > min[0] || (major === min[0] && minor >= min[1])
+}
+
+/** Version string printed by `nats-server --version`, e.g. `2.10.27`. */
+export async function natsServerVersion(executable: string): Promise<string> {
+  const { stdout } = await execFileAsync(executable, ['--version'], { timeout: 10_000 })
+  const match = /(\d+\.\d+\.\d+)/.exec(stdout)
+  if (!match?.[1]) throw new NatsServerStartError(`could not read the version of ${executable}: '${stdout.trim()}'`)
+  return match[1]
+}
+
+/** Find a nats-server: explicit path, else the embedded one (extracted into `dir`), else PATH. */
+export async function locateNatsServer(dir: string, explicit?: string): Promise<string> {
+  if (explicit) {
+    if (!(await isExecutable(explicit))) throw new NatsServerNotFoundError(`nats-server '${explicit}' is not an executable file`)
+    return explicit
+  }
+  if (embeddedNatsServerPath !== null) return extractEmbedded(embeddedNatsServerPath, dir)
+  for (const folder of (process.env.PATH ?? '').split(':')) {
+    if (folder === '') continue
+    const candidate = join(folder, 'nats-server')
+    if (await isExecutable(candidate)) return candidate
+  }
+  throw new NatsServerNotFoundError()
+}
+
+async function isExecutable(path: string): Promise<boolean> {
+  try {
+    const info = await stat(path)
+    return info.isFile() && (info.mode & 0o111) !== 0
+  } catch {
+    return false
+  }
+}
+
+async function extractEmbedded(source: string, dir: string): Promise<string> {
+  const bytes = new Uint8Array(await Bun.file(source).arrayBuffer())
+  const hash = new Bun.CryptoHasher('sha256').update(bytes).digest('hex').slice(0, 16)
+  const target = join(dir, 'bin', `nats-server-${hash}`)
+  if (await isExecutable(target)) return target
+  await mkdir(join(dir, 'bin'), { recursive: true, mode: 0o700 })
+  const partial = `${target}.partial-${process.pid}`
+  await writeFile(partial, bytes, { mode: 0o700 })
+  await Bun.write(target, Bun.file(partial))
+  await chmod(target, 0o700)
+  await rm(partial, { force: true })
+  return target
+}
+
+/** A free TCP port on loopback. */
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, host, () => {
+      const address = server.address()
+      const port = typeof address === 'object' && address !== null ? address.port : 0
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+/** Load or create the embedded server's client credentials (file 0600). */
+export async function loadOrCreateCredentials(dir: string): Promise<NatsCredentials> {
+  const path = join(dir, 'auth.json')
+  try {
+    const parsed = JSON.parse(await readFile(path, 'utf8')) as Partial<NatsCredentials>
+    if (typeof parsed.user === 'string' && typeof parsed.password === 'string') {
+      return { user: parsed.user, password: parsed.password }
+    }
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error
+  }
+  const credentials = { user: 'oe-node', password: randomBytes(24).toString('base64url') }
+  await mkdir(dir, { recursive: true, mode: 0o700 })
+  await writeFile(path, `${JSON.stringify(credentials)}\n`, { mode: 0o600 })
+  return credentials
+}
+
+const quote = (text: string): string => JSON.stringify(text)
+
+export class EmbeddedNatsServer {
+  private child: ChildProcess | undefined
+  private stopping = false
+  private restartTimer: ReturnType<typeof setTimeout> | undefined
+  private attempt = 0
+  private portInUse = 0
+  private executablePath = ''
+  private credentialsValue: NatsCredentials | undefined
+  private stateValue: EmbeddedNatsServerState = { status: 'stopped' }
+  private lastOutput: string[] = []
+  restarts = 0
+
+  constructor(
+    private readonly init: EmbeddedNatsServerInit,
+    private readonly components: EmbeddedNatsServerComponents,
+  ) {}
+
+  get state(): EmbeddedNatsServerState {
+    return this.stateValue
+  }
+
+  get port(): number {
+    return this.portInUse
+  }
+
+  get url(): string {
+    return `nats://127.0.0.1:${this.portInUse}`
+  }
+
+  get credentials(): NatsCredentials {
+    if (!this.credentialsValue) throw new NatsServerStartError('the embedded nats-server has not been started')
+    return this.credentialsValue
+  }
+
+  get executable(): string {
+    return this.executablePath
+  }
+
+  async start(options: { signal?: AbortSignal } = {}): Promise<void> {
+    if (this.stateValue.status !== 'stopped') return
+    this.stopping = false
+    this.stateValue = { status: 'starting' }
+    try {
+      const { dir } = this.init
+      await mkdir(join(dir, 'jetstream'), { recursive: true, mode: 0o700 })
+      this.executablePath = await locateNatsServer(dir, this.init.executable)
+      const version = await natsServerVersion(this.executablePath)
+      if (!isVersionAtLeast(version)) throw new NatsServerVersionError(version)
+      await this.killOrphan()
+      this.credentialsValue = await loadOrCreateCredentials(dir)
+      this.portInUse = this.init.port && this.init.port > 0 ? this.init.port : await freePort()
+      await this.writeConfig()
+      await this.spawnAndWait(options.signal)
+      this.components.logger.info(
+        { port: this.portInUse, version, executable: this.executablePath },
+        'embedded nats-server ready',
+      )
+    } catch (error) {
+      this.stopping = true
+      await this.killChild()
+      this.stateValue = { status: 'stopped' }
+      throw error
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true
+    if (this.restartTimer) clearTimeout(this.restartTimer)
+    this.restartTimer = undefined
+    await this.killChild()
+    this.stateValue = { status: 'stopped' }
+  }
+
+  private get configPath(): string {
+    return join(this.init.dir, 'nats-server.conf')
+  }
+
+  private get pidPath(): string {
+    return join(this.init.dir, 'nats-server.pid')
+  }
+
+  private async writeConfig(): Promise<void> {
+    const { dir } = this.init
+    const credentials = this.credentials
+    const lines = [
+      '# Written by oe-node at every start; edits are overwritten.',
+      `listen: ${quote(`127.0.0.1:${this.portInUse}`)}`,
+      `server_name: ${quote(`oe-node-${this.portInUse}`)}`,
+      `pid_file: ${quote(this.pidPath)}`,
+      'max_payload: 8MB',
+      'jetstream {',
+      `  store_dir: ${quote(join(dir, 'jetstream'))}`,
+      `  max_memory_store: ${this.init.maxMemoryStore ?? 256 * 1024 * 1024}`,
+      `  max_file_store: ${this.init.maxFileStore ?? 10 * 1024 * 1024 * 1024}`,
+      '}',
+      'authorization {',
+      `  users: [ { user: ${quote(credentials.user)}, password: ${quote(credentials.password)} } ]`,
+      '}',
+      '',
+    ]
+    await writeFile(this.configPath, lines.join('\n'), { mode: 0o600 })
+  }
+
+  /** A nats-server left behind by a node that was killed holds our port and store: end it. */
+  private async killOrphan(): Promise<void> {
+    let pid: number
+    try {
+      pid = Number((await readFile(this.pidPath, 'utf8')).trim())
+    } catch {
+      return
+    }
+    if (!Number.isInteger(pid) || pid <= 0) return
+    let cmdline = ''
+    try {
+      cmdline = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).replaceAll('\0', ' ')
+    } catch {
+      return
+    }
+    if (!cmdline.includes(this.configPath)) return
+    this.components.logger.warn({ pid }, 'stopping a nats-server left behind by an earlier run')
+    try {
+      process.kill(pid, 'SIGKILL')
+    } catch {
+      return
+    }
+    for (let i = 0; i < 100; i++) {
+      try {
+        process.kill(pid, 0)
+      } catch {
+        return
+      }
+      await Bun.sleep(20)
+    }
+  }
+
+  private spawnAndWait(signal?: AbortSignal): Promise<void> {
+    const timeoutMs = this.init.readyTimeoutMs ?? 15_000
+    return new Promise<void>((resolve, reject) => {
+      this.lastOutput = []
+      const child = spawn(this.executablePath, ['-c', this.configPath], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      })
+      this.child = child
+      let settled = false
+      let buffered = ''
+      const finish = (error?: Error): void => {
+        if (settled) return
+        settled = true
+        clearTimeout(timer)
+        signal?.removeEventListener('abort', onAbort)
+        if (error) reject(error)
+        else resolve()
+      }
+      const onAbort = (): void => finish(new NatsServerStartError('start of the embedded nats-server was aborted'))
+      signal?.addEventListener('abort', onAbort, { once: true })
+      const timer = setTimeout(
+        () =>
+          finish(
+            new NatsServerStartError(
+              `the embedded nats-server was not ready after ${timeoutMs} ms: ${this.lastOutput.slice(-3).join(' | ')}`,
+            ),
+          ),
+        timeoutMs,
+      )
+      const onData = (chunk: Buffer): void => {
+        buffered += chunk.toString('utf8')
+        let newline = buffered.indexOf('\n')
+        while (newline >= 0) {
+          const line = buffered.slice(0, newline).trim()
+          buffered = buffered.slice(newline + 1)
+          newline = buffered.indexOf('\n')
+          if (line === '') continue
+          this.lastOutput.push(line)
+          if (this.lastOutput.length > 20) this.lastOutput.shift()
+          this.components.logger.debug({ line }, 'nats-server')
+          if (line.includes('Server is ready')) {
+            this.stateValue = { status: 'running', pid: child.pid ?? 0 }
+            finish()
+          }
+        }
+      }
+      child.stdout?.on('data', onData)
+      child.stderr?.on('data', onData)
+      child.once('error', (error) => finish(new NatsServerStartError(`could not run nats-server: ${error.message}`)))
+      child.once('exit', (code, exitSignal) => {
+        const reason = exitSignal ? `signal ${exitSignal}` : `exit code ${code}`
+        if (this.child === child) this.child = undefined
+        if (!settled) {
+          finish(new NatsServerStartError(`nats-server stopped during start (${reason}): ${this.lastOutput.slice(-3).join(' | ')}`))
+          return
+        }
+        if (!this.stopping) this.scheduleRestart(reason)
+      })
+    })
+  }
+
+  private scheduleRestart(reason: string): void {
+    this.attempt += 1
+    const delay = Math.min(100 * 2 ** (this.attempt - 1), 5_000)
+    this.stateValue = { status: 'restarting', attempt: this.attempt, lastExit: reason }
+    this.components.logger.warn({ reason, attempt: this.attempt, delayMs: delay }, 'embedded nats-server died; restarting')
+    this.restartTimer = setTimeout(() => {
+      this.restartTimer = undefined
+      if (this.stopping) return
+      this.spawnAndWait()
+        .then(() => {
+          this.restarts += 1
+          const startedAt = Date.now()
+          // Only a server that stays up a while resets the backoff.
+          setTimeout(() => {
+            if (this.stateValue.status === 'running' && Date.now() - startedAt >= 30_000) this.attempt = 0
+          }, 30_000).unref()
+          this.components.logger.info({ port: this.portInUse, restarts: this.restarts }, 'embedded nats-server restarted')
+          this.components.onRestart?.()
+        })
+        .catch((error: Error) => {
+          this.components.logger.error({ err: error.message }, 'embedded nats-server restart failed')
+          if (!this.stopping && this.child === undefined) this.scheduleRestart(error.message)
+        })
+    }, delay)
+  }
+
+  private async killChild(): Promise<void> {
+    const child = this.child
+    if (!child || child.exitCode !== null || child.signalCode !== null) {
+      this.child = undefined
+      return
+    }
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+    child.kill('SIGTERM')
+    const timeout = Bun.sleep(5_000).then(() => 'timeout' as const)
+    if ((await Promise.race([exited, timeout])) === 'timeout') {
+      child.kill('SIGKILL')
+      await exited
+    }
+    this.child = undefined
+  }
+}

@@ -1,0 +1,259 @@
+/**
+ * Node configuration: one schema, layered as defaults < config file (TOML) < `OE_NODE_*`
+ * environment < command-line flags, and validated once. Every problem is reported with its key
+ * path (and where it came from), so an operator can fix them all in one go.
+ */
+import { readFile } from 'node:fs/promises'
+import { parse as parseToml } from 'smol-toml'
+import { z } from 'zod'
+import { type ConfigIssue, ConfigError } from './errors.ts'
+
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 }
+const SIZE_UNITS: Record<string, number> = {
+  B: 1,
+  KB: 1e3,
+  MB: 1e6,
+  GB: 1e9,
+  TB: 1e12,
+  KiB: 1024,
+  MiB: 1024 ** 2,
+  GiB: 1024 ** 3,
+  TiB: 1024 ** 4,
+}
+
+/** `"500ms"`, `"60s"`, `"7d"` or a number of milliseconds. */
+export function parseDuration(value: string | number): number | undefined {
+  if (typeof value === 'number') return Number.isFinite(value) && value >= 0 ? value : undefined
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$/.exec(value)
+  if (!match) return undefined
+  return Math.round(Number(match[1]) * DURATION_UNITS[match[2]!]!)
+}
+
+/** `"1GiB"`, `"512MB"`, `-1` (unlimited) or a number of bytes. */
+export function parseSize(value: string | number): number | undefined {
+  if (typeof value === 'number') return Number.isSafeInteger(value) && value >= -1 ? value : undefined
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$/.exec(value)
+  if (!match) return undefined
+  return Math.round(Number(match[1]) * SIZE_UNITS[match[2] ?? 'B']!)
+}
+
+const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
+  const parsed = parseDuration(value)
+  if (parsed === undefined) {
+    ctx.addIssue({ code: 'custom', message: `'${value}' is not a duration (e.g. "500ms", "60s", "7d")` })
+    return z.NEVER
+  }
+  return parsed
+})
+
+const size = z.union([z.string(), z.number()]).transform((value, ctx) => {
+  const parsed = parseSize(value)
+  if (parsed === undefined) {
+    ctx.addIssue({ code: 'custom', message: `'${value}' is not a size (e.g. "512MiB", "1GB", -1 for unlimited)` })
+    return z.NEVER
+  }
+  return parsed
+})
+
+const hostPort = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/, 'must be HOST:PORT (e.g. 127.0.0.1:7410)')
+  .refine((value) => !(Number(value.slice(value.lastIndexOf(':') + 1)) > 65535), 'port must be at most 65535')
+
+const multiaddr = z.string().regex(/^(\/[A-Za-z0-9.:_-]+)+$/, 'must be a multiaddr (e.g. /ip4/0.0.0.0/tcp/7400)')
+
+const port = z.coerce
+  .number({ error: 'must be a port number (0-65535)' })
+  .int('must be a port number (0-65535)')
+  .min(0, 'must be a port number (0-65535)')
+  .max(65535, 'must be a port number (0-65535)')
+
+const streamLimits = (maxAge: string, maxBytes: string) =>
+  z.strictObject({ max_age: duration.prefault(maxAge), max_bytes: size.prefault(maxBytes) }).prefault({})
+
+export const configSchema = z.strictObject({
+  org: z.string().trim().min(1, 'must not be empty').max(128).optional(),
+  api: z
+    .strictObject({
+      listen: hostPort.default('127.0.0.1:7410'),
+      max_body_bytes: size.prefault('16MiB').refine((value) => value > 0, 'must be positive'),
+      ingest_tokens: z.array(z.string().min(16, 'an ingest token needs at least 16 characters')).default([]),
+    })
+    .prefault({}),
+  federation: z.strictObject({ listen: z.array(multiaddr).min(1).default(['/ip4/0.0.0.0/tcp/7400']) }).prefault({}),
+  nats: z
+    .strictObject({
+      url: z
+        .string()
+        .regex(/^(nats|tls|ws|wss):\/\/\S+$/, 'must be a NATS URL (nats://HOST:PORT)')
+        .optional(),
+      creds: z.string().min(1).optional(),
+      port: port.default(0),
+      server_bin: z.string().min(1).optional(),
+      max_memory_store: size.prefault('256MiB'),
+      max_file_store: size.prefault('10GiB'),
+    })
+    .prefault({}),
+  streams: z
+    .strictObject({
+      telemetry: streamLimits('7d', '1GiB'),
+      events: streamLimits('30d', '256MiB'),
+      control: streamLimits('7d', '64MiB'),
+      standing: streamLimits('365d', '256MiB'),
+      peer: streamLimits('7d', '1GiB'),
+      outbox: streamLimits('1d', '64MiB'),
+    })
+    .prefault({}),
+  log: z
+    .strictObject({
+      level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+      format: z.enum(['json', 'pretty']).default('json'),
+    })
+    .prefault({}),
+  shutdown_timeout: duration.prefault('10s'),
+  plugins: z.record(z.string(), z.record(z.string(), z.unknown())).default({}),
+})
+
+export type NodeConfig = z.output<typeof configSchema>
+export type ConfigInput = z.input<typeof configSchema>
+
+/** Setting paths that environment variables and flags may set, with how to read a string. */
+const SETTINGS: Record<string, 'string' | 'list' | 'number'> = {
+  org: 'string',
+  'api.listen': 'string',
+  'api.max_body_bytes': 'string',
+  'api.ingest_tokens': 'list',
+  'federation.listen': 'list',
+  'nats.url': 'string',
+  'nats.creds': 'string',
+  'nats.port': 'number',
+  'nats.server_bin': 'string',
+  'nats.max_memory_store': 'string',
+  'nats.max_file_store': 'string',
+  'log.level': 'string',
+  'log.format': 'string',
+  shutdown_timeout: 'string',
+  ...Object.fromEntries(
+    ['telemetry', 'events', 'control', 'standing', 'peer', 'outbox'].flatMap((stream) => [
+      [`streams.${stream}.max_age`, 'string'],
+      [`streams.${stream}.max_bytes`, 'string'],
+    ]),
+  ),
+}
+
+/** Environment variables that are not settings but are ours. */
+const NON_SETTING_ENV = new Set(['OE_NODE_DATA_DIR'])
+
+export const envName = (path: string): string => `OE_NODE_${path.replaceAll('.', '_').toUpperCase()}`
+
+function setPath(target: Record<string, unknown>, path: string, value: unknown): void {
+  const keys = path.split('.')
+  let node = target
+  for (const key of keys.slice(0, -1)) {
+    const next = node[key]
+    if (typeof next !== 'object' || next === null || Array.isArray(next)) node[key] = {}
+    node = node[key] as Record<string, unknown>
+  }
+  node[keys[keys.length - 1]!] = value
+}
+
+function readSetting(kind: 'string' | 'list' | 'number', raw: string): unknown {
+  if (kind === 'list') return raw.split(',').map((item) => item.trim()).filter((item) => item !== '')
+  return raw
+}
+
+export interface LoadConfigOptions {
+  /** Config file; missing is fine unless `required`. */
+  file?: string
+  required?: boolean
+  env?: Record<string, string | undefined>
+  /** Flag values by setting path (`api.listen`); undefined ones are skipped. */
+  flags?: Record<string, unknown>
+}
+
+/** Parse TOML text into a plain object; a syntax error is a ConfigError naming the line. */
+export function parseConfigText(text: string, source: string): Record<string, unknown> {
+  try {
+    return parseToml(text) as Record<string, unknown>
+  } catch (error) {
+    const message = (error as Error).message.split('\n')[0] ?? 'syntax error'
+    throw new ConfigError([{ path: '(file)', message: `TOML syntax error: ${message}` }], source)
+  }
+}
+
+export async function loadConfig(options: LoadConfigOptions = {}): Promise<NodeConfig> {
+  let merged: Record<string, unknown> = {}
+  const origin = new Map<string, string>()
+  if (options.file) {
+    let text: string | undefined
+    try {
+      text = await readFile(options.file, 'utf8')
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT' || options.required) {
+        throw new ConfigError([{ path: '(file)', message: `cannot read: ${(error as Error).message}` }], options.file)
+      }
+    }
+    if (text !== undefined) merged = parseConfigText(text, options.file)
+  }
+  const issues: ConfigIssue[] = []
+  const env = options.env ?? process.env
+  for (const [name, raw] of Object.entries(env)) {
+    if (!name.startsWith('OE_NODE_') || raw === undefined || NON_SETTING_ENV.has(name)) continue
+    const path = Object.keys(SETTINGS).find((candidate) => envName(candidate) === name)
+    if (path === undefined) {
+      issues.push({ path: `env ${name}`, message: 'is not an oe-node setting' })
+      continue
+    }
+    setPath(merged, path, readSetting(SETTINGS[path]!, raw))
+    origin.set(path, `env ${name}`)
+  }
+  for (const [path, value] of Object.entries(options.flags ?? {})) {
+    if (value === undefined) continue
+    setPath(merged, path, value)
+    origin.set(path, 'flag')
+  }
+  const result = configSchema.safeParse(merged)
+  if (!result.success) {
+    for (const issue of result.error.issues) {
+      const path = issue.path.map(String).join('.') || '(root)'
+      const from = [...origin].find(([key]) => path === key || path.startsWith(`${key}.`))?.[1]
+      issues.push({ path: from ? `${path} (${from})` : path, message: friendlyMessage(issue) })
+    }
+  }
+  if (issues.length > 0) throw new ConfigError(issues, options.file)
+  return result.data!
+}
+
+function friendlyMessage(issue: z.core.$ZodIssue): string {
+  if (issue.code === 'unrecognized_keys') return `unknown key(s): ${issue.keys.join(', ')}`
+  return issue.message
+}
+
+/** The config file `oe-node init` writes: the org and the settings most people change. */
+export function initialConfigText(org: string): string {
+  return `# oe-node configuration. Precedence: defaults < this file < OE_NODE_* env < flags.
+org = ${JSON.stringify(org)}
+
+[api]
+# Admin API, health and metrics. Keep it on loopback unless a proxy with TLS fronts it.
+listen = "127.0.0.1:7410"
+# Tokens that may POST /v1/telemetry and PUT /v1/resources (at least 16 characters each).
+ingest_tokens = []
+
+[federation]
+listen = ["/ip4/0.0.0.0/tcp/7400"]
+
+[nats]
+# Leave url unset to run the embedded nats-server; set it to use an existing NATS.
+# url = "nats://nats.example.internal:4222"
+# creds = "/etc/oe-node/nats.creds"
+
+[streams.telemetry]
+max_age = "7d"
+max_bytes = "1GiB"
+
+[log]
+level = "info"
+format = "json"
+`
+}

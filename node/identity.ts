@@ -1,0 +1,128 @@
+/**
+ * The node's identity: one ed25519 key, PKCS#8 PEM in `<data-dir>/keys/node.key` (folder 0700,
+ * file 0600, never overwritten, refused when group/world-readable). The same key is the libp2p
+ * PeerId and signs agreements, cards and batches. Key bytes are never logged.
+ */
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto'
+import { chmod, mkdir, open, readFile, stat } from 'node:fs/promises'
+import { dirname } from 'node:path'
+import * as ed from '@noble/ed25519'
+import { KeyFormatError, KeyPermissionError } from './errors.ts'
+
+// @noble/ed25519 needs a synchronous SHA-512; the runtime's is exact and fast.
+ed.hashes.sha512 = (message: Uint8Array) => new Uint8Array(createHash('sha512').update(message).digest())
+
+export interface NodeIdentity {
+  /** libp2p PeerId (base58btc identity multihash of the protobuf public key): `12D3KooW…`. */
+  peerId: string
+  /** Raw 32-byte ed25519 public key. */
+  publicKey: Uint8Array
+  /** Sign bytes with the node key (@noble/ed25519). */
+  sign(message: Uint8Array): Uint8Array
+  /** The runtime's key object, for fast signing on hot paths. */
+  readonly privateKeyObject: KeyObject
+  /** Raw 32-byte seed, for libp2p's key type. Handle with care: never log it. */
+  readonly privateKeySeed: Uint8Array
+}
+
+export async function ensureKeyDir(keyPath: string): Promise<void> {
+  const dir = dirname(keyPath)
+  await mkdir(dir, { recursive: true, mode: 0o700 })
+  await chmod(dir, 0o700)
+}
+
+/** Create the key if absent (never overwrites). Returns true when it was created. */
+export async function createIdentityKey(keyPath: string): Promise<boolean> {
+  await ensureKeyDir(keyPath)
+  const { privateKey } = generateKeyPairSync('ed25519')
+  const pem = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string
+  let handle: Awaited<ReturnType<typeof open>>
+  try {
+    handle = await open(keyPath, 'wx', 0o600)
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false
+    throw error
+  }
+  try {
+    await handle.writeFile(pem)
+    await handle.sync()
+  } finally {
+    await handle.close()
+  }
+  return true
+}
+
+export async function loadIdentity(keyPath: string): Promise<NodeIdentity> {
+  const info = await stat(keyPath)
+  if ((info.mode & 0o077) !== 0) {
+    throw new KeyPermissionError(
+      `refusing to use ${keyPath}: it is readable or writable by group or others (mode ${(info.mode & 0o777).toString(8)}); run chmod 600 on it`,
+    )
+  }
+  let keyObject: KeyObject
+  try {
+    keyObject = createPrivateKey(await readFile(keyPath, 'utf8'))
+  } catch (error) {
+    throw new KeyFormatError(`${keyPath} is not a PKCS#8 PEM private key`, { cause: error })
+  }
+  if (keyObject.asymmetricKeyType !== 'ed25519') {
+    throw new KeyFormatError(`${keyPath} holds a ${keyObject.asymmetricKeyType} key; oe-node needs ed25519`)
+  }
+  return identityFromKeyObject(keyObject)
+}
+
+export function identityFromKeyObject(keyObject: KeyObject): NodeIdentity {
+  const pkcs8 = keyObject.export({ type: 'pkcs8', format: 'der' })
+  const seed = new Uint8Array(pkcs8.subarray(pkcs8.length - 32))
+  const spki = createPublicKey(keyObject).export({ type: 'spki', format: 'der' })
+  const publicKey = new Uint8Array(spki.subarray(spki.length - 32))
+  return {
+    peerId: peerIdFromPublicKey(publicKey),
+    publicKey,
+    sign: (message) => ed.sign(message, seed),
+    privateKeyObject: keyObject,
+    privateKeySeed: seed,
+  }
+}
+
+/** Verify an ed25519 signature with @noble/ed25519; false on any malformed input. */
+export function verifySignature(signature: Uint8Array, message: Uint8Array, publicKey: Uint8Array): boolean {
+  try {
+    return ed.verify(signature, message, publicKey)
+  } catch {
+    return false
+  }
+}
+
+const BASE58 = '123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz'
+
+export function base58btc(bytes: Uint8Array): string {
+  let zeros = 0
+  while (zeros < bytes.length && bytes[zeros] === 0) zeros++
+  const digits: number[] = []
+  for (const byte of bytes) {
+    let carry = byte
+    for (let i = 0; i < digits.length; i++) {
+      carry += digits[i]! << 8
+      digits[i] = carry % 58
+      carry = Math.floor(carry / 58)
+    }
+    while (carry > 0) {
+      digits.push(carry % 58)
+      carry = Math.floor(carry / 58)
+    }
+  }
+  return '1'.repeat(zeros) + digits.reverse().map((digit) => BASE58[digit]).join('')
+}
+
+/**
+ * The libp2p PeerId of an ed25519 public key: identity multihash (0x00, length 36) of the
+ * protobuf `PublicKey { Type: Ed25519 (1), Data: key }`, in base58btc.
+ */
+export function peerIdFromPublicKey(publicKey: Uint8Array): string {
+  if (publicKey.length !== 32) throw new KeyFormatError('an ed25519 public key has 32 bytes')
+  const multihash = new Uint8Array(38)
+  multihash.set([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])
+  multihash.set(publicKey, 6)
+  return base58btc(multihash)
+}

@@ -1,0 +1,297 @@
+/**
+ * The composition root: assembles the data dir, identity, data plane (embedded or external
+ * NATS) and HTTP API in start order, stops them in reverse, and reports health and status.
+ */
+import { networkInterfaces } from 'node:os'
+import type { NatsConnection } from '@nats-io/nats-core'
+import {
+  connectDataPlane,
+  DataPlane,
+  EmbeddedNatsServer,
+  type RetentionLimits,
+  redactUrl,
+} from '../data-plane/index.ts'
+import { createCard, type NodeCard } from './card.ts'
+import type { NodeConfig } from './config.ts'
+import { DataDirLock, type DataDirPaths, dataDirPaths, writeApiFile } from './data-dir.ts'
+import { type HealthReport, HttpApi } from './http-api.ts'
+import type { NodeIdentity } from './identity.ts'
+import { defaultOrgName, initDataDir } from './init.ts'
+import type { Logger } from './logger.ts'
+import { createMetrics, type NodeMetrics } from './metrics.ts'
+import { rm } from 'node:fs/promises'
+import { loadOrCreateAdminToken } from './data-dir.ts'
+
+export const NODE_VERSION = '0.1.0'
+
+export interface OeNodeInit {
+  dataDir: string
+  config: NodeConfig
+}
+
+export interface OeNodeComponents {
+  logger: Logger
+}
+
+/** What `GET /v1/status` and `oe-node status --json` report. */
+export interface NodeStatus {
+  org: string
+  peerId: string
+  version: string
+  uptimeS: number
+  dataDir: string
+  api: string
+  listen: string[]
+  nats: { url: string; connected: boolean; embedded: boolean; serverVersion?: string; restarts?: number }
+  peers: unknown[]
+  agreements: unknown[]
+  plugins: unknown[]
+}
+
+type NodeState = 'stopped' | 'starting' | 'running' | 'stopping'
+
+export class OeNode {
+  readonly paths: DataDirPaths
+  readonly metrics: NodeMetrics
+  private state: NodeState = 'stopped'
+  private readonly lock: DataDirLock
+  private identityValue: NodeIdentity | undefined
+  private embedded: EmbeddedNatsServer | undefined
+  private connection: NatsConnection | undefined
+  private dataPlaneValue: DataPlane | undefined
+  private api: HttpApi | undefined
+  private startedAt = 0
+  private ready = false
+  private jetStreamProbe: { at: number; ok: boolean; detail?: string } = { at: 0, ok: false }
+  private readonly stopSteps: (() => Promise<void>)[] = []
+
+  constructor(
+    private readonly init: OeNodeInit,
+    private readonly components: OeNodeComponents,
+  ) {
+    this.paths = dataDirPaths(init.dataDir)
+    this.lock = new DataDirLock(this.paths)
+    this.metrics = createMetrics()
+  }
+
+  get org(): string {
+    return this.init.config.org ?? defaultOrgName()
+  }
+
+  get identity(): NodeIdentity {
+    if (!this.identityValue) throw new Error('the node has not been started')
+    return this.identityValue
+  }
+
+  get dataPlane(): DataPlane | undefined {
+    return this.dataPlaneValue
+  }
+
+  get apiUrl(): string {
+    return this.api?.url ?? ''
+  }
+
+  /** The URL local clients use for NATS (without credentials). */
+  get natsUrl(): string {
+    if (this.embedded) return this.embedded.url
+    return redactUrl(this.init.config.nats.url ?? '')
+  }
+
+  async start(options: { signal?: AbortSignal } = {}): Promise<void> {
+    if (this.state !== 'stopped') return
+    this.state = 'starting'
+    const { config } = this.init
+    const log = this.components.logger
+    try {
+      await this.lock.acquire()
+      this.stopSteps.push(() => this.lock.release())
+      const { identity } = await initDataDir(this.paths, this.org)
+      this.identityValue = identity
+      const adminToken = await loadOrCreateAdminToken(this.paths.adminToken)
+      options.signal?.throwIfAborted()
+
+      if (config.nats.url) {
+        this.connection = await connectDataPlane(
+          { servers: config.nats.url, credsFile: config.nats.creds, name: `oe-node ${this.org}` },
+          options,
+        )
+        log.info({ nats: redactUrl(config.nats.url), version: this.connection.info?.version }, 'connected to external NATS')
+      } else {
+        const embedded = new EmbeddedNatsServer(
+          {
+            dir: this.paths.nats,
+            port: config.nats.port,
+            executable: config.nats.server_bin,
+            maxMemoryStore: config.nats.max_memory_store,
+            maxFileStore: config.nats.max_file_store,
+          },
+          { logger: log.child({ component: 'nats-server' }), onRestart: () => this.metrics.natsServerRestarts.inc() },
+        )
+        this.embedded = embedded
+        await embedded.start(options)
+        this.stopSteps.push(() => embedded.stop())
+        this.connection = await connectDataPlane(
+          { servers: embedded.url, user: embedded.credentials.user, password: embedded.credentials.password, name: `oe-node ${this.org}` },
+          options,
+        )
+      }
+      const connection = this.connection
+      this.stopSteps.push(async () => {
+        await connection.drain().catch(() => connection.close())
+      })
+
+      const dataPlane = new DataPlane(
+        { limits: retentionLimits(config) },
+        { connection, logger: log.child({ component: 'data-plane' }) },
+      )
+      await dataPlane.start(options)
+      this.dataPlaneValue = dataPlane
+      this.stopSteps.push(() => dataPlane.stop())
+
+      const api = new HttpApi(
+        {
+          listen: config.api.listen,
+          maxBodyBytes: config.api.max_body_bytes,
+          adminToken,
+          ingestTokens: config.api.ingest_tokens,
+        },
+        {
+          logger: log.child({ component: 'api' }),
+          metrics: this.metrics,
+          dataPlane: () => this.dataPlaneValue,
+          health: () => this.health(),
+          status: () => this.status(),
+          card: () => this.card(),
+        },
+      )
+      await api.start()
+      this.api = api
+      this.stopSteps.push(async () => {
+        await rm(this.paths.api, { force: true })
+        await api.stop()
+      })
+      await writeApiFile(this.paths, api.url)
+
+      this.startedAt = Date.now()
+      this.ready = true
+      this.state = 'running'
+      log.info({ org: this.org, peerId: identity.peerId, api: api.url, nats: this.natsUrl }, 'node ready')
+    } catch (error) {
+      await this.runStopSteps()
+      this.state = 'stopped'
+      throw error
+    }
+  }
+
+  /** Graceful stop: readiness goes 503 first, then parts stop in reverse start order. */
+  async stop(): Promise<void> {
+    if (this.state === 'stopped' || this.state === 'stopping') return
+    this.state = 'stopping'
+    this.ready = false
+    this.metrics.ready.set(0)
+    this.components.logger.info({}, 'node stopping')
+    await this.runStopSteps()
+    this.state = 'stopped'
+    this.components.logger.info({}, 'node stopped')
+  }
+
+  private async runStopSteps(): Promise<void> {
+    while (this.stopSteps.length > 0) {
+      const step = this.stopSteps.pop()!
+      try {
+        await step()
+      } catch (error) {
+        this.components.logger.warn({ err: (error as Error).message }, 'error while stopping')
+      }
+    }
+  }
+
+  async health(): Promise<HealthReport> {
+    const connected = this.dataPlaneValue?.isConnected() ?? false
+    this.metrics.natsConnected.set(connected ? 1 : 0)
+    const checks: HealthReport['checks'] = {
+      node: { ok: this.ready, ...(this.ready ? {} : { detail: this.state }) },
+      nats: { ok: connected, ...(connected ? {} : { detail: 'not connected' }) },
+      jetstream: await this.probeJetStream(connected),
+    }
+    if (this.embedded) {
+      const state = this.embedded.state
+      checks['nats-server'] = { ok: state.status === 'running', ...(state.status === 'running' ? {} : { detail: state.status }) }
+    }
+    const ready = Object.values(checks).every((check) => check.ok)
+    this.metrics.ready.set(ready ? 1 : 0)
+    return { ready, checks }
+  }
+
+  /** JetStream answers its API (checked at most once a second; a stream store may be recovering). */
+  private async probeJetStream(connected: boolean): Promise<{ ok: boolean; detail?: string }> {
+    if (!connected || !this.connection) return { ok: false, detail: 'not connected' }
+    if (Date.now() - this.jetStreamProbe.at < 1_000) return this.jetStreamProbe
+    let result: { ok: boolean; detail?: string }
+    try {
+      const reply = await this.connection.request('$JS.API.INFO', undefined, { timeout: 1_000 })
+      const info = reply.json<{ error?: { description?: string } }>()
+      result = info.error ? { ok: false, detail: info.error.description ?? 'error' } : { ok: true }
+    } catch (error) {
+      result = { ok: false, detail: (error as Error).message }
+    }
+    this.jetStreamProbe = { at: Date.now(), ...result }
+    return result
+  }
+
+  card(): { card: NodeCard; text: string } {
+    return createCard(this.identity, this.org, advertisedAddrs(this.init.config.federation.listen))
+  }
+
+  async status(): Promise<NodeStatus> {
+    const connection = this.connection
+    return {
+      org: this.org,
+      peerId: this.identity.peerId,
+      version: NODE_VERSION,
+      uptimeS: this.startedAt ? Math.floor((Date.now() - this.startedAt) / 1000) : 0,
+      dataDir: this.paths.root,
+      api: this.apiUrl,
+      listen: this.init.config.federation.listen,
+      nats: {
+        url: this.natsUrl,
+        connected: this.dataPlaneValue?.isConnected() ?? false,
+        embedded: this.embedded !== undefined,
+        ...(connection?.info?.version ? { serverVersion: connection.info.version } : {}),
+        ...(this.embedded ? { restarts: this.embedded.restarts } : {}),
+      },
+      peers: [],
+      agreements: [],
+      plugins: [],
+    }
+  }
+}
+
+/** Addresses to advertise: listen addresses with unspecified hosts replaced by this host's. */
+export function advertisedAddrs(listen: readonly string[]): string[] {
+  const addrs: string[] = []
+  const ipv4 = Object.values(networkInterfaces())
+    .flat()
+    .filter((nic) => nic && nic.family === 'IPv4' && !nic.internal)
+    .map((nic) => nic!.address)
+  for (const addr of listen) {
+    if (addr.startsWith('/ip4/0.0.0.0/')) {
+      const rest = addr.slice('/ip4/0.0.0.0'.length)
+      for (const ip of ipv4.length > 0 ? ipv4 : ['127.0.0.1']) addrs.push(`/ip4/${ip}${rest}`)
+    } else addrs.push(addr)
+  }
+  return addrs
+}
+
+export function retentionLimits(config: NodeConfig): RetentionLimits {
+  const { streams } = config
+  const limits = (entry: { max_age: number; max_bytes: number }) => ({ maxAgeMs: entry.max_age, maxBytes: entry.max_bytes })
+  return {
+    OE_TEL: limits(streams.telemetry),
+    OE_EVT: limits(streams.events),
+    OE_CTL: limits(streams.control),
+    OE_STD: limits(streams.standing),
+    OE_PEER: limits(streams.peer),
+    OE_OUT: limits(streams.outbox),
+  }
+}
