@@ -26,7 +26,9 @@ export function report<T>(options: GlobalOptions, value: T, plain: (value: T) =>
 export function printError(options: GlobalOptions, error: unknown): void {
   const err = error as Error
   if (options.json) {
-    process.stderr.write(`${JSON.stringify({ error: err.name ?? 'Error', message: err.message ?? String(error) })}\n`)
+    process.stderr.write(
+      `${JSON.stringify({ error: err.name ?? 'Error', message: err.message ?? String(error) })}\n`,
+    )
   } else {
     process.stderr.write(`oe-node: ${err.message ?? String(error)}\n`)
   }

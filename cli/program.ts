@@ -12,12 +12,22 @@ import { type GlobalOptions, printError } from './output.ts'
 
 export function createProgram(): Command {
   const program = new Command('oe-node')
-    .description('openElectric node: share electricity-sector data between organisations under signed agreements')
+    .description(
+      'openElectric node: share electricity-sector data between organisations under signed agreements',
+    )
     .version(NODE_VERSION)
     .option('--data-dir <dir>', 'data dir (default $OE_NODE_DATA_DIR, else ~/.local/share/oe-node)')
     .option('--json', 'machine-readable output: one JSON document, or NDJSON for streams')
     .addOption(
-      new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']),
+      new Option('--log-level <level>', 'log level').choices([
+        'trace',
+        'debug',
+        'info',
+        'warn',
+        'error',
+        'fatal',
+        'silent',
+      ]),
     )
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride()
@@ -39,7 +49,11 @@ export async function runCli(argv: readonly string[]): Promise<number> {
     return EXIT.ok
   } catch (error) {
     if (error instanceof CommanderError) {
-      if (error.code === 'commander.helpDisplayed' || error.code === 'commander.version' || error.code === 'commander.help') {
+      if (
+        error.code === 'commander.helpDisplayed' ||
+        error.code === 'commander.version' ||
+        error.code === 'commander.help'
+      ) {
         return EXIT.ok
       }
       return EXIT.usage

@@ -42,7 +42,9 @@ export async function connectDataPlane(
       waitOnFirstConnect: false,
     })
   } catch (error) {
-    throw new NotConnectedError(`could not connect to NATS at ${redactUrl(init.servers)}: ${(error as Error).message}`)
+    throw new NotConnectedError(
+      `could not connect to NATS at ${redactUrl(init.servers)}: ${(error as Error).message}`,
+    )
   }
   const version = nc.info?.version ?? '0.0.0'
   if (!isVersionAtLeast(version)) {

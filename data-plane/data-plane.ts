@@ -3,7 +3,13 @@
  * JetStream acknowledgements, read resources, and watch subjects. Every publish is confirmed by
  * the stream before it counts as accepted, so an answer of "accepted" means stored.
  */
-import { DeliverPolicy, type JetStreamClient, type JetStreamManager, jetstream, jetstreamManager } from '@nats-io/jetstream'
+import {
+  DeliverPolicy,
+  type JetStreamClient,
+  type JetStreamManager,
+  jetstream,
+  jetstreamManager,
+} from '@nats-io/jetstream'
 import { type KV, Kvm } from '@nats-io/kv'
 import { type Msg, type NatsConnection, nuid, type Subscription } from '@nats-io/nats-core'
 import { decodeCbor, decodeForDisplay, encodeCbor, encodeTelemetryPayload } from './codec.ts'
@@ -124,13 +130,21 @@ export class DataPlane {
     const messages: OutgoingMessage[] = new Array(records.length)
     for (let i = 0; i < records.length; i++) {
       const record = records[i]!
-      messages[i] = { subject: subjects.telemetry(record.kind, record.rid, record.q), payload: encodeTelemetryPayload(record) }
+      messages[i] = {
+        subject: subjects.telemetry(record.kind, record.rid, record.q),
+        payload: encodeTelemetryPayload(record),
+      }
     }
     await this.publishConfirmed(messages)
   }
 
   /** Publish an event payload on `oe.evt.<kind>.<rid>.<type>`. */
-  async publishEvent(kind: ResourceKind, rid: string, type: string, event: Record<string, unknown>): Promise<void> {
+  async publishEvent(
+    kind: ResourceKind,
+    rid: string,
+    type: string,
+    event: Record<string, unknown>,
+  ): Promise<void> {
     await this.publishConfirmed([{ subject: subjects.event(kind, rid, type), payload: encodeCbor(event) }])
   }
 
@@ -145,7 +159,7 @@ export class DataPlane {
   async getResource(kind: ResourceKind, rid: string): Promise<Resource | undefined> {
     if (!this.kv) throw new NotConnectedError('the data plane has not been started')
     const entry = await this.kv.get(subjects.resourceKey(kind, rid))
-    if (!entry || entry.operation !== 'PUT') return undefined
+    if (entry?.operation !== 'PUT') return undefined
     return decodeCbor(entry.value) as Resource
   }
 
@@ -188,7 +202,9 @@ export class DataPlane {
     const batch = this.pending.get(id)
     if (!batch) return
     if (msg.headers?.hasError) {
-      batch.failures.push(msg.headers.code === 503 ? 'no stream captures the subject' : msg.headers.description)
+      batch.failures.push(
+        msg.headers.code === 503 ? 'no stream captures the subject' : msg.headers.description,
+      )
     } else if (msg.data.length === 0 || msg.data[2] !== 0x73 /* {"s…: {"stream":…} */) {
       const text = msg.string()
       if (text.includes('"error"')) batch.failures.push(text)
@@ -210,7 +226,10 @@ export class DataPlane {
    * Messages on a subject as they arrive; with `fromStart`, first what the stream holding the
    * subject already has. Payloads are decoded for display (CBOR → objects).
    */
-  async *watch(subject: string, options: { fromStart?: boolean; signal?: AbortSignal } = {}): AsyncGenerator<SubjectMessage> {
+  async *watch(
+    subject: string,
+    options: { fromStart?: boolean; signal?: AbortSignal } = {},
+  ): AsyncGenerator<SubjectMessage> {
     const { signal } = options
     if (options.fromStart) {
       const stream = streamForSubject(subject) ?? (await this.findStream(subject))
@@ -248,7 +267,9 @@ export class DataPlane {
     try {
       return await this.manager.streams.find(subject)
     } catch {
-      throw new DataPlaneError(`no stream holds '${subject}': --from-start needs a subject inside one stream (oe.tel.>, oe.evt.>, …)`)
+      throw new DataPlaneError(
+        `no stream holds '${subject}': --from-start needs a subject inside one stream (oe.tel.>, oe.evt.>, …)`,
+      )
     }
   }
 }

@@ -27,8 +27,8 @@ export {
   type EmbeddedNatsServerState,
   freePort,
   isVersionAtLeast,
-  locateNatsServer,
   type Logger,
+  locateNatsServer,
   MIN_NATS_SERVER_VERSION,
   type NatsCredentials,
   natsServerVersion,
@@ -42,4 +42,10 @@ export {
   type StreamName,
   streamForSubject,
 } from './streams.ts'
-export { isValidSubjectFilter, parseTelemetrySubject, SUBJECT_ROOT, subjects, type TelemetrySubject } from './subjects.ts'
+export {
+  isValidSubjectFilter,
+  parseTelemetrySubject,
+  SUBJECT_ROOT,
+  subjects,
+  type TelemetrySubject,
+} from './subjects.ts'

@@ -5,7 +5,17 @@
  */
 import { ValidationError } from './errors.ts'
 
-export const RESOURCE_KINDS = ['site', 'meter', 'der', 'inverter', 'battery', 'pv', 'station', 'evse', 'load'] as const
+export const RESOURCE_KINDS = [
+  'site',
+  'meter',
+  'der',
+  'inverter',
+  'battery',
+  'pv',
+  'station',
+  'evse',
+  'load',
+] as const
 export type ResourceKind = (typeof RESOURCE_KINDS)[number]
 
 export const RESOURCE_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_:-]{0,127}$/
@@ -116,36 +126,53 @@ export function parseTelemetryRecord(input: unknown, now = Date.now()): Telemetr
     throw new ValidationError('', `a record must be an object, got ${describe(input)}`)
   }
   const r = input as Record<string, unknown>
-  if (typeof r.kind !== 'string') throw new ValidationError('kind', `must be a string, got ${describe(r.kind)}`)
+  if (typeof r.kind !== 'string')
+    throw new ValidationError('kind', `must be a string, got ${describe(r.kind)}`)
   if (!kindSet.has(r.kind)) {
-    throw new ValidationError('kind', `unknown resource kind '${r.kind}' (one of ${RESOURCE_KINDS.join(', ')})`)
+    throw new ValidationError(
+      'kind',
+      `unknown resource kind '${r.kind}' (one of ${RESOURCE_KINDS.join(', ')})`,
+    )
   }
   if (typeof r.rid !== 'string') throw new ValidationError('rid', `must be a string, got ${describe(r.rid)}`)
   if (!RESOURCE_ID_PATTERN.test(r.rid)) {
-    throw new ValidationError('rid', `'${truncate(r.rid)}' is not a resource id (${RESOURCE_ID_PATTERN.source})`)
+    throw new ValidationError(
+      'rid',
+      `'${truncate(r.rid)}' is not a resource id (${RESOURCE_ID_PATTERN.source})`,
+    )
   }
   if (typeof r.q !== 'string') throw new ValidationError('q', `must be a string, got ${describe(r.q)}`)
   const unit = canonicalUnit(r.q)
   if (unit === undefined) throw new ValidationError('q', `unknown quantity '${truncate(r.q)}'`)
   if (typeof r.v !== 'number') throw new ValidationError('v', `must be a number, got ${describe(r.v)}`)
   if (!Number.isFinite(r.v)) throw new ValidationError('v', `must be finite, got ${r.v}`)
-  if (typeof r.t !== 'number') throw new ValidationError('t', `must be epoch milliseconds, got ${describe(r.t)}`)
+  if (typeof r.t !== 'number')
+    throw new ValidationError('t', `must be epoch milliseconds, got ${describe(r.t)}`)
   if (!Number.isSafeInteger(r.t) || r.t < 0) {
     throw new ValidationError('t', `must be a non-negative integer of epoch milliseconds, got ${r.t}`)
   }
   if (r.t > now + MAX_FUTURE_SKEW_MS) {
-    throw new ValidationError('t', `is ${Math.round((r.t - now) / 1000)} s in the future (at most 300 s allowed)`)
+    throw new ValidationError(
+      't',
+      `is ${Math.round((r.t - now) / 1000)} s in the future (at most 300 s allowed)`,
+    )
   }
   const record: TelemetryRecord = { kind: r.kind as ResourceKind, rid: r.rid, q: r.q, v: r.v, t: r.t }
   if (r.u !== undefined) {
     if (r.u !== unit) {
-      throw new ValidationError('u', `'${truncate(String(r.u))}' is not the canonical unit '${unit}' of ${r.q}`)
+      throw new ValidationError(
+        'u',
+        `'${truncate(String(r.u))}' is not the canonical unit '${unit}' of ${r.q}`,
+      )
     }
     record.u = unit
   }
   if (r.ql !== undefined) {
     if (typeof r.ql !== 'string' || !qualitySet.has(r.ql)) {
-      throw new ValidationError('ql', `unknown quality '${truncate(String(r.ql))}' (one of ${QUALITIES.join(', ')})`)
+      throw new ValidationError(
+        'ql',
+        `unknown quality '${truncate(String(r.ql))}' (one of ${QUALITIES.join(', ')})`,
+      )
     }
     record.ql = r.ql as Quality
   }
@@ -169,10 +196,16 @@ const MAX_ATTRS_BYTES = 64 * 1024
 /** Check standing data for one resource and stamp it. */
 export function parseResource(kind: unknown, rid: unknown, input: unknown, now = Date.now()): Resource {
   if (!isResourceKind(kind)) {
-    throw new ValidationError('kind', `unknown resource kind '${truncate(String(kind))}' (one of ${RESOURCE_KINDS.join(', ')})`)
+    throw new ValidationError(
+      'kind',
+      `unknown resource kind '${truncate(String(kind))}' (one of ${RESOURCE_KINDS.join(', ')})`,
+    )
   }
   if (!isResourceId(rid)) {
-    throw new ValidationError('rid', `'${truncate(String(rid))}' is not a resource id (${RESOURCE_ID_PATTERN.source})`)
+    throw new ValidationError(
+      'rid',
+      `'${truncate(String(rid))}' is not a resource id (${RESOURCE_ID_PATTERN.source})`,
+    )
   }
   if (typeof input !== 'object' || input === null || Array.isArray(input)) {
     throw new ValidationError('', `standing data must be an object, got ${describe(input)}`)
@@ -183,11 +216,13 @@ export function parseResource(kind: unknown, rid: unknown, input: unknown, now =
       throw new ValidationError(key, 'is not a field of a resource (site, name, attrs)')
     }
   }
-  if (body.kind !== undefined && body.kind !== kind) throw new ValidationError('kind', 'does not match the path')
+  if (body.kind !== undefined && body.kind !== kind)
+    throw new ValidationError('kind', 'does not match the path')
   if (body.rid !== undefined && body.rid !== rid) throw new ValidationError('rid', 'does not match the path')
   const resource: Resource = { kind, rid, attrs: {}, updated: now }
   if (body.site !== undefined) {
-    if (!isResourceId(body.site)) throw new ValidationError('site', `'${truncate(String(body.site))}' is not a resource id`)
+    if (!isResourceId(body.site))
+      throw new ValidationError('site', `'${truncate(String(body.site))}' is not a resource id`)
     resource.site = body.site
   }
   if (body.name !== undefined) {

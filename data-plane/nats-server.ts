@@ -53,7 +53,10 @@ export type EmbeddedNatsServerState =
   | { status: 'running'; pid: number }
   | { status: 'restarting'; attempt: number; lastExit: string }
 
-export function isVersionAtLeast(version: string, min: readonly [number, number] = MIN_NATS_SERVER_VERSION): boolean {
+export function isVersionAtLeast(
+  version: string,
+  min: readonly [number, number] = MIN_NATS_SERVER_VERSION,
+): boolean {
   const match = /(\d+)\.(\d+)\.(\d+)/.exec(version)
   if (!match) return false
   const major = Number(match[1])
@@ -65,14 +68,16 @@ export function isVersionAtLeast(version: string, min: readonly [number, number]
 export async function natsServerVersion(executable: string): Promise<string> {
   const { stdout } = await execFileAsync(executable, ['--version'], { timeout: 10_000 })
   const match = /(\d+\.\d+\.\d+)/.exec(stdout)
-  if (!match?.[1]) throw new NatsServerStartError(`could not read the version of ${executable}: '${stdout.trim()}'`)
+  if (!match?.[1])
+    throw new NatsServerStartError(`could not read the version of ${executable}: '${stdout.trim()}'`)
   return match[1]
 }
 
 /** Find a nats-server: explicit path, else the embedded one (extracted into `dir`), else PATH. */
 export async function locateNatsServer(dir: string, explicit?: string): Promise<string> {
   if (explicit) {
-    if (!(await isExecutable(explicit))) throw new NatsServerNotFoundError(`nats-server '${explicit}' is not an executable file`)
+    if (!(await isExecutable(explicit)))
+      throw new NatsServerNotFoundError(`nats-server '${explicit}' is not an executable file`)
     return explicit
   }
   if (embeddedNatsServerPath !== null) return extractEmbedded(embeddedNatsServerPath, dir)
@@ -169,7 +174,8 @@ export class EmbeddedNatsServer {
   }
 
   get credentials(): NatsCredentials {
-    if (!this.credentialsValue) throw new NatsServerStartError('the embedded nats-server has not been started')
+    if (!this.credentialsValue)
+      throw new NatsServerStartError('the embedded nats-server has not been started')
     return this.credentialsValue
   }
 
@@ -292,7 +298,8 @@ export class EmbeddedNatsServer {
         if (error) reject(error)
         else resolve()
       }
-      const onAbort = (): void => finish(new NatsServerStartError('start of the embedded nats-server was aborted'))
+      const onAbort = (): void =>
+        finish(new NatsServerStartError('start of the embedded nats-server was aborted'))
       signal?.addEventListener('abort', onAbort, { once: true })
       const timer = setTimeout(
         () =>
@@ -322,12 +329,18 @@ export class EmbeddedNatsServer {
       }
       child.stdout?.on('data', onData)
       child.stderr?.on('data', onData)
-      child.once('error', (error) => finish(new NatsServerStartError(`could not run nats-server: ${error.message}`)))
+      child.once('error', (error) =>
+        finish(new NatsServerStartError(`could not run nats-server: ${error.message}`)),
+      )
       child.once('exit', (code, exitSignal) => {
         const reason = exitSignal ? `signal ${exitSignal}` : `exit code ${code}`
         if (this.child === child) this.child = undefined
         if (!settled) {
-          finish(new NatsServerStartError(`nats-server stopped during start (${reason}): ${this.lastOutput.slice(-3).join(' | ')}`))
+          finish(
+            new NatsServerStartError(
+              `nats-server stopped during start (${reason}): ${this.lastOutput.slice(-3).join(' | ')}`,
+            ),
+          )
           return
         }
         if (!this.stopping) this.scheduleRestart(reason)
@@ -339,7 +352,10 @@ export class EmbeddedNatsServer {
     this.attempt += 1
     const delay = Math.min(100 * 2 ** (this.attempt - 1), 5_000)
     this.stateValue = { status: 'restarting', attempt: this.attempt, lastExit: reason }
-    this.components.logger.warn({ reason, attempt: this.attempt, delayMs: delay }, 'embedded nats-server died; restarting')
+    this.components.logger.warn(
+      { reason, attempt: this.attempt, delayMs: delay },
+      'embedded nats-server died; restarting',
+    )
     this.restartTimer = setTimeout(() => {
       this.restartTimer = undefined
       if (this.stopping) return
@@ -351,7 +367,10 @@ export class EmbeddedNatsServer {
           setTimeout(() => {
             if (this.stateValue.status === 'running' && Date.now() - startedAt >= 30_000) this.attempt = 0
           }, 30_000).unref()
-          this.components.logger.info({ port: this.portInUse, restarts: this.restarts }, 'embedded nats-server restarted')
+          this.components.logger.info(
+            { port: this.portInUse, restarts: this.restarts },
+            'embedded nats-server restarted',
+          )
           this.components.onRestart?.()
         })
         .catch((error: Error) => {

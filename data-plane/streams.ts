@@ -6,8 +6,8 @@ import {
   DiscardPolicy,
   type JetStreamManager,
   RetentionPolicy,
-  type StreamConfig,
   StorageType,
+  type StreamConfig,
 } from '@nats-io/jetstream'
 import { nanos } from '@nats-io/nats-core'
 
@@ -64,7 +64,13 @@ export async function ensureStreams(jsm: JetStreamManager, limits: RetentionLimi
       exists = false
     }
     if (exists) {
-      const { name: _name, storage: _storage, retention: _retention, num_replicas: _replicas, ...update } = wanted
+      const {
+        name: _name,
+        storage: _storage,
+        retention: _retention,
+        num_replicas: _replicas,
+        ...update
+      } = wanted
       await jsm.streams.update(name, update)
     } else {
       await jsm.streams.add(wanted)

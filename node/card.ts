@@ -27,7 +27,11 @@ interface CardBody {
   addrs: string[]
 }
 
-export function createCard(identity: NodeIdentity, org: string, addrs: readonly string[]): { card: NodeCard; text: string } {
+export function createCard(
+  identity: NodeIdentity,
+  org: string,
+  addrs: readonly string[],
+): { card: NodeCard; text: string } {
   const body: CardBody = { v: CARD_VERSION, org, key: identity.publicKey, addrs: [...addrs] }
   const signature = identity.sign(encodeCbor(body))
   const text = PREFIX + Buffer.from(encodeCbor({ ...body, sig: signature })).toString('base64url')

@@ -18,7 +18,9 @@ export class NodeClient {
     try {
       url = (await readFile(paths.api, 'utf8')).trim()
     } catch {
-      throw new NodeNotRunningError(`no node is running for data dir ${dataDir} (start one with: oe-node start)`)
+      throw new NodeNotRunningError(
+        `no node is running for data dir ${dataDir} (start one with: oe-node start)`,
+      )
     }
     let token: string
     try {
@@ -46,7 +48,9 @@ export class NodeClient {
       })
     } catch (error) {
       if ((error as Error).name === 'AbortError' || (error as Error).name === 'TimeoutError') throw error
-      throw new NodeNotRunningError(`the node at ${this.baseUrl} does not answer: ${(error as Error).message}`)
+      throw new NodeNotRunningError(
+        `the node at ${this.baseUrl} does not answer: ${(error as Error).message}`,
+      )
     }
     if (!response.ok) {
       const text = await response.text()

@@ -6,7 +6,7 @@
 import { readFile } from 'node:fs/promises'
 import { parse as parseToml } from 'smol-toml'
 import { z } from 'zod'
-import { type ConfigIssue, ConfigError } from './errors.ts'
+import { ConfigError, type ConfigIssue } from './errors.ts'
 
 const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 }
 const SIZE_UNITS: Record<string, number> = {
@@ -49,7 +49,10 @@ const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
 const size = z.union([z.string(), z.number()]).transform((value, ctx) => {
   const parsed = parseSize(value)
   if (parsed === undefined) {
-    ctx.addIssue({ code: 'custom', message: `'${value}' is not a size (e.g. "512MiB", "1GB", -1 for unlimited)` })
+    ctx.addIssue({
+      code: 'custom',
+      message: `'${value}' is not a size (e.g. "512MiB", "1GB", -1 for unlimited)`,
+    })
     return z.NEVER
   }
   return parsed
@@ -60,7 +63,9 @@ const hostPort = z
   .regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/, 'must be HOST:PORT (e.g. 127.0.0.1:7410)')
   .refine((value) => !(Number(value.slice(value.lastIndexOf(':') + 1)) > 65535), 'port must be at most 65535')
 
-const multiaddr = z.string().regex(/^(\/[A-Za-z0-9.:_-]+)+$/, 'must be a multiaddr (e.g. /ip4/0.0.0.0/tcp/7400)')
+const multiaddr = z
+  .string()
+  .regex(/^(\/[A-Za-z0-9.:_-]+)+$/, 'must be a multiaddr (e.g. /ip4/0.0.0.0/tcp/7400)')
 
 const port = z.coerce
   .number({ error: 'must be a port number (0-65535)' })
@@ -80,7 +85,9 @@ export const configSchema = z.strictObject({
       ingest_tokens: z.array(z.string().min(16, 'an ingest token needs at least 16 characters')).default([]),
     })
     .prefault({}),
-  federation: z.strictObject({ listen: z.array(multiaddr).min(1).default(['/ip4/0.0.0.0/tcp/7400']) }).prefault({}),
+  federation: z
+    .strictObject({ listen: z.array(multiaddr).min(1).default(['/ip4/0.0.0.0/tcp/7400']) })
+    .prefault({}),
   nats: z
     .strictObject({
       url: z
@@ -158,7 +165,11 @@ function setPath(target: Record<string, unknown>, path: string, value: unknown):
 }
 
 function readSetting(kind: 'string' | 'list' | 'number', raw: string): unknown {
-  if (kind === 'list') return raw.split(',').map((item) => item.trim()).filter((item) => item !== '')
+  if (kind === 'list')
+    return raw
+      .split(',')
+      .map((item) => item.trim())
+      .filter((item) => item !== '')
   return raw
 }
 
@@ -190,7 +201,10 @@ export async function loadConfig(options: LoadConfigOptions = {}): Promise<NodeC
       text = await readFile(options.file, 'utf8')
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'ENOENT' || options.required) {
-        throw new ConfigError([{ path: '(file)', message: `cannot read: ${(error as Error).message}` }], options.file)
+        throw new ConfigError(
+          [{ path: '(file)', message: `cannot read: ${(error as Error).message}` }],
+          options.file,
+        )
       }
     }
     if (text !== undefined) merged = parseConfigText(text, options.file)

@@ -84,7 +84,9 @@ export async function loadOrCreateAdminToken(path: string): Promise<string> {
 export async function readSecretFile(path: string): Promise<string> {
   const info = await stat(path)
   if ((info.mode & 0o077) !== 0) {
-    throw new KeyPermissionError(`refusing to use ${path}: it is readable by group or others; run chmod 600 on it`)
+    throw new KeyPermissionError(
+      `refusing to use ${path}: it is readable by group or others; run chmod 600 on it`,
+    )
   }
   return (await readFile(path, 'utf8')).trim()
 }

@@ -8,8 +8,8 @@ import { createHash, timingSafeEqual } from 'node:crypto'
 import type { Server } from 'bun'
 import {
   type DataPlane,
-  DecodeError,
   DataPlaneError,
+  DecodeError,
   decodeCbor,
   isValidSubjectFilter,
   NotConnectedError,
@@ -122,7 +122,8 @@ async function readBody(request: Request, limit: number): Promise<Uint8Array> {
   let total = 0
   for await (const chunk of request.body) {
     total += chunk.byteLength
-    if (total > limit) throw new HttpError(413, 'PayloadTooLarge', `the body is larger than the limit of ${limit} bytes`)
+    if (total > limit)
+      throw new HttpError(413, 'PayloadTooLarge', `the body is larger than the limit of ${limit} bytes`)
     chunks.push(chunk)
   }
   if (chunks.length === 1) return chunks[0]!
@@ -189,7 +190,10 @@ export function parseIngestBody(body: Uint8Array, type: string): unknown[] {
 }
 
 /** Validate candidates; the valid ones are returned with the reasons for the others. */
-export function validateRecords(candidates: readonly unknown[], now = Date.now()): { records: TelemetryRecord[]; result: IngestResult } {
+export function validateRecords(
+  candidates: readonly unknown[],
+  now = Date.now(),
+): { records: TelemetryRecord[]; result: IngestResult } {
   const records: TelemetryRecord[] = []
   const errors: IngestResult['errors'] = []
   let rejected = 0
@@ -218,10 +222,34 @@ export class HttpApi {
     this.adminTokens = [digest(init.adminToken)]
     this.ingestTokens = [digest(init.adminToken), ...init.ingestTokens.map(digest)]
     this.routes = [
-      { method: 'GET', pattern: /^\/livez$/, name: 'livez', access: 'open-on-loopback', handler: () => json({ status: 'ok' }) },
-      { method: 'GET', pattern: /^\/readyz$/, name: 'readyz', access: 'open-on-loopback', handler: () => this.readyz() },
-      { method: 'GET', pattern: /^\/metrics$/, name: 'metrics', access: 'open-on-loopback', handler: () => this.metricsText() },
-      { method: 'POST', pattern: /^\/v1\/telemetry$/, name: 'telemetry', access: 'ingest', handler: (r) => this.ingest(r) },
+      {
+        method: 'GET',
+        pattern: /^\/livez$/,
+        name: 'livez',
+        access: 'open-on-loopback',
+        handler: () => json({ status: 'ok' }),
+      },
+      {
+        method: 'GET',
+        pattern: /^\/readyz$/,
+        name: 'readyz',
+        access: 'open-on-loopback',
+        handler: () => this.readyz(),
+      },
+      {
+        method: 'GET',
+        pattern: /^\/metrics$/,
+        name: 'metrics',
+        access: 'open-on-loopback',
+        handler: () => this.metricsText(),
+      },
+      {
+        method: 'POST',
+        pattern: /^\/v1\/telemetry$/,
+        name: 'telemetry',
+        access: 'ingest',
+        handler: (r) => this.ingest(r),
+      },
       {
         method: 'PUT',
         pattern: /^\/v1\/resources\/([^/]+)\/([^/]+)$/,
@@ -236,9 +264,27 @@ export class HttpApi {
         access: 'admin',
         handler: (_r, p) => this.getResource(p),
       },
-      { method: 'GET', pattern: /^\/v1\/status$/, name: 'status', access: 'admin', handler: async () => json(await this.components.status()) },
-      { method: 'GET', pattern: /^\/v1\/card$/, name: 'card', access: 'admin', handler: () => json(this.components.card()) },
-      { method: 'GET', pattern: /^\/v1\/tail$/, name: 'tail', access: 'admin', handler: (r, _p, u) => this.tail(r, u) },
+      {
+        method: 'GET',
+        pattern: /^\/v1\/status$/,
+        name: 'status',
+        access: 'admin',
+        handler: async () => json(await this.components.status()),
+      },
+      {
+        method: 'GET',
+        pattern: /^\/v1\/card$/,
+        name: 'card',
+        access: 'admin',
+        handler: () => json(this.components.card()),
+      },
+      {
+        method: 'GET',
+        pattern: /^\/v1\/tail$/,
+        name: 'tail',
+        access: 'admin',
+        handler: (r, _p, u) => this.tail(r, u),
+      },
     ]
   }
 
@@ -315,10 +361,15 @@ export class HttpApi {
     if (access === 'open-on-loopback' && isLoopback(server.requestIP(request)?.address)) return undefined
     const header = request.headers.get('authorization') ?? ''
     const match = /^Bearer\s+(\S+)$/i.exec(header)
-    if (!match) return errorResponse(401, 'Unauthorized', 'missing bearer token (Authorization: Bearer <token>)')
+    if (!match)
+      return errorResponse(401, 'Unauthorized', 'missing bearer token (Authorization: Bearer <token>)')
     const tokens = access === 'admin' ? this.adminTokens : this.ingestTokens
     if (!tokenMatches(match[1]!, tokens)) {
-      return errorResponse(401, 'Unauthorized', access === 'admin' ? 'the admin token is required' : 'invalid token')
+      return errorResponse(
+        401,
+        'Unauthorized',
+        access === 'admin' ? 'the admin token is required' : 'invalid token',
+      )
     }
     return undefined
   }
@@ -377,7 +428,12 @@ export class HttpApi {
       } catch (error) {
         throw new DecodeError(`malformed JSON: ${(error as Error).message}`)
       }
-    } else throw new HttpError(415, 'UnsupportedMediaType', `content-type '${type}' is not supported; use application/json`)
+    } else
+      throw new HttpError(
+        415,
+        'UnsupportedMediaType',
+        `content-type '${type}' is not supported; use application/json`,
+      )
     const resource = parseResource(params[0], params[1], input)
     await this.requireDataPlane().upsertResource(resource)
     this.components.metrics.resourcesUpserted.inc()
@@ -415,7 +471,11 @@ export class HttpApi {
           if (next.done) controller.close()
           else controller.enqueue(encoder.encode(`${JSON.stringify(next.value)}\n`))
         } catch (error) {
-          controller.enqueue(encoder.encode(`${JSON.stringify({ error: (error as Error).name, message: (error as Error).message })}\n`))
+          controller.enqueue(
+            encoder.encode(
+              `${JSON.stringify({ error: (error as Error).name, message: (error as Error).message })}\n`,
+            ),
+          )
           controller.close()
         }
       },
@@ -424,6 +484,8 @@ export class HttpApi {
         await messages.return(undefined)
       },
     })
-    return new Response(stream, { headers: { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' } })
+    return new Response(stream, {
+      headers: { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' },
+    })
   }
 }

@@ -3,7 +3,13 @@
  * file 0600, never overwritten, refused when group/world-readable). The same key is the libp2p
  * PeerId and signs agreements, cards and batches. Key bytes are never logged.
  */
-import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto'
+import {
+  createHash,
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  type KeyObject,
+} from 'node:crypto'
 import { chmod, mkdir, open, readFile, stat } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import * as ed from '@noble/ed25519'
@@ -112,7 +118,13 @@ export function base58btc(bytes: Uint8Array): string {
       carry = Math.floor(carry / 58)
     }
   }
-  return '1'.repeat(zeros) + digits.reverse().map((digit) => BASE58[digit]).join('')
+  return (
+    '1'.repeat(zeros) +
+    digits
+      .reverse()
+      .map((digit) => BASE58[digit])
+      .join('')
+  )
 }
 
 /**

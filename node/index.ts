@@ -16,16 +16,28 @@ export {
   configSchema,
   envName,
   initialConfigText,
-  loadConfig,
   type LoadConfigOptions,
+  loadConfig,
   type NodeConfig,
   parseDuration,
   parseSize,
 } from './config.ts'
 export { type DataDirPaths, dataDirPaths, fileExists, resolveDataDir } from './data-dir.ts'
 export * from './errors.ts'
-export { type HealthReport, HttpApi, type IngestResult, parseIngestBody, validateRecords } from './http-api.ts'
-export { createIdentityKey, loadIdentity, type NodeIdentity, peerIdFromPublicKey, verifySignature } from './identity.ts'
-export { defaultOrgName, initDataDir, type InitResult } from './init.ts'
+export {
+  type HealthReport,
+  HttpApi,
+  type IngestResult,
+  parseIngestBody,
+  validateRecords,
+} from './http-api.ts'
+export {
+  createIdentityKey,
+  loadIdentity,
+  type NodeIdentity,
+  peerIdFromPublicKey,
+  verifySignature,
+} from './identity.ts'
+export { defaultOrgName, type InitResult, initDataDir } from './init.ts'
 export { createLogger, type Logger, silentLogger } from './logger.ts'
 export { advertisedAddrs, NODE_VERSION, type NodeStatus, OeNode } from './node.ts'

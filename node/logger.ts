@@ -28,7 +28,11 @@ const REDACT = [
 ]
 
 export function createLogger(init: LoggerInit): Logger {
-  const options = { level: init.level, base: { pid: process.pid }, redact: { paths: REDACT, censor: '[redacted]' } }
+  const options = {
+    level: init.level,
+    base: { pid: process.pid },
+    redact: { paths: REDACT, censor: '[redacted]' },
+  }
   if (init.format === 'pretty') {
     return pino(
       options,

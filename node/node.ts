@@ -2,6 +2,8 @@
  * The composition root: assembles the data dir, identity, data plane (embedded or external
  * NATS) and HTTP API in start order, stops them in reverse, and reports health and status.
  */
+
+import { rm } from 'node:fs/promises'
 import { networkInterfaces } from 'node:os'
 import type { NatsConnection } from '@nats-io/nats-core'
 import {
@@ -13,14 +15,18 @@ import {
 } from '../data-plane/index.ts'
 import { createCard, type NodeCard } from './card.ts'
 import type { NodeConfig } from './config.ts'
-import { DataDirLock, type DataDirPaths, dataDirPaths, writeApiFile } from './data-dir.ts'
+import {
+  DataDirLock,
+  type DataDirPaths,
+  dataDirPaths,
+  loadOrCreateAdminToken,
+  writeApiFile,
+} from './data-dir.ts'
 import { type HealthReport, HttpApi } from './http-api.ts'
 import type { NodeIdentity } from './identity.ts'
 import { defaultOrgName, initDataDir } from './init.ts'
 import type { Logger } from './logger.ts'
 import { createMetrics, type NodeMetrics } from './metrics.ts'
-import { rm } from 'node:fs/promises'
-import { loadOrCreateAdminToken } from './data-dir.ts'
 
 export const NODE_VERSION = '0.1.0'
 
@@ -115,7 +121,10 @@ export class OeNode {
           { servers: config.nats.url, credsFile: config.nats.creds, name: `oe-node ${this.org}` },
           options,
         )
-        log.info({ nats: redactUrl(config.nats.url), version: this.connection.info?.version }, 'connected to external NATS')
+        log.info(
+          { nats: redactUrl(config.nats.url), version: this.connection.info?.version },
+          'connected to external NATS',
+        )
       } else {
         const embedded = new EmbeddedNatsServer(
           {
@@ -125,13 +134,21 @@ export class OeNode {
             maxMemoryStore: config.nats.max_memory_store,
             maxFileStore: config.nats.max_file_store,
           },
-          { logger: log.child({ component: 'nats-server' }), onRestart: () => this.metrics.natsServerRestarts.inc() },
+          {
+            logger: log.child({ component: 'nats-server' }),
+            onRestart: () => this.metrics.natsServerRestarts.inc(),
+          },
         )
         this.embedded = embedded
         await embedded.start(options)
         this.stopSteps.push(() => embedded.stop())
         this.connection = await connectDataPlane(
-          { servers: embedded.url, user: embedded.credentials.user, password: embedded.credentials.password, name: `oe-node ${this.org}` },
+          {
+            servers: embedded.url,
+            user: embedded.credentials.user,
+            password: embedded.credentials.password,
+            name: `oe-node ${this.org}`,
+          },
           options,
         )
       }
@@ -216,7 +233,10 @@ export class OeNode {
     }
     if (this.embedded) {
       const state = this.embedded.state
-      checks['nats-server'] = { ok: state.status === 'running', ...(state.status === 'running' ? {} : { detail: state.status }) }
+      checks['nats-server'] = {
+        ok: state.status === 'running',
+        ...(state.status === 'running' ? {} : { detail: state.status }),
+      }
     }
     const ready = Object.values(checks).every((check) => check.ok)
     this.metrics.ready.set(ready ? 1 : 0)
@@ -285,7 +305,10 @@ export function advertisedAddrs(listen: readonly string[]): string[] {
 
 export function retentionLimits(config: NodeConfig): RetentionLimits {
   const { streams } = config
-  const limits = (entry: { max_age: number; max_bytes: number }) => ({ maxAgeMs: entry.max_age, maxBytes: entry.max_bytes })
+  const limits = (entry: { max_age: number; max_bytes: number }) => ({
+    maxAgeMs: entry.max_age,
+    maxBytes: entry.max_bytes,
+  })
   return {
     OE_TEL: limits(streams.telemetry),
     OE_EVT: limits(streams.events),

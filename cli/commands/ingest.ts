@@ -73,7 +73,8 @@ export function registerIngest(program: Command): void {
         const result = (await response.json()) as IngestResult
         total.accepted += result.accepted
         total.rejected += result.rejected
-        for (const error of result.errors) total.errors.push({ index: indices[error.index] ?? error.index, reason: error.reason })
+        for (const error of result.errors)
+          total.errors.push({ index: indices[error.index] ?? error.index, reason: error.reason })
       }
       total.errors.sort((a, b) => a.index - b.index)
       report(globals, total, (value) => [

@@ -1,13 +1,25 @@
 import type { Command } from 'commander'
-import { advertisedAddrs, createCard, dataDirPaths, initDataDir, loadConfig, resolveDataDir } from '../../node/index.ts'
+import {
+  advertisedAddrs,
+  createCard,
+  dataDirPaths,
+  initDataDir,
+  loadConfig,
+  resolveDataDir,
+} from '../../node/index.ts'
 import { type GlobalOptions, report } from '../output.ts'
 
 export function registerInit(program: Command): void {
   program
     .command('init')
-    .description('create a data dir: identity key, config.toml and admin token (nothing existing is overwritten)')
+    .description(
+      'create a data dir: identity key, config.toml and admin token (nothing existing is overwritten)',
+    )
     .option('--org <name>', 'organisation name written to config.toml (default: this host name)')
-    .addHelpText('after', '\nExamples:\n  oe-node init --org "Gridco"\n  oe-node --data-dir ./gridco init --org Gridco --json')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  oe-node init --org "Gridco"\n  oe-node --data-dir ./gridco init --org Gridco --json',
+    )
     .action(async (options: { org?: string }, command: Command) => {
       const globals = command.optsWithGlobals<GlobalOptions>()
       const dataDir = resolveDataDir(globals.dataDir)

@@ -27,7 +27,12 @@ export function registerStart(program: Command): void {
     .command('start')
     .description('run the node in the foreground until Ctrl-C (creates the data dir on first run)')
     .option('--api <host:port>', 'HTTP API listen address (default 127.0.0.1:7410)')
-    .option('--listen <multiaddr>', 'libp2p listen address, repeatable (default /ip4/0.0.0.0/tcp/7400)', collect, [])
+    .option(
+      '--listen <multiaddr>',
+      'libp2p listen address, repeatable (default /ip4/0.0.0.0/tcp/7400)',
+      collect,
+      [],
+    )
     .option('--nats-url <url>', 'use an existing NATS (nats://HOST:PORT) instead of the embedded nats-server')
     .option('--nats-creds <file>', 'NATS credentials file for --nats-url')
     .option('--nats-port <port>', 'client port of the embedded nats-server (default: a free port)')
@@ -51,7 +56,11 @@ export function registerStart(program: Command): void {
         'log.format': options.logFormat,
       }
       // Validate before touching the data dir, so a bad config leaves nothing behind.
-      let config = await loadConfig({ file: options.config ?? paths.config, required: options.config !== undefined, flags })
+      let config = await loadConfig({
+        file: options.config ?? paths.config,
+        required: options.config !== undefined,
+        flags,
+      })
       const init = await initDataDir(paths, config.org ?? defaultOrgName())
       if (init.created.config && options.config === undefined) {
         config = await loadConfig({ file: paths.config, flags })

@@ -24,9 +24,11 @@ export function registerTail(program: Command): void {
     .action(async (subject: string, options: TailOptions, command: Command) => {
       const globals = command.optsWithGlobals<GlobalOptions>()
       const count = options.count === undefined ? undefined : Number(options.count)
-      if (count !== undefined && (!Number.isInteger(count) || count < 1)) throw new UsageError('--count takes a whole number above 0')
+      if (count !== undefined && (!Number.isInteger(count) || count < 1))
+        throw new UsageError('--count takes a whole number above 0')
       const timeout = options.timeout === undefined ? undefined : Number(options.timeout)
-      if (timeout !== undefined && !(timeout > 0)) throw new UsageError('--timeout takes a number of seconds above 0')
+      if (timeout !== undefined && !(timeout > 0))
+        throw new UsageError('--timeout takes a number of seconds above 0')
       const client = await NodeClient.fromDataDir(resolveDataDir(globals.dataDir))
 
       const controller = new AbortController()
@@ -51,7 +53,12 @@ export function registerTail(program: Command): void {
             buffered = buffered.slice(newline + 1)
             newline = buffered.indexOf('\n')
             if (line.trim() === '') continue
-            const message = JSON.parse(line) as { subject?: string; data?: unknown; error?: string; message?: string }
+            const message = JSON.parse(line) as {
+              subject?: string
+              data?: unknown
+              error?: string
+              message?: string
+            }
             if (message.error) throw new CommandFailedError(message.message ?? message.error)
             seen += 1
             if (globals.json) process.stdout.write(`${line}\n`)
