@@ -218,6 +218,13 @@ export class EmbeddedNatsServer {
     this.stateValue = { status: 'stopped' }
   }
 
+  /** Last resort when the process must exit at once: end the child without waiting. */
+  kill(): void {
+    this.stopping = true
+    if (this.restartTimer) clearTimeout(this.restartTimer)
+    this.child?.kill('SIGKILL')
+  }
+
   private get configPath(): string {
     return join(this.init.dir, 'nats-server.conf')
   }

@@ -212,6 +212,11 @@ export class OeNode {
     this.components.logger.info({}, 'node stopped')
   }
 
+  /** For a forced exit (second signal): end child processes without waiting. */
+  kill(): void {
+    this.embedded?.kill()
+  }
+
   private async runStopSteps(): Promise<void> {
     while (this.stopSteps.length > 0) {
       const step = this.stopSteps.pop()!

@@ -72,12 +72,14 @@ export function registerStart(program: Command): void {
       const shutdown = (signal: string): void => {
         if (stopping) {
           logger.warn({ signal }, 'second signal: exiting now')
+          node.kill()
           logger.flush()
           process.exit(1)
         }
         logger.info({ signal }, 'shutting down')
         const deadline = setTimeout(() => {
           logger.error({ timeoutMs: config.shutdown_timeout }, 'shutdown took too long: exiting')
+          node.kill()
           logger.flush()
           process.exit(1)
         }, config.shutdown_timeout)
