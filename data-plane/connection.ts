@@ -26,11 +26,15 @@ export async function connectDataPlane(
   const authenticator = init.credsFile
     ? credsAuthenticator(new Uint8Array(await readFile(init.credsFile)))
     : undefined
+  const { servers, user, password, token } = splitCredentials(init.servers)
+  const chosenUser = init.user ?? user
+  const chosenPassword = init.password ?? password
   let nc: NatsConnection
   try {
     nc = await connect({
-      servers: init.servers,
-      ...(init.user !== undefined ? { user: init.user, pass: init.password } : {}),
+      servers,
+      ...(chosenUser !== undefined ? { user: chosenUser, pass: chosenPassword } : {}),
+      ...(token !== undefined ? { token } : {}),
       ...(authenticator ? { authenticator } : {}),
       name: init.name ?? 'oe-node',
       timeout: init.timeoutMs ?? 5_000,
@@ -52,6 +56,39 @@ export async function connectDataPlane(
     throw new NatsServerVersionError(version)
   }
   return nc
+}
+
+/**
+ * Take credentials out of `nats://user:pass@host` (or `nats://token@host`) URLs: the client is
+ * given them as options, so they never sit in a server list that may be logged.
+ */
+export function splitCredentials(urls: string): {
+  servers: string[]
+  user?: string
+  password?: string
+  token?: string
+} {
+  const result: { servers: string[]; user?: string; password?: string; token?: string } = { servers: [] }
+  for (const raw of urls
+    .split(',')
+    .map((url) => url.trim())
+    .filter(Boolean)) {
+    const match = /^([a-z]+:\/\/)([^@/]*)@(.*)$/.exec(raw)
+    if (!match) {
+      result.servers.push(raw)
+      continue
+    }
+    const userinfo = match[2]!
+    const colon = userinfo.indexOf(':')
+    if (colon >= 0) {
+      result.user = decodeURIComponent(userinfo.slice(0, colon))
+      result.password = decodeURIComponent(userinfo.slice(colon + 1))
+    } else if (userinfo !== '') {
+      result.token = decodeURIComponent(userinfo)
+    }
+    result.servers.push(`${match[1]}${match[3]}`)
+  }
+  return result
 }
 
 /** A NATS URL with any password removed, for logs and status. */

@@ -142,6 +142,16 @@ export async function loadOrCreateCredentials(dir: string): Promise<NatsCredenti
   return credentials
 }
 
+/** True when the process no longer runs (absent, or a zombie nobody has reaped yet). */
+async function processGone(pid: number): Promise<boolean> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')
+  } catch {
+    return true
+  }
+}
+
 const quote = (text: string): string => JSON.stringify(text)
 
 export class EmbeddedNatsServer {
@@ -277,14 +287,7 @@ export class EmbeddedNatsServer {
     } catch {
       return
     }
-    for (let i = 0; i < 100; i++) {
-      try {
-        process.kill(pid, 0)
-      } catch {
-        return
-      }
-      await Bun.sleep(20)
-    }
+    for (let i = 0; i < 250 && !(await processGone(pid)); i++) await Bun.sleep(20)
   }
 
   private spawnAndWait(signal?: AbortSignal): Promise<void> {
