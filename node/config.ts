@@ -5,7 +5,7 @@
  */
 import { readFile } from 'node:fs/promises'
 import { parse as parseToml } from 'smol-toml'
-import { z } from 'zod'
+import * as z from 'zod'
 import { ConfigError, type ConfigIssue } from './errors.ts'
 
 const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 }
