@@ -6,6 +6,8 @@
 import { readFileSync } from 'node:fs'
 import { chmod, readFile, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { jetstreamManager } from '@nats-io/jetstream'
+import { connect } from '@nats-io/transport-node'
 import { afterEach, describe, expect, test } from 'vitest'
 import {
   BUN,
@@ -73,6 +75,41 @@ describe('configuration', () => {
     expect(status.listen).toEqual(['/ip4/127.0.0.1/tcp/0'])
     // log.level warn from env: the info-level "node ready" line is not logged.
     expect(node.stderr()).not.toContain('node ready')
+  })
+})
+
+describe('streams', () => {
+  test('all streams and the resources bucket exist, with retention limits from config', async () => {
+    const node = await startNode({
+      config: '[streams.telemetry]\nmax_age = "2h"\nmax_bytes = "64MiB"\n[streams.outbox]\nmax_age = "30m"\n',
+    })
+    const status = (await (await node.fetch('/v1/status')).json()) as { nats: { url: string } }
+    const auth = JSON.parse(await readFile(join(node.dataDir, 'nats', 'auth.json'), 'utf8'))
+    expect((await stat(join(node.dataDir, 'nats', 'auth.json'))).mode & 0o777).toBe(0o600)
+    const nc = await connect({ servers: status.nats.url, user: auth.user, pass: auth.password })
+    try {
+      const jsm = await jetstreamManager(nc)
+      const names: string[] = []
+      for await (const info of jsm.streams.list()) names.push(info.config.name)
+      expect(names.sort()).toEqual([
+        'KV_oe-resources',
+        'OE_CTL',
+        'OE_EVT',
+        'OE_OUT',
+        'OE_PEER',
+        'OE_STD',
+        'OE_TEL',
+      ])
+      const tel = await jsm.streams.info('OE_TEL')
+      expect(tel.config.subjects).toEqual(['oe.tel.>'])
+      expect(tel.config.max_age).toBe(2 * 3600 * 1e9)
+      expect(tel.config.max_bytes).toBe(64 * 1024 * 1024)
+      expect((await jsm.streams.info('OE_OUT')).config.max_age).toBe(30 * 60 * 1e9)
+      // Without credentials the embedded server refuses a client.
+      await expect(connect({ servers: status.nats.url, reconnect: false })).rejects.toThrow()
+    } finally {
+      await nc.close()
+    }
   })
 })
 
