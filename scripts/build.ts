@@ -45,7 +45,10 @@ const embedNats: BunPlugin = {
 const stubDevtools: BunPlugin = {
   name: 'stub-react-devtools',
   setup(build) {
-    build.onResolve({ filter: /^react-devtools-core$/ }, () => ({ path: 'react-devtools-core', namespace: 'stub' }))
+    build.onResolve({ filter: /^react-devtools-core$/ }, () => ({
+      path: 'react-devtools-core',
+      namespace: 'stub',
+    }))
     build.onLoad({ filter: /.*/, namespace: 'stub' }, () => ({
       loader: 'js',
       contents: 'export default { initialize() {}, connectToDevTools() {} }',

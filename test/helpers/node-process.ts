@@ -138,7 +138,13 @@ export async function startNode(options: StartNodeOptions = {}): Promise<Running
     if (alive) child.kill('SIGKILL')
     await exited
   }
-  cleanups.push(kill)
+  // At the end of a test: stop gracefully, and end a nats-server a killed node left behind.
+  cleanups.push(async () => {
+    if (alive) child.kill('SIGTERM')
+    const timeout = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), 10_000))
+    if ((await Promise.race([exited, timeout])) === 'timeout') await kill()
+    await killOrphanNatsServer(dataDir)
+  })
   const stop = async (): Promise<number> => {
     if (alive) child.kill('SIGTERM')
     const timeout = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), 20_000))
@@ -184,6 +190,21 @@ export async function startNode(options: StartNodeOptions = {}): Promise<Running
       if (chosen !== null) headers.set('authorization', `Bearer ${chosen}`)
       return fetch(`${api}${path}`, { ...rest, headers })
     },
+  }
+}
+
+/** SIGKILL the embedded nats-server of a data dir if it still runs (its node was killed). */
+export async function killOrphanNatsServer(dataDir: string): Promise<void> {
+  const pid = Number(
+    (await readFile(join(dataDir, 'nats', 'nats-server.pid'), 'utf8').catch(() => '')).trim(),
+  )
+  if (!Number.isInteger(pid) || pid <= 0) return
+  const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')
+  if (!cmdline.includes(dataDir)) return
+  try {
+    process.kill(pid, 'SIGKILL')
+  } catch {
+    // Already gone.
   }
 }
 

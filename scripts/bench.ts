@@ -1,0 +1,87 @@
+/**
+ * Benchmark runner (ARCHITECTURE §11): `bun scripts/bench.ts [SUITE…]` runs the named suites
+ * (all when none is named), prints a markdown table per suite and a combined one at the end, and
+ * writes `bench-results/<suite>.json`. Exit codes: 0 ok, 1 a suite failed, 2 usage.
+ */
+import { relative } from 'node:path'
+import {
+  log,
+  markdownTable,
+  root,
+  Scope,
+  type Suite,
+  type SuiteResult,
+  suiteTable,
+  writeResult,
+} from './bench/common.ts'
+
+/** The suites, in the order they run by default; add `federation`, `ocpp`, … here. */
+const SUITES: Record<string, { describe: string; load: () => Promise<Suite> }> = {
+  ingest: {
+    describe: 'cold start, HTTP ingest throughput vs raw nats.js JetStream publish',
+    load: async () => (await import('./bench/ingest.ts')).ingestSuite,
+  },
+}
+
+function usage(): string {
+  const lines = Object.entries(SUITES).map(([name, suite]) => `  ${name.padEnd(12)} ${suite.describe}`)
+  return `usage: bun scripts/bench.ts [SUITE…]   (all suites when none is named)\n\nsuites:\n${lines.join('\n')}`
+}
+
+function parseArgs(args: readonly string[]): string[] {
+  if (args.includes('-h') || args.includes('--help')) {
+    console.log(usage())
+    process.exit(0)
+  }
+  const unknown = args.filter((name) => !Object.hasOwn(SUITES, name))
+  if (unknown.length > 0) {
+    console.error(`bench: unknown suite${unknown.length > 1 ? 's' : ''}: ${unknown.join(', ')}\n\n${usage()}`)
+    process.exit(2)
+  }
+  const chosen = args.length > 0 ? args : Object.keys(SUITES)
+  return [...new Set(chosen)]
+}
+
+async function main(): Promise<number> {
+  const names = parseArgs(process.argv.slice(2))
+  const results: SuiteResult[] = []
+  const failures: string[] = []
+  for (const name of names) {
+    const scope = new Scope()
+    const onSignal = (signal: NodeJS.Signals): void => {
+      log(`${signal}: cleaning up`)
+      void scope.close().finally(() => process.exit(130))
+    }
+    process.once('SIGINT', onSignal)
+    process.once('SIGTERM', onSignal)
+    const started = performance.now()
+    log(`suite ${name}`)
+    try {
+      const suite = await SUITES[name]!.load()
+      const result = await suite(scope)
+      const path = await writeResult(result)
+      results.push(result)
+      console.log(`\n## ${name}\n\n${suiteTable(result)}\n`)
+      log(
+        `suite ${name} done in ${((performance.now() - started) / 1000).toFixed(1)} s; wrote ${relative(root, path)}`,
+      )
+    } catch (error) {
+      failures.push(name)
+      log(`suite ${name} FAILED: ${(error as Error).stack ?? error}`)
+    } finally {
+      await scope.close()
+      process.off('SIGINT', onSignal)
+      process.off('SIGTERM', onSignal)
+    }
+  }
+  if (results.length > 0) {
+    const rows = results.flatMap((result) =>
+      result.headline.map((row) => [result.suite, row.metric, row.value, row.reference]),
+    )
+    for (const name of failures) rows.push([name, 'FAILED', '', ''])
+    console.log(`## all suites\n\n${markdownTable(['suite', 'metric', 'value', 'target/baseline'], rows)}`)
+  }
+  return failures.length > 0 ? 1 : 0
+}
+
+process.exit(await main())
