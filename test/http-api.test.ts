@@ -66,7 +66,7 @@ describe('authentication', () => {
   test('the admin token reads status', async () => {
     const status = await node.fetch('/v1/status')
     expect(status.status).toBe(200)
-    const body = (await status.json()) as Record<string, any>
+    const body = (await status.json()) as { org: string; nats: { url: string } }
     expect(body.org).toBe('ApiTest')
     expect(body.nats).toMatchObject({ connected: true, embedded: true })
     expect(body.nats.url).toMatch(/^nats:\/\/127\.0\.0\.1:\d+$/)

@@ -227,17 +227,23 @@ export async function waitFor(
   throw new Error(`timed out waiting for ${what}`)
 }
 
+/** One line of the tail endpoint: a subject and its decoded payload. */
+export interface TailMessage {
+  subject: string
+  data: { v?: number; t?: number; [field: string]: unknown }
+}
+
 /** Messages a node's stream holds for a subject, read through the API's tail endpoint. */
 export async function readSubject(
   node: RunningNode,
   subject: string,
   settleMs = 1_000,
-): Promise<{ subject: string; data: any }[]> {
+): Promise<TailMessage[]> {
   const controller = new AbortController()
   const response = await node.fetch(`/v1/tail?${new URLSearchParams({ subject, from_start: '1' })}`, {
     signal: controller.signal,
   })
-  const messages: { subject: string; data: any }[] = []
+  const messages: TailMessage[] = []
   const reader = response.body!.pipeThrough(new TextDecoderStream()).getReader()
   let buffered = ''
   let timer = setTimeout(() => controller.abort(), settleMs * 3)
