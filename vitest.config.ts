@@ -9,5 +9,7 @@ export default defineConfig({
     pool: 'forks',
     // Integration tests spawn nodes and nats-servers; two cores do not gain from more.
     maxWorkers: 2,
+    // Tests that import cbor-x directly stay off its native extractor too (data-plane/cbor-setup.ts).
+    env: { CBOR_NATIVE_ACCELERATION_DISABLED: 'true' },
   },
 })

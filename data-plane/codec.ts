@@ -2,9 +2,17 @@
  * CBOR codecs for data-plane payloads (cbor-x). Maps decode to plain objects; records are not
  * shared between messages (`useRecords: false`) so every payload stands on its own.
  */
-import { Encoder } from 'cbor-x'
+// Side effect first: keep cbor-x off its native extractor (see cbor-setup.ts).
+import './cbor-setup.ts'
+import { Encoder, isNativeAccelerationEnabled } from 'cbor-x'
 import { DecodeError } from './errors.ts'
 import type { TelemetryPayload, TelemetryRecord } from './model.ts'
+
+if (isNativeAccelerationEnabled) {
+  throw new Error(
+    'cbor-x loaded its native extractor, which crashes Bun: import data-plane/codec.ts before cbor-x',
+  )
+}
 
 const cbor = new Encoder({ useRecords: false, mapsAsObjects: true, tagUint8Array: false })
 

@@ -102,6 +102,21 @@ describe('POST /v1/telemetry', () => {
     expect(await readSubject(node, 'oe.tel.meter.cbor-1.>', 300)).toHaveLength(7)
   })
 
+  test('a large CBOR batch with non-ASCII units is stored and the node stays up', async () => {
+    // cbor-x's native extractor aborted Bun on exactly this input; the node must never load it.
+    const records = telemetry(1000, { rid: () => 'cbor-temp', q: 'temperature' }).map((r) => ({ ...r, u: '°C' }))
+    const response = await node.fetch('/v1/telemetry', {
+      method: 'POST',
+      body: encodeCbor(records),
+      headers: { 'content-type': 'application/cbor' },
+    })
+    expect(await response.json()).toMatchObject({ accepted: 1000, rejected: 0 })
+    const stored = await readSubject(node, 'oe.tel.meter.cbor-temp.temperature', 300)
+    expect(stored).toHaveLength(1000)
+    expect(stored[999]!.data).toMatchObject({ v: 999, u: '°C' })
+    expect((await node.fetch('/livez')).status).toBe(200)
+  })
+
   test('invalid records are rejected with index and reason; the valid ones are kept', async () => {
     const now = Date.now()
     const good = (i: number) => ({ kind: 'meter', rid: 'mixed-1', q: 'power', v: i, t: now })
