@@ -24,14 +24,15 @@ const SIZE_UNITS: Record<string, number> = {
 /** `"500ms"`, `"60s"`, `"7d"` or a number of milliseconds. */
 export function parseDuration(value: string | number): number | undefined {
   if (typeof value === 'number') return Number.isFinite(value) && value >= 0 ? value : undefined
-  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$/.exec(value)
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/.exec(value)
   if (!match) return undefined
-  return Math.round(Number(match[1]) * DURATION_UNITS[match[2]!]!)
+  return Math.round(Number(match[1]) * DURATION_UNITS[match[2] ?? 'ms']!)
 }
 
 /** `"1GiB"`, `"512MB"`, `-1` (unlimited) or a number of bytes. */
 export function parseSize(value: string | number): number | undefined {
   if (typeof value === 'number') return Number.isSafeInteger(value) && value >= -1 ? value : undefined
+  if (value.trim() === '-1') return -1
   const match = /^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$/.exec(value)
   if (!match) return undefined
   return Math.round(Number(match[1]) * SIZE_UNITS[match[2] ?? 'B']!)
@@ -187,8 +188,11 @@ export function parseConfigText(text: string, source: string): Record<string, un
   try {
     return parseToml(text) as Record<string, unknown>
   } catch (error) {
+    const { line, column } = error as { line?: number; column?: number }
     const message = (error as Error).message.split('\n')[0] ?? 'syntax error'
-    throw new ConfigError([{ path: '(file)', message: `TOML syntax error: ${message}` }], source)
+    const where =
+      line !== undefined ? ` at line ${line}${column !== undefined ? `, column ${column}` : ''}` : ''
+    throw new ConfigError([{ path: '(file)', message: `TOML syntax error${where}: ${message}` }], source)
   }
 }
 
@@ -212,7 +216,8 @@ export async function loadConfig(options: LoadConfigOptions = {}): Promise<NodeC
   const issues: ConfigIssue[] = []
   const env = options.env ?? process.env
   for (const [name, raw] of Object.entries(env)) {
-    if (!name.startsWith('OE_NODE_') || raw === undefined || NON_SETTING_ENV.has(name)) continue
+    // An empty value (FOO=) counts as unset, as shells and unit files use it.
+    if (!name.startsWith('OE_NODE_') || raw === undefined || raw === '' || NON_SETTING_ENV.has(name)) continue
     const path = Object.keys(SETTINGS).find((candidate) => envName(candidate) === name)
     if (path === undefined) {
       issues.push({ path: `env ${name}`, message: 'is not an oe-node setting' })
@@ -229,24 +234,42 @@ export async function loadConfig(options: LoadConfigOptions = {}): Promise<NodeC
   const result = configSchema.safeParse(merged)
   if (!result.success) {
     for (const issue of result.error.issues) {
-      const path = issue.path.map(String).join('.') || '(root)'
-      const from = [...origin].find(([key]) => path === key || path.startsWith(`${key}.`))?.[1]
-      issues.push({ path: from ? `${path} (${from})` : path, message: friendlyMessage(issue) })
+      const parent = issue.path.map(String)
+      const located =
+        issue.code === 'unrecognized_keys'
+          ? issue.keys.map((key) => ({ path: [...parent, key].join('.'), message: 'unknown key' }))
+          : [{ path: parent.join('.') || '(root)', message: issue.message }]
+      for (const { path, message } of located) {
+        const from = [...origin].find(([key]) => path === key || path.startsWith(`${key}.`))?.[1]
+        issues.push({ path: from ? `${path} (${from})` : path, message })
+      }
     }
   }
   if (issues.length > 0) throw new ConfigError(issues, options.file)
   return result.data!
 }
 
-function friendlyMessage(issue: z.core.$ZodIssue): string {
-  if (issue.code === 'unrecognized_keys') return `unknown key(s): ${issue.keys.join(', ')}`
-  return issue.message
+/** A TOML basic string: control characters (DEL included) escaped, which JSON leaves raw. */
+export function tomlString(text: string): string {
+  return JSON.stringify(text).replace(
+    /[\u007f-\u009f]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
+  )
+}
+
+/** Check an org name as the schema will, before it is written anywhere. */
+export function checkOrgName(org: string): string {
+  const result = configSchema.shape.org.safeParse(org)
+  if (!result.success || result.data === undefined) {
+    throw new ConfigError([{ path: 'org', message: result.error?.issues[0]?.message ?? 'must not be empty' }])
+  }
+  return result.data
 }
 
 /** The config file `oe-node init` writes: the org and the settings most people change. */
 export function initialConfigText(org: string): string {
   return `# oe-node configuration. Precedence: defaults < this file < OE_NODE_* env < flags.
-org = ${JSON.stringify(org)}
+org = ${tomlString(org)}
 
 [api]
 # Admin API, health and metrics. Keep it on loopback unless a proxy with TLS fronts it.

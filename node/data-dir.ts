@@ -100,16 +100,25 @@ function isAlive(pid: number): boolean {
   }
 }
 
-/** Hold `node.lock` for this process; a live holder is a DataDirLockedError, a dead one is replaced. */
+/** Lock files this process holds: a lock naming our own pid is otherwise taken as stale. */
+const heldInThisProcess = new Set<string>()
+
+/**
+ * Hold `node.lock` for this process; a live holder is a DataDirLockedError, a dead one is
+ * replaced. A lock naming this process's own pid that this process does not hold is stale (pid
+ * reuse after a restart is common in containers, where the node is often pid 1).
+ */
 export class DataDirLock {
   private held = false
 
   constructor(private readonly paths: DataDirPaths) {}
 
   async acquire(): Promise<void> {
+    if (heldInThisProcess.has(this.paths.lock)) throw new DataDirLockedError(this.paths.root, process.pid)
     for (let attempt = 0; attempt < 3; attempt++) {
       if (await writeIfAbsent(this.paths.lock, `${process.pid}\n`, 0o600)) {
         this.held = true
+        heldInThisProcess.add(this.paths.lock)
         return
       }
       const holder = Number((await readFile(this.paths.lock, 'utf8').catch(() => '')).trim())
@@ -125,7 +134,10 @@ export class DataDirLock {
   async release(): Promise<void> {
     if (!this.held) return
     this.held = false
-    await rm(this.paths.lock, { force: true })
+    heldInThisProcess.delete(this.paths.lock)
+    // Remove the lock only while it still names us.
+    const holder = (await readFile(this.paths.lock, 'utf8').catch(() => '')).trim()
+    if (holder === String(process.pid)) await rm(this.paths.lock, { force: true })
   }
 }
 

@@ -59,7 +59,11 @@ export async function createIdentityKey(keyPath: string): Promise<boolean> {
 }
 
 export async function loadIdentity(keyPath: string): Promise<NodeIdentity> {
-  const info = await stat(keyPath)
+  const info = await stat(keyPath).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT')
+      throw new KeyFormatError(`there is no identity key at ${keyPath}: run oe-node init`)
+    throw error
+  })
   if ((info.mode & 0o077) !== 0) {
     throw new KeyPermissionError(
       `refusing to use ${keyPath}: it is readable or writable by group or others (mode ${(info.mode & 0o777).toString(8)}); run chmod 600 on it`,

@@ -3,7 +3,7 @@
  * that exists is overwritten, so `init` and `start` may both call it.
  */
 import { hostname } from 'node:os'
-import { initialConfigText } from './config.ts'
+import { checkOrgName, initialConfigText } from './config.ts'
 import { type DataDirPaths, ensureDataDir, loadOrCreateAdminToken, writeIfAbsent } from './data-dir.ts'
 import { createIdentityKey, loadIdentity, type NodeIdentity } from './identity.ts'
 
@@ -17,9 +17,10 @@ export function defaultOrgName(): string {
 }
 
 export async function initDataDir(paths: DataDirPaths, org: string = defaultOrgName()): Promise<InitResult> {
+  const name = checkOrgName(org)
   await ensureDataDir(paths)
   const key = await createIdentityKey(paths.key)
-  const config = await writeIfAbsent(paths.config, initialConfigText(org), 0o600)
+  const config = await writeIfAbsent(paths.config, initialConfigText(name), 0o600)
   await loadOrCreateAdminToken(paths.adminToken)
   return { created: { key, config }, identity: await loadIdentity(paths.key) }
 }
