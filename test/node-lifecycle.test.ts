@@ -49,7 +49,7 @@ describe('configuration', () => {
     expect(result.stderr).toContain('api.listen: must be HOST:PORT')
     expect(result.stderr).toContain('api.max_body_bytes:')
     expect(result.stderr).toContain('nats.port: must be a port number')
-    expect(result.stderr).toContain('unknown key(s): surprise')
+    expect(result.stderr).toContain('surprise: unknown key')
     expect(result.stderr).toContain('log.level (env OE_NODE_LOG_LEVEL)')
     // Nothing was created for a config that never validated.
     await expect(stat(join(dataDir, 'keys', 'node.key'))).rejects.toThrow()
