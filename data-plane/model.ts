@@ -101,14 +101,15 @@ export function isResourceId(value: unknown): value is string {
 
 /** The canonical unit of a quantity (with or without phase suffix), or undefined if unknown. */
 export function canonicalUnit(quantity: string): string | undefined {
-  const direct = (QUANTITY_UNITS as Record<string, string>)[quantity]
+  // A Map, not the object literal: 'constructor' or '__proto__' must not look like quantities.
+  const direct = UNITS.get(quantity)
   if (direct !== undefined) return direct
   const match = /^(.+)_l[123]$/.exec(quantity)
-  if (match?.[1] !== undefined && PHASED_QUANTITIES.has(match[1])) {
-    return (QUANTITY_UNITS as Record<string, string>)[match[1]]
-  }
+  if (match?.[1] !== undefined && PHASED_QUANTITIES.has(match[1])) return UNITS.get(match[1])
   return undefined
 }
+
+const UNITS: ReadonlyMap<string, string> = new Map(Object.entries(QUANTITY_UNITS))
 
 export function isQuantity(value: unknown): value is string {
   return typeof value === 'string' && canonicalUnit(value) !== undefined
@@ -244,10 +245,32 @@ export function parseResource(kind: unknown, rid: unknown, input: unknown, now =
   return resource
 }
 
-function checkAttrValues(value: unknown, path: string): void {
-  if (typeof value === 'number' && !Number.isFinite(value)) throw new ValidationError(path, 'must be finite')
-  if (typeof value === 'object' && value !== null) {
-    for (const [key, inner] of Object.entries(value)) checkAttrValues(inner, `${path}.${key}`)
+const MAX_ATTRS_DEPTH = 16
+
+/** Attributes are JSON values: finite numbers, strings, booleans, null, arrays and plain objects. */
+function checkAttrValues(value: unknown, path: string, depth = 0): void {
+  if (depth > MAX_ATTRS_DEPTH) throw new ValidationError(path, `nests deeper than ${MAX_ATTRS_DEPTH} levels`)
+  switch (typeof value) {
+    case 'string':
+    case 'boolean':
+      return
+    case 'number':
+      if (!Number.isFinite(value)) throw new ValidationError(path, 'must be finite')
+      return
+    case 'object': {
+      if (value === null) return
+      const prototype = Object.getPrototypeOf(value)
+      if (!Array.isArray(value) && prototype !== Object.prototype && prototype !== null) {
+        throw new ValidationError(
+          path,
+          'must be a JSON value (string, number, boolean, null, array or object)',
+        )
+      }
+      for (const [key, inner] of Object.entries(value)) checkAttrValues(inner, `${path}.${key}`, depth + 1)
+      return
+    }
+    default:
+      throw new ValidationError(path, `must be a JSON value, got ${typeof value}`)
   }
 }
 
