@@ -104,7 +104,10 @@ describe('POST /v1/telemetry', () => {
 
   test('a large CBOR batch with non-ASCII units is stored and the node stays up', async () => {
     // cbor-x's native extractor aborted Bun on exactly this input; the node must never load it.
-    const records = telemetry(1000, { rid: () => 'cbor-temp', q: 'temperature' }).map((r) => ({ ...r, u: '°C' }))
+    const records = telemetry(1000, { rid: () => 'cbor-temp', q: 'temperature' }).map((r) => ({
+      ...r,
+      u: '°C',
+    }))
     const response = await node.fetch('/v1/telemetry', {
       method: 'POST',
       body: encodeCbor(records),
