@@ -1,11 +1,8 @@
-import { spawnSync } from 'node:child_process'
 import { createPrivateKey, generateKeyPairSync } from 'node:crypto'
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { afterEach, describe, expect, test } from 'vitest'
+import { describe, expect, test } from 'vitest'
 import { decodeCbor, encodeCbor } from '../data-plane/index.ts'
+import { type ChildOutcome, inChildBun as runInChildBun } from '../test/helpers/child-bun.ts'
 import { createCard, parseCard } from './card.ts'
 import { identityFromKeyObject, type NodeIdentity } from './identity.ts'
 
@@ -189,50 +186,17 @@ describe('parseCard refuses', () => {
 const CARD_MODULE = fileURLToPath(new URL('./card.ts', import.meta.url))
 const IDENTITY_MODULE = fileURLToPath(new URL('./identity.ts', import.meta.url))
 
-const childDirs: string[] = []
-afterEach(async () => {
-  await Promise.all(childDirs.splice(0).map((dir) => rm(dir, { recursive: true, force: true })))
-})
-
-interface ChildOutcome {
-  status: number | null
-  signal: NodeJS.Signals | null
-  result: unknown
-}
-
 /** Run `body` (module code that assigns `result`) in a child Bun; `result` comes back as JSON. */
-async function inChildBun(body: string, nativeCbor: boolean): Promise<ChildOutcome> {
-  const dir = await mkdtemp(join(tmpdir(), 'oe-test-'))
-  childDirs.push(dir)
-  const script = join(dir, 'child.ts')
-  const output = join(dir, 'result.json')
-  await writeFile(
-    script,
-    [
-      "import { writeFileSync } from 'node:fs'",
+function inChildBun(body: string, nativeCbor: boolean): Promise<ChildOutcome> {
+  return runInChildBun({
+    imports: [
       "import { generateKeyPairSync } from 'node:crypto'",
       `import { createCard, parseCard } from ${JSON.stringify(CARD_MODULE)}`,
       `import { identityFromKeyObject } from ${JSON.stringify(IDENTITY_MODULE)}`,
-      'let result: unknown',
-      body,
-      `writeFileSync(${JSON.stringify(output)}, JSON.stringify(result))`,
-      '',
-    ].join('\n'),
-  )
-  const env: NodeJS.ProcessEnv = { ...process.env }
-  if (nativeCbor) delete env.CBOR_NATIVE_ACCELERATION_DISABLED
-  else env.CBOR_NATIVE_ACCELERATION_DISABLED = 'true'
-  const child = spawnSync(process.execPath, ['--no-install', script], {
-    env,
-    timeout: 60_000,
-    stdio: 'ignore',
+    ],
+    body,
+    nativeCbor,
   })
-  const text = await readFile(output, 'utf8').catch(() => undefined)
-  return {
-    status: child.status,
-    signal: child.signal,
-    result: text === undefined ? undefined : JSON.parse(text),
-  }
 }
 
 const NON_ASCII_ROUND_TRIP = `

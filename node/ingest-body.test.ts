@@ -1,10 +1,7 @@
-import { spawnSync } from 'node:child_process'
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { encode } from 'cbor-x'
-import { afterEach, describe, expect, test } from 'vitest'
+import { describe, expect, test } from 'vitest'
+import { type ChildOutcome, inChildBun as runInChildBun } from '../test/helpers/child-bun.ts'
 import { type HttpError, parseIngestBody, validateRecords } from './http-api.ts'
 
 const NOW = Date.UTC(2025, 5, 1, 12, 0, 0)
@@ -336,48 +333,13 @@ describe('parseIngestBody fuzz', () => {
  */
 const HTTP_API_MODULE = fileURLToPath(new URL('./http-api.ts', import.meta.url))
 
-const childDirs: string[] = []
-afterEach(async () => {
-  await Promise.all(childDirs.splice(0).map((dir) => rm(dir, { recursive: true, force: true })))
-})
-
-interface ChildOutcome {
-  status: number | null
-  signal: NodeJS.Signals | null
-  result: unknown
-}
-
 /** Run `body` (module code that assigns `result`) in a child Bun; `result` comes back as JSON. */
-async function inChildBun(body: string, nativeCbor: boolean): Promise<ChildOutcome> {
-  const dir = await mkdtemp(join(tmpdir(), 'oe-test-'))
-  childDirs.push(dir)
-  const script = join(dir, 'child.ts')
-  const output = join(dir, 'result.json')
-  await writeFile(
-    script,
-    [
-      "import { writeFileSync } from 'node:fs'",
-      `import { parseIngestBody, validateRecords } from ${JSON.stringify(HTTP_API_MODULE)}`,
-      'let result: unknown',
-      body,
-      `writeFileSync(${JSON.stringify(output)}, JSON.stringify(result))`,
-      '',
-    ].join('\n'),
-  )
-  const env: NodeJS.ProcessEnv = { ...process.env }
-  if (nativeCbor) delete env.CBOR_NATIVE_ACCELERATION_DISABLED
-  else env.CBOR_NATIVE_ACCELERATION_DISABLED = 'true'
-  const child = spawnSync(process.execPath, ['--no-install', script], {
-    env,
-    timeout: 60_000,
-    stdio: 'ignore',
+function inChildBun(body: string, nativeCbor: boolean): Promise<ChildOutcome> {
+  return runInChildBun({
+    imports: [`import { parseIngestBody, validateRecords } from ${JSON.stringify(HTTP_API_MODULE)}`],
+    body,
+    nativeCbor,
   })
-  const written = await readFile(output, 'utf8').catch(() => undefined)
-  return {
-    status: child.status,
-    signal: child.signal,
-    result: written === undefined ? undefined : JSON.parse(written),
-  }
 }
 
 const TEMPERATURES = [
