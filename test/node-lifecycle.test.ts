@@ -78,6 +78,39 @@ describe('configuration', () => {
   })
 })
 
+describe('logs and ports', () => {
+  test('logs are JSON lines by default and human-readable with --log-format pretty', async () => {
+    const json = await startNode()
+    const line = json
+      .stderr()
+      .split('\n')
+      .find((l) => l.includes('node ready'))!
+    expect(JSON.parse(line)).toMatchObject({ level: 30, msg: 'node ready', org: expect.any(String) })
+    const pretty = await startNode({ args: ['--log-format', 'pretty'] })
+    const prettyLine = pretty
+      .stderr()
+      .split('\n')
+      .find((l) => l.includes('node ready'))!
+    expect(prettyLine).toMatch(/INFO.*node ready/)
+    expect(() => JSON.parse(prettyLine)).toThrow()
+    // No secret reaches the logs.
+    const token = pretty.token
+    const auth = await readFile(join(pretty.dataDir, 'nats', 'auth.json'), 'utf8')
+    for (const node of [json, pretty]) {
+      expect(node.stderr()).not.toContain(token)
+      expect(node.stderr()).not.toContain(JSON.parse(auth).password)
+    }
+  })
+
+  test('--nats-port pins the embedded server port', async () => {
+    const { freePort } = await import('../data-plane/index.ts')
+    const port = await freePort()
+    const node = await startNode({ args: ['--nats-port', String(port)] })
+    const status = (await (await node.fetch('/v1/status')).json()) as { nats: { url: string } }
+    expect(status.nats.url).toBe(`nats://127.0.0.1:${port}`)
+  })
+})
+
 describe('streams', () => {
   test('all streams and the resources bucket exist, with retention limits from config', async () => {
     const node = await startNode({
