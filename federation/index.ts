@@ -1,8 +1,38 @@
 /**
  * federation: the libp2p host, peer directory and connection gating, sharing agreements
- * (model, canonical encoding, signatures, lifecycle, store), the policy engine, the transfer
- * protocol, provenance and the audit log (ARCHITECTURE §6, §7). It imports only `data-plane/`.
+ * (model, canonical encoding, signatures, lifecycle, store), the agreement protocol and the
+ * audit log (ARCHITECTURE §6, §7). It imports only `data-plane/`.
  *
- * Nothing is exported yet: peering and agreements arrive with the Federation I work.
+ * @example
+ * const audit = new AuditLog({ dir: paths.audit }, { signer })
+ * const federation = new Federation({ org, listen }, { dataPlane, signer, logger, audit })
+ * await audit.start(); await federation.start()
+ * await federation.addPeer({ alias: 'gridco', org, peerId, publicKey, addrs })
+ * const { id } = await federation.propose({ peer: 'gridco', grants: [parseGrantSpec(spec)], purpose, validUntil })
  */
-export {}
+export * from './agreement.ts'
+export {
+  AuditError,
+  type AuditEntry,
+  AuditLog,
+  type AuditLogInit,
+  type AuditSigner,
+  type AuditVerifyResult,
+  verifyAuditLog,
+} from './audit.ts'
+export { encodeCanonical } from './canonical-cbor.ts'
+export * from './errors.ts'
+export {
+  ALIAS_PATTERN,
+  type AgreementDetail,
+  type AgreementSummary,
+  Federation,
+  type FederationComponents,
+  type FederationInit,
+  type FederationSigner,
+  type PeerView,
+  type ProposeInput,
+} from './federation.ts'
+export { decodeFramePayload, encodeFrame, FrameDecoder, MAX_FRAME_BYTES } from './frames.ts'
+export { describeGrant, parseGrantSpec } from './grant-spec.ts'
+export { AGREEMENT_PROTOCOL, type AgreementMessage, parseAgreementMessage } from './messages.ts'

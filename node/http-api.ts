@@ -19,6 +19,22 @@ import {
   type TelemetryRecord,
   ValidationError,
 } from '../data-plane/index.ts'
+import {
+  AgreementExpiredError,
+  AgreementFormatError,
+  AgreementNotFoundError,
+  AgreementStateError,
+  type AuditLog,
+  type Federation,
+  FederationError,
+  type Grant,
+  PeerExistsError,
+  parseGrant,
+  parseGrantSpec,
+  UnknownPeerError,
+} from '../federation/index.ts'
+import { parseCard } from './card.ts'
+import { CardError } from './errors.ts'
 import type { Logger } from './logger.ts'
 import type { NodeMetrics } from './metrics.ts'
 
@@ -39,6 +55,8 @@ export interface HttpApiComponents {
   logger: Logger
   metrics: NodeMetrics
   dataPlane: () => DataPlane | undefined
+  federation: () => Federation | undefined
+  audit: () => AuditLog | undefined
   health: () => Promise<HealthReport>
   status: () => Promise<unknown>
   card: () => unknown
@@ -285,6 +303,7 @@ export class HttpApi {
         access: 'admin',
         handler: (r, _p, u) => this.tail(r, u),
       },
+      ...this.federationRoutes(),
     ]
   }
 
@@ -380,12 +399,117 @@ export class HttpApi {
       return errorResponse(400, error.name, error.message, { path: error.path, reason: error.reason })
     }
     if (error instanceof DecodeError) return errorResponse(400, error.name, error.message)
+    if (error instanceof CardError) return errorResponse(400, error.name, error.message)
+    if (error instanceof AgreementNotFoundError || error instanceof UnknownPeerError) {
+      return errorResponse(404, error.name, error.message)
+    }
+    if (
+      error instanceof PeerExistsError ||
+      error instanceof AgreementStateError ||
+      error instanceof AgreementExpiredError
+    ) {
+      return errorResponse(409, error.name, error.message)
+    }
+    if (error instanceof AgreementFormatError) {
+      return errorResponse(400, error.name, error.message, { path: error.path, reason: error.reason })
+    }
+    if (error instanceof FederationError) return errorResponse(400, error.name, error.message)
     if (error instanceof PublishError || error instanceof NotConnectedError) {
       return errorResponse(503, error.name, error.message)
     }
     if (error instanceof DataPlaneError) return errorResponse(400, error.name, error.message)
     this.components.logger.error({ err: (error as Error)?.message }, 'API request failed')
     return errorResponse(500, 'InternalError', 'internal error')
+  }
+
+  private requireFederation(): Federation {
+    const federation = this.components.federation()
+    if (!federation?.started) throw new HttpError(503, 'NotReady', 'federation is not running')
+    return federation
+  }
+
+  private async readJson(request: Request): Promise<Record<string, unknown>> {
+    const body = await readBody(request, this.init.maxBodyBytes)
+    if (body.length === 0) return {}
+    let parsed: unknown
+    try {
+      parsed = JSON.parse(decodeText(body))
+    } catch (error) {
+      throw new DecodeError(`malformed JSON: ${(error as Error).message}`)
+    }
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+      throw new DecodeError('the body must be a JSON object')
+    }
+    return parsed as Record<string, unknown>
+  }
+
+  private federationRoutes(): Route[] {
+    const admin = (method: string, pattern: RegExp, name: string, handler: Handler): Route => ({
+      method,
+      pattern,
+      name,
+      access: 'admin',
+      handler,
+    })
+    const reason = (body: Record<string, unknown>): string => {
+      if (body.reason === undefined) return ''
+      if (typeof body.reason !== 'string' || body.reason.length > 1000) {
+        throw new HttpError(400, 'InvalidReason', 'reason must be text of at most 1000 characters')
+      }
+      return body.reason
+    }
+    return [
+      admin('GET', /^\/v1\/peers$/, 'peers', () => json(this.requireFederation().peers())),
+      admin('POST', /^\/v1\/peers$/, 'peers', async (request) => {
+        const body = await this.readJson(request)
+        if (typeof body.card !== 'string')
+          throw new HttpError(400, 'InvalidCard', 'card must be the text of a node card')
+        if (typeof body.alias !== 'string') throw new HttpError(400, 'InvalidAlias', 'alias is required')
+        const card = parseCard(body.card)
+        const peer = await this.requireFederation().addPeer({
+          alias: body.alias,
+          org: card.org,
+          peerId: card.peerId,
+          publicKey: card.publicKey,
+          addrs: card.addrs,
+        })
+        return json(peer, 201)
+      }),
+      admin('DELETE', /^\/v1\/peers\/([^/]+)$/, 'peers', async (_request, params) => {
+        await this.requireFederation().removePeer(params[0]!)
+        return json({ removed: params[0] })
+      }),
+      admin('GET', /^\/v1\/agreements$/, 'agreements', () => json(this.requireFederation().list())),
+      admin('POST', /^\/v1\/agreements$/, 'agreements', async (request) => {
+        const body = await this.readJson(request)
+        const result = await this.requireFederation().propose(parseProposal(body))
+        return json(result, 201)
+      }),
+      admin('POST', /^\/v1\/agreements\/import$/, 'agreements', async (request) => {
+        const text = decodeText(await readBody(request, this.init.maxBodyBytes))
+        return json(await this.requireFederation().importText(text))
+      }),
+      admin('GET', /^\/v1\/agreements\/([0-9a-f]{64})$/, 'agreements', (_request, params) =>
+        json(this.requireFederation().agreement(params[0]!)),
+      ),
+      admin('GET', /^\/v1\/agreements\/([0-9a-f]{64})\/export$/, 'agreements', (_request, params) => {
+        const text = this.requireFederation().exportText(params[0]!)
+        return new Response(text, { headers: { 'content-type': 'text/plain; charset=utf-8' } })
+      }),
+      admin('POST', /^\/v1\/agreements\/([0-9a-f]{64})\/accept$/, 'agreements', async (_request, params) =>
+        json(await this.requireFederation().accept(params[0]!)),
+      ),
+      admin('POST', /^\/v1\/agreements\/([0-9a-f]{64})\/reject$/, 'agreements', async (request, params) =>
+        json(await this.requireFederation().reject(params[0]!, reason(await this.readJson(request)))),
+      ),
+      admin('POST', /^\/v1\/agreements\/([0-9a-f]{64})\/revoke$/, 'agreements', async (request, params) =>
+        json(await this.requireFederation().revoke(params[0]!, reason(await this.readJson(request)))),
+      ),
+      admin('GET', /^\/v1\/audit$/, 'audit', (_request, _params, url) => {
+        const limit = Math.min(Number(url.searchParams.get('limit') ?? 50) || 50, 500)
+        return json(this.components.audit()?.recent(limit) ?? [])
+      }),
+    ]
   }
 
   private requireDataPlane(): DataPlane {
@@ -487,5 +611,40 @@ export class HttpApi {
     return new Response(stream, {
       headers: { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' },
     })
+  }
+}
+
+/** A time from JSON: epoch milliseconds or an ISO 8601 string. */
+function parseTime(value: unknown, field: string): number {
+  const ms = typeof value === 'number' ? value : typeof value === 'string' ? Date.parse(value) : Number.NaN
+  if (!Number.isSafeInteger(ms) || ms < 0)
+    throw new HttpError(400, 'InvalidTime', `${field} must be an ISO 8601 time`)
+  return ms
+}
+
+/** The body of POST /v1/agreements: grants as CLI specs or as grant objects. */
+function parseProposal(body: Record<string, unknown>) {
+  if (typeof body.peer !== 'string') throw new HttpError(400, 'InvalidPeer', 'peer (an alias) is required')
+  if (typeof body.purpose !== 'string' || body.purpose.trim() === '') {
+    throw new HttpError(400, 'InvalidPurpose', 'purpose is required')
+  }
+  if (!Array.isArray(body.grants) || body.grants.length === 0)
+    throw new HttpError(400, 'InvalidGrant', 'at least one grant is required')
+  const grants: Grant[] = body.grants.map((grant, index) =>
+    typeof grant === 'string' ? parseGrantSpec(grant) : parseGrant(grant, `grants[${index}]`),
+  )
+  const rate = body.maxRecordsPerSec
+  if (rate !== undefined && (typeof rate !== 'number' || !Number.isSafeInteger(rate) || rate < 1)) {
+    throw new HttpError(400, 'InvalidLimit', 'maxRecordsPerSec must be a whole number above 0')
+  }
+  const limits = rate === undefined ? undefined : { maxRecordsPerSec: rate }
+  return {
+    peer: body.peer,
+    purpose: body.purpose,
+    grants,
+    validUntil: parseTime(body.validUntil, 'validUntil'),
+    ...(body.validFrom !== undefined ? { validFrom: parseTime(body.validFrom, 'validFrom') } : {}),
+    offer: body.offer === true,
+    ...(limits ? { limits } : {}),
   }
 }

@@ -13,6 +13,7 @@ import {
   type RetentionLimits,
   redactUrl,
 } from '../data-plane/index.ts'
+import { type AgreementSummary, AuditLog, Federation, type PeerView } from '../federation/index.ts'
 import { createCard, type NodeCard } from './card.ts'
 import type { NodeConfig } from './config.ts'
 import {
@@ -47,10 +48,13 @@ export interface NodeStatus {
   uptimeS: number
   dataDir: string
   api: string
+  /** Configured libp2p listen addresses. */
   listen: string[]
+  /** Addresses libp2p actually listens on (ports resolved), with /p2p/<peer id>. */
+  addrs: string[]
   nats: { url: string; connected: boolean; embedded: boolean; serverVersion?: string; restarts?: number }
-  peers: unknown[]
-  agreements: unknown[]
+  peers: PeerView[]
+  agreements: AgreementSummary[]
   plugins: unknown[]
 }
 
@@ -66,6 +70,8 @@ export class OeNode {
   private connection: NatsConnection | undefined
   private dataPlaneValue: DataPlane | undefined
   private api: HttpApi | undefined
+  private auditLog: AuditLog | undefined
+  private federationValue: Federation | undefined
   private startedAt = 0
   private ready = false
   private jetStreamProbe: { at: number; ok: boolean; detail?: string } = { at: 0, ok: false }
@@ -91,6 +97,14 @@ export class OeNode {
 
   get dataPlane(): DataPlane | undefined {
     return this.dataPlaneValue
+  }
+
+  get federation(): Federation | undefined {
+    return this.federationValue
+  }
+
+  get audit(): AuditLog | undefined {
+    return this.auditLog
   }
 
   get apiUrl(): string {
@@ -165,6 +179,27 @@ export class OeNode {
       this.dataPlaneValue = dataPlane
       this.stopSteps.push(() => dataPlane.stop())
 
+      const signer = {
+        publicKey: identity.publicKey,
+        sign: identity.sign,
+        privateKeySeed: identity.privateKeySeed,
+      }
+      const audit = new AuditLog(
+        { dir: this.paths.audit },
+        { signer, logger: log.child({ component: 'audit' }) },
+      )
+      await audit.start()
+      this.auditLog = audit
+      this.stopSteps.push(() => audit.stop())
+
+      const federation = new Federation(
+        { org: this.org, listen: config.federation.listen },
+        { dataPlane, signer, logger: log.child({ component: 'federation' }), audit },
+      )
+      await federation.start()
+      this.federationValue = federation
+      this.stopSteps.push(() => federation.stop())
+
       const api = new HttpApi(
         {
           listen: config.api.listen,
@@ -176,6 +211,8 @@ export class OeNode {
           logger: log.child({ component: 'api' }),
           metrics: this.metrics,
           dataPlane: () => this.dataPlaneValue,
+          federation: () => this.federationValue,
+          audit: () => this.auditLog,
           health: () => this.health(),
           status: () => this.status(),
           card: () => this.card(),
@@ -235,6 +272,10 @@ export class OeNode {
       node: { ok: this.ready, ...(this.ready ? {} : { detail: this.state }) },
       nats: { ok: connected, ...(connected ? {} : { detail: 'not connected' }) },
       jetstream: await this.probeJetStream(connected),
+      libp2p: {
+        ok: this.federationValue?.started ?? false,
+        ...(this.federationValue?.started ? {} : { detail: 'not listening' }),
+      },
     }
     if (this.embedded) {
       const state = this.embedded.state
@@ -265,7 +306,8 @@ export class OeNode {
   }
 
   card(): { card: NodeCard; text: string } {
-    return createCard(this.identity, this.org, advertisedAddrs(this.init.config.federation.listen))
+    const addrs = this.federationValue?.addresses() ?? advertisedAddrs(this.init.config.federation.listen)
+    return createCard(this.identity, this.org, addrs)
   }
 
   async status(): Promise<NodeStatus> {
@@ -278,6 +320,7 @@ export class OeNode {
       dataDir: this.paths.root,
       api: this.apiUrl,
       listen: this.init.config.federation.listen,
+      addrs: this.federationValue?.addresses() ?? [],
       nats: {
         url: this.natsUrl,
         connected: this.dataPlaneValue?.isConnected() ?? false,
@@ -285,8 +328,8 @@ export class OeNode {
         ...(connection?.info?.version ? { serverVersion: connection.info.version } : {}),
         ...(this.embedded ? { restarts: this.embedded.restarts } : {}),
       },
-      peers: [],
-      agreements: [],
+      peers: this.federationValue?.peers() ?? [],
+      agreements: this.federationValue?.list() ?? [],
       plugins: [],
     }
   }

@@ -1,0 +1,755 @@
+/**
+ * The federation service: the peer directory and its connections, and the lifecycle of sharing
+ * agreements between this node and its peers. Local actions (propose, accept, reject, revoke)
+ * take effect here at once and are delivered to the peer through a durable outbox, retried
+ * until the peer acknowledges them. Messages from peers are checked against the agreement and
+ * the authenticated sender before anything changes; repeats are harmless.
+ */
+import type { Connection, Stream } from '@libp2p/interface'
+import type { DataPlane, Logger } from '../data-plane/index.ts'
+import {
+  type AgreementDocument,
+  type AgreementState,
+  agreementId,
+  agreementState,
+  base64url,
+  exportAgreement,
+  type Grant,
+  importAgreement,
+  newAgreementBody,
+  otherRole,
+  type Role,
+  roleOf,
+  type Signer,
+  signId,
+  signTermination,
+  type Termination,
+  verifyIdSignature,
+} from './agreement.ts'
+import {
+  AgreementExpiredError,
+  AgreementFormatError,
+  AgreementNotFoundError,
+  AgreementStateError,
+  BadSignatureError,
+  FederationError,
+  ForeignAgreementError,
+  FrameError,
+  PeerExistsError,
+  PeerRefusedError,
+  UnknownPeerError,
+} from './errors.ts'
+import { readFrame, writeFrame } from './frames.ts'
+import { FederationHost, type PeerConnectionState } from './host.ts'
+import { AGREEMENT_PROTOCOL, type AgreementMessage, parseAgreementMessage, parseReply } from './messages.ts'
+import {
+  AGREEMENTS_BUCKET,
+  type AgreementRecord,
+  OUTBOX_BUCKET,
+  type OutboxEntry,
+  PEERS_BUCKET,
+  type PeerRecord,
+  RecordBucket,
+} from './stores.ts'
+
+export const ALIAS_PATTERN = /^[a-z][a-z0-9-]{0,31}$/
+
+export interface AuditSink {
+  append(type: string, data: Record<string, unknown>): Promise<unknown>
+}
+
+export interface FederationSigner extends Signer {
+  /** 32-byte ed25519 seed, for the libp2p key. */
+  privateKeySeed: Uint8Array
+}
+
+export interface FederationInit {
+  org: string
+  listen: string[]
+  /** How long a message exchange with a peer may take. */
+  messageTimeoutMs?: number
+}
+
+export interface FederationComponents {
+  dataPlane: DataPlane
+  signer: FederationSigner
+  logger: Logger
+  audit: AuditSink
+}
+
+/** A peer as the API and CLI show it. */
+export interface PeerView {
+  alias: string
+  org: string
+  peerId: string
+  addrs: string[]
+  state: PeerConnectionState
+  rttMs: number | null
+  lastSeen: string | null
+  lastError: string | null
+  added: string
+}
+
+/** An agreement as `agreement list --json` shows it. */
+export interface AgreementSummary {
+  id: string
+  state: AgreementState
+  role: Role
+  peer: string
+  /** True while the other party's proposal waits for our signature. */
+  awaitingUs: boolean
+  purpose: string
+  provider: string
+  consumer: string
+  validFrom: string
+  validUntil: string
+  grants: Grant[]
+}
+
+export interface AgreementDetail extends AgreementSummary {
+  body: AgreementDocument['body']
+  signatures: AgreementDocument['signatures']
+  proposedBy: Role
+  rejection: Termination | null
+  revocation: Termination | null
+  outbox: { pending: number; lastError: string | null }
+}
+
+export interface ProposeInput {
+  peer: string
+  grants: Grant[]
+  purpose: string
+  validUntil: number
+  validFrom?: number
+  /** We offer our data (we are the provider); otherwise we ask for the peer's. */
+  offer?: boolean
+  limits?: { maxRecordsPerSec?: number }
+}
+
+const iso = (ms: number): string => new Date(ms).toISOString()
+
+export class Federation {
+  private host: FederationHost | undefined
+  private peersBucket: RecordBucket<PeerRecord> | undefined
+  private agreementsBucket: RecordBucket<AgreementRecord> | undefined
+  private outboxBucket: RecordBucket<OutboxEntry> | undefined
+  private readonly peersByAlias = new Map<string, PeerRecord>()
+  private readonly agreements = new Map<string, AgreementRecord>()
+  private readonly outbox = new Map<string, OutboxEntry>()
+  private readonly locks = new Map<string, Promise<unknown>>()
+  private readonly delivering = new Set<string>()
+  private readonly outboxErrors = new Map<string, string>()
+  private timer: ReturnType<typeof setInterval> | undefined
+  private outboxSequence = 0
+  private readonly myKey: string
+
+  constructor(
+    private readonly init: FederationInit,
+    private readonly components: FederationComponents,
+  ) {
+    this.myKey = base64url(components.signer.publicKey)
+  }
+
+  get started(): boolean {
+    return this.host?.isStarted() ?? false
+  }
+
+  get peerId(): string {
+    return this.host?.peerId ?? ''
+  }
+
+  addresses(): string[] {
+    return this.host?.addresses() ?? []
+  }
+
+  async start(): Promise<void> {
+    if (this.host) return
+    const js = this.components.dataPlane.jetstream
+    this.peersBucket = await RecordBucket.open<PeerRecord>(js, PEERS_BUCKET)
+    this.agreementsBucket = await RecordBucket.open<AgreementRecord>(js, AGREEMENTS_BUCKET)
+    this.outboxBucket = await RecordBucket.open<OutboxEntry>(js, OUTBOX_BUCKET)
+    for (const peer of await this.peersBucket.list()) this.peersByAlias.set(peer.alias, peer)
+    for (const record of await this.agreementsBucket.list()) this.agreements.set(record.id, record)
+    for (const entry of await this.outboxBucket.list()) this.outbox.set(entry.key, entry)
+    this.outboxSequence = this.outbox.size
+
+    const host = new FederationHost(
+      { listen: this.init.listen },
+      {
+        privateKeySeed: this.components.signer.privateKeySeed,
+        logger: this.components.logger,
+        peers: () => this.peersByAlias.values(),
+        isAllowed: (peerId) => this.peerByPeerId(peerId) !== undefined,
+        onRefused: (event) => {
+          this.components.logger.warn(event, 'connection refused: unknown peer')
+          void this.components.audit.append('connection.refused', { ...event, reason: 'unknown peer' })
+        },
+        onConnected: (peerId) => {
+          const peer = this.peerByPeerId(peerId)
+          if (!peer) return
+          this.components.logger.info({ peer: peer.alias }, 'peer connected')
+          void this.components.audit.append('connection.accepted', { peer: peer.alias, peerId })
+          void this.deliver(peer.alias)
+        },
+        onDisconnected: (peerId) => {
+          const peer = this.peerByPeerId(peerId)
+          if (peer) this.components.logger.info({ peer: peer.alias }, 'peer disconnected')
+        },
+      },
+    )
+    this.host = host
+    await host.start()
+    await host.handle(AGREEMENT_PROTOCOL, (stream, connection) => this.onStream(stream, connection))
+    this.timer = setInterval(() => this.housekeeping(), 500)
+    this.housekeeping()
+    this.components.logger.info(
+      { addrs: host.addresses(), peers: this.peersByAlias.size },
+      'federation started',
+    )
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer)
+    this.timer = undefined
+    const host = this.host
+    this.host = undefined
+    await host?.stop()
+  }
+
+  // ── peers ────────────────────────────────────────────────────────────────────────────────
+
+  private peerByPeerId(peerId: string): PeerRecord | undefined {
+    for (const peer of this.peersByAlias.values()) if (peer.peerId === peerId) return peer
+    return undefined
+  }
+
+  private peerByKey(key: string): PeerRecord | undefined {
+    for (const peer of this.peersByAlias.values()) if (peer.publicKey === key) return peer
+    return undefined
+  }
+
+  private requirePeer(alias: string): PeerRecord {
+    const peer = this.peersByAlias.get(alias)
+    if (!peer) throw new UnknownPeerError(`no peer named '${alias}' (see oe-node peers list)`)
+    return peer
+  }
+
+  async addPeer(input: Omit<PeerRecord, 'added'>): Promise<PeerView> {
+    if (!ALIAS_PATTERN.test(input.alias)) {
+      throw new AgreementFormatError('alias', `'${input.alias}' is not an alias (${ALIAS_PATTERN.source})`)
+    }
+    if (input.publicKey === this.myKey) throw new PeerExistsError('that card is this node’s own')
+    if (this.peersByAlias.has(input.alias))
+      throw new PeerExistsError(`a peer named '${input.alias}' exists already`)
+    const same = this.peerByKey(input.publicKey)
+    if (same) throw new PeerExistsError(`that node is already a peer, as '${same.alias}'`)
+    const record: PeerRecord = { ...input, added: Date.now() }
+    await this.peersBucket!.put(record.alias, record)
+    this.peersByAlias.set(record.alias, record)
+    await this.components.audit.append('peer.added', {
+      peer: record.alias,
+      org: record.org,
+      peerId: record.peerId,
+    })
+    this.host?.wake(record.peerId)
+    return this.peerView(record)
+  }
+
+  async removePeer(alias: string): Promise<void> {
+    const peer = this.requirePeer(alias)
+    this.peersByAlias.delete(alias)
+    await this.peersBucket!.delete(alias)
+    await this.host?.disconnect(peer.peerId)
+    await this.components.audit.append('peer.removed', { peer: alias, peerId: peer.peerId })
+  }
+
+  peers(): PeerView[] {
+    return [...this.peersByAlias.values()]
+      .sort((a, b) => a.alias.localeCompare(b.alias))
+      .map((peer) => this.peerView(peer))
+  }
+
+  private peerView(peer: PeerRecord): PeerView {
+    const link = this.host?.link(peer.peerId)
+    const connected = this.host?.isConnected(peer.peerId) ?? false
+    return {
+      alias: peer.alias,
+      org: peer.org,
+      peerId: peer.peerId,
+      addrs: peer.addrs,
+      state: connected ? 'connected' : link?.state === 'connecting' ? 'connecting' : 'disconnected',
+      rttMs: connected ? (link?.rttMs ?? null) : null,
+      lastSeen: link?.lastSeen ? iso(link.lastSeen) : null,
+      lastError: connected ? null : (link?.lastError ?? null),
+      added: iso(peer.added),
+    }
+  }
+
+  // ── agreements: local actions ──────────────────────────────────────────────────────────────
+
+  /** Serialise changes to one agreement. */
+  private async withLock<T>(id: string, action: () => Promise<T>): Promise<T> {
+    const previous = this.locks.get(id) ?? Promise.resolve()
+    const run = previous.catch(() => {}).then(action)
+    this.locks.set(id, run)
+    try {
+      return await run
+    } finally {
+      if (this.locks.get(id) === run) this.locks.delete(id)
+    }
+  }
+
+  private requireAgreement(id: string): AgreementRecord {
+    const record = this.agreements.get(id)
+    if (!record) throw new AgreementNotFoundError(id)
+    return record
+  }
+
+  private state(record: AgreementRecord, now = Date.now()): AgreementState {
+    return agreementState(record.doc, record, now)
+  }
+
+  private async save(record: AgreementRecord): Promise<void> {
+    record.updated = Date.now()
+    await this.agreementsBucket!.put(record.id, record)
+    this.agreements.set(record.id, record)
+  }
+
+  async propose(input: ProposeInput): Promise<{ id: string; state: AgreementState }> {
+    const peer = this.requirePeer(input.peer)
+    const me = { org: this.init.org, key: this.myKey }
+    const them = { org: peer.org, key: peer.publicKey }
+    const now = Date.now()
+    const validFrom = input.validFrom ?? now
+    if (input.validUntil <= now) throw new AgreementExpiredError('--valid-until is in the past')
+    const body = newAgreementBody({
+      provider: input.offer ? me : them,
+      consumer: input.offer ? them : me,
+      purpose: input.purpose,
+      validFrom,
+      validUntil: input.validUntil,
+      grants: input.grants,
+      ...(input.limits ? { limits: input.limits } : {}),
+      now,
+    })
+    const id = agreementId(body)
+    const role: Role = input.offer ? 'provider' : 'consumer'
+    const record: AgreementRecord = {
+      id,
+      doc: { body, signatures: { [role]: signId(id, this.components.signer) } },
+      role,
+      peer: peer.alias,
+      proposedBy: role,
+      stored: now,
+      updated: now,
+    }
+    await this.withLock(id, async () => {
+      await this.save(record)
+      await this.components.audit.append('agreement.proposed', {
+        id,
+        peer: peer.alias,
+        role,
+        grants: body.grants.length,
+      })
+      await this.enqueue(peer.alias, { t: 'propose', doc: record.doc })
+    })
+    return { id, state: this.state(record) }
+  }
+
+  async accept(id: string): Promise<{ id: string; state: AgreementState }> {
+    return this.withLock(id, async () => {
+      const record = this.requireAgreement(id)
+      const state = this.state(record)
+      if (state === 'active' || state === 'accepted') return { id, state }
+      if (state === 'expired')
+        throw new AgreementExpiredError(
+          `agreement ${id} expired on ${iso(record.doc.body.validUntil)}; it can no longer be accepted`,
+        )
+      if (state !== 'proposed')
+        throw new AgreementStateError(
+          `agreement ${id} is ${state}; only a proposed agreement can be accepted`,
+        )
+      if (record.proposedBy === record.role) {
+        throw new AgreementStateError(
+          `agreement ${id} is this node's own proposal; the other party accepts it`,
+        )
+      }
+      const sig = signId(id, this.components.signer)
+      record.doc.signatures[record.role] = sig
+      await this.save(record)
+      await this.components.audit.append('agreement.accepted', { id, peer: record.peer, role: record.role })
+      await this.enqueue(record.peer, { t: 'accept', id, sig })
+      return { id, state: this.state(record) }
+    })
+  }
+
+  async reject(id: string, reason = ''): Promise<{ id: string; state: AgreementState }> {
+    return this.withLock(id, async () => {
+      const record = this.requireAgreement(id)
+      const state = this.state(record)
+      if (state === 'rejected') return { id, state }
+      if (state !== 'proposed')
+        throw new AgreementStateError(
+          `agreement ${id} is ${state}; only a proposal can be rejected${state === 'active' ? ' (use revoke)' : ''}`,
+        )
+      record.rejection = signTermination('reject', id, reason, this.components.signer)
+      await this.save(record)
+      await this.components.audit.append('agreement.rejected', { id, peer: record.peer, by: 'us', reason })
+      await this.enqueue(record.peer, { t: 'reject', rejection: record.rejection })
+      return { id, state: this.state(record) }
+    })
+  }
+
+  async revoke(id: string, reason = ''): Promise<{ id: string; state: AgreementState }> {
+    return this.withLock(id, async () => {
+      const record = this.requireAgreement(id)
+      const state = this.state(record)
+      if (state === 'revoked') return { id, state }
+      if (state === 'proposed')
+        throw new AgreementStateError(`agreement ${id} is only proposed; reject it instead`)
+      if (state === 'rejected') throw new AgreementStateError(`agreement ${id} was rejected`)
+      record.revocation = signTermination('revoke', id, reason, this.components.signer)
+      await this.save(record)
+      await this.components.audit.append('agreement.revoked', { id, peer: record.peer, by: 'us', reason })
+      await this.enqueue(record.peer, { t: 'revoke', revocation: record.revocation })
+      return { id, state: this.state(record) }
+    })
+  }
+
+  agreement(id: string): AgreementDetail {
+    const record = this.requireAgreement(id)
+    const pending = [...this.outbox.values()].filter((entry) => entry.peer === record.peer)
+    return {
+      ...this.summary(record),
+      body: record.doc.body,
+      signatures: record.doc.signatures,
+      proposedBy: record.proposedBy,
+      rejection: record.rejection ?? null,
+      revocation: record.revocation ?? null,
+      outbox: { pending: pending.length, lastError: this.outboxErrors.get(record.peer) ?? null },
+    }
+  }
+
+  list(): AgreementSummary[] {
+    return [...this.agreements.values()]
+      .sort((a, b) => a.stored - b.stored)
+      .map((record) => this.summary(record))
+  }
+
+  /** Agreements by state, for status. */
+  counts(): Record<string, number> {
+    const counts: Record<string, number> = {}
+    for (const record of this.agreements.values()) {
+      const state = this.state(record)
+      counts[state] = (counts[state] ?? 0) + 1
+    }
+    return counts
+  }
+
+  private summary(record: AgreementRecord): AgreementSummary {
+    const { body } = record.doc
+    const state = this.state(record)
+    return {
+      id: record.id,
+      state,
+      role: record.role,
+      peer: record.peer,
+      awaitingUs: state === 'proposed' && !record.doc.signatures[record.role],
+      purpose: body.purpose,
+      provider: body.provider.org,
+      consumer: body.consumer.org,
+      validFrom: iso(body.validFrom),
+      validUntil: iso(body.validUntil),
+      grants: body.grants,
+    }
+  }
+
+  exportText(id: string): string {
+    const record = this.requireAgreement(id)
+    return exportAgreement(id, record.doc, this.state(record))
+  }
+
+  /** Take an agreement from its text form, checked as strictly as one from the wire. */
+  async importText(textForm: string): Promise<{ id: string; state: AgreementState; created: boolean }> {
+    const { id, doc } = importAgreement(textForm)
+    const role = roleOf(doc.body, this.myKey)
+    if (!role) throw new ForeignAgreementError('the agreement names neither party as this node')
+    const counterKey = doc.body[otherRole(role)].key
+    const peer = this.peerByKey(counterKey)
+    if (!peer)
+      throw new UnknownPeerError(
+        `the other party (${doc.body[otherRole(role)].org}) is not a peer of this node; add its card first`,
+      )
+    return this.withLock(id, async () => {
+      const created = !this.agreements.has(id)
+      const record = await this.mergeDocument(id, doc, role, peer, 'import')
+      return { id, state: this.state(record), created }
+    })
+  }
+
+  /** Store a verified document from the peer (wire or file), merging signatures into ours. */
+  private async mergeDocument(
+    id: string,
+    doc: AgreementDocument,
+    role: Role,
+    peer: PeerRecord,
+    via: 'wire' | 'import',
+  ): Promise<AgreementRecord> {
+    const theirs = otherRole(role)
+    const existing = this.agreements.get(id)
+    if (!doc.signatures[theirs] && !existing?.doc.signatures[theirs]) {
+      throw new BadSignatureError(`the agreement is not signed by ${peer.alias}, the ${theirs}`)
+    }
+    const now = Date.now()
+    if (!existing) {
+      if (now >= doc.body.validUntil)
+        throw new AgreementExpiredError(`agreement ${id} expired on ${iso(doc.body.validUntil)}`)
+      const record: AgreementRecord = {
+        id,
+        doc,
+        role,
+        peer: peer.alias,
+        proposedBy: doc.signatures[role] && !doc.signatures[theirs] ? role : theirs,
+        stored: now,
+        updated: now,
+      }
+      await this.save(record)
+      await this.components.audit.append(via === 'wire' ? 'agreement.received' : 'agreement.imported', {
+        id,
+        peer: peer.alias,
+        role,
+        state: this.state(record),
+      })
+      return record
+    }
+    let changed = false
+    for (const side of ['provider', 'consumer'] as const) {
+      if (doc.signatures[side] && !existing.doc.signatures[side]) {
+        existing.doc.signatures[side] = doc.signatures[side]
+        changed = true
+      }
+    }
+    if (changed) {
+      await this.save(existing)
+      await this.components.audit.append('agreement.active', { id, peer: peer.alias, via })
+    }
+    return existing
+  }
+
+  // ── agreements: messages from peers ────────────────────────────────────────────────────────
+
+  private async onStream(stream: Stream, connection: Connection): Promise<void> {
+    const peerId = connection.remotePeer.toString()
+    const peer = this.peerByPeerId(peerId)
+    if (!peer) {
+      stream.abort(new FederationError('unknown peer'))
+      return
+    }
+    let message: AgreementMessage
+    let id: string
+    try {
+      const frame = await readFrame(stream, {
+        signal: AbortSignal.timeout(this.init.messageTimeoutMs ?? 10_000),
+      })
+      ;({ message, id } = parseAgreementMessage(frame))
+    } catch (error) {
+      if (
+        error instanceof FrameError ||
+        (error as Error).name === 'AbortError' ||
+        (error as Error).name === 'TimeoutError'
+      ) {
+        // A broken frame: reset the stream; the connection and other streams carry on.
+        this.components.logger.warn(
+          { peer: peer.alias, err: (error as Error).message },
+          'bad agreement frame: stream reset',
+        )
+        void this.components.audit.append('protocol.bad_frame', {
+          peer: peer.alias,
+          reason: (error as Error).message,
+        })
+        stream.abort(error as Error)
+        return
+      }
+      await this.refuse(stream, peer, undefined, error as Error)
+      return
+    }
+    try {
+      await this.withLock(id, () => this.apply(message, id, peer))
+      await writeFrame(stream, { ok: true })
+      await stream.close()
+    } catch (error) {
+      await this.refuse(stream, peer, id, error as Error)
+    }
+  }
+
+  private async refuse(
+    stream: Stream,
+    peer: PeerRecord,
+    id: string | undefined,
+    error: Error,
+  ): Promise<void> {
+    const name = error instanceof FederationError ? error.name : 'InternalError'
+    if (!(error instanceof FederationError))
+      this.components.logger.error({ err: error.message }, 'agreement message failed')
+    await this.components.audit.append('agreement.message_refused', {
+      peer: peer.alias,
+      ...(id ? { id } : {}),
+      error: name,
+      reason: error.message,
+    })
+    try {
+      await writeFrame(stream, { ok: false, error: name, message: error.message })
+      await stream.close()
+    } catch {
+      stream.abort(error)
+    }
+  }
+
+  /** Apply a checked message from `peer`. Throws a FederationError naming why it is refused. */
+  private async apply(message: AgreementMessage, id: string, peer: PeerRecord): Promise<void> {
+    if (message.t === 'propose') {
+      const role = roleOf(message.doc.body, this.myKey)
+      if (!role) throw new ForeignAgreementError('the agreement names neither party as this node')
+      if (message.doc.body[otherRole(role)].key !== peer.publicKey) {
+        throw new ForeignAgreementError(
+          `the agreement does not name ${peer.alias}, who sent it, as the other party`,
+        )
+      }
+      await this.mergeDocument(id, message.doc, role, peer, 'wire')
+      return
+    }
+    const record = this.requireAgreement(id)
+    if (record.peer !== peer.alias)
+      throw new ForeignAgreementError(`agreement ${id} is not between this node and ${peer.alias}`)
+    const theirs = otherRole(record.role)
+    const state = this.state(record)
+    switch (message.t) {
+      case 'accept': {
+        if (!verifyIdSignature(id, message.sig, peer.publicKey)) {
+          throw new BadSignatureError(`the acceptance of ${id} is not signed by ${peer.alias}`)
+        }
+        if (record.doc.signatures[theirs] === message.sig) return
+        if (state === 'expired')
+          throw new AgreementExpiredError(`agreement ${id} expired on ${iso(record.doc.body.validUntil)}`)
+        if (state !== 'proposed') throw new AgreementStateError(`agreement ${id} is ${state}`)
+        record.doc.signatures[theirs] = message.sig
+        await this.save(record)
+        await this.components.audit.append('agreement.active', { id, peer: peer.alias, by: 'peer' })
+        return
+      }
+      case 'reject': {
+        if (message.rejection.by !== peer.publicKey)
+          throw new BadSignatureError(`the rejection of ${id} is not by ${peer.alias}`)
+        if (state === 'rejected') return
+        if (state !== 'proposed')
+          throw new AgreementStateError(`agreement ${id} is ${state}; a rejection no longer applies`)
+        record.rejection = message.rejection
+        await this.save(record)
+        await this.components.audit.append('agreement.rejected', {
+          id,
+          peer: peer.alias,
+          by: 'peer',
+          reason: message.rejection.reason,
+        })
+        return
+      }
+      case 'revoke': {
+        if (message.revocation.by !== peer.publicKey)
+          throw new BadSignatureError(`the revocation of ${id} is not by ${peer.alias}`)
+        if (state === 'revoked') return
+        if (state === 'rejected') throw new AgreementStateError(`agreement ${id} was rejected`)
+        record.revocation = message.revocation
+        await this.save(record)
+        await this.components.audit.append('agreement.revoked', {
+          id,
+          peer: peer.alias,
+          by: 'peer',
+          reason: message.revocation.reason,
+        })
+        return
+      }
+    }
+  }
+
+  // ── delivery ───────────────────────────────────────────────────────────────────────────────
+
+  private async enqueue(peer: string, message: AgreementMessage): Promise<void> {
+    const sequence = ++this.outboxSequence
+    const key = `${peer}.${Date.now().toString().padStart(15, '0')}-${sequence.toString().padStart(8, '0')}`
+    const entry: OutboxEntry = { key, peer, message, created: Date.now(), attempts: 0 }
+    await this.outboxBucket!.put(key, entry)
+    this.outbox.set(key, entry)
+    void this.deliver(peer)
+  }
+
+  /** Send a peer's queued messages in order while it is connected. */
+  private async deliver(alias: string): Promise<void> {
+    if (this.delivering.has(alias)) return
+    const peer = this.peersByAlias.get(alias)
+    const host = this.host
+    if (!peer || !host?.isConnected(peer.peerId)) return
+    this.delivering.add(alias)
+    try {
+      const entries = [...this.outbox.values()]
+        .filter((entry) => entry.peer === alias)
+        .sort((a, b) => a.key.localeCompare(b.key))
+      for (const entry of entries) {
+        try {
+          await this.send(peer, entry.message)
+          this.outboxErrors.delete(alias)
+        } catch (error) {
+          if (error instanceof PeerRefusedError) {
+            // The peer checked the message and refused it: retrying cannot help.
+            this.outboxErrors.set(alias, error.message)
+            await this.components.audit.append('agreement.delivery_refused', {
+              peer: alias,
+              type: entry.message.t,
+              error: error.remoteName,
+              reason: error.message,
+            })
+          } else {
+            entry.attempts += 1
+            entry.lastError = (error as Error).message
+            this.outboxErrors.set(alias, entry.lastError)
+            return
+          }
+        }
+        this.outbox.delete(entry.key)
+        await this.outboxBucket!.delete(entry.key)
+      }
+    } finally {
+      this.delivering.delete(alias)
+    }
+  }
+
+  private async send(peer: PeerRecord, message: AgreementMessage): Promise<void> {
+    const signal = AbortSignal.timeout(this.init.messageTimeoutMs ?? 10_000)
+    const stream = await this.host!.openStream(peer.peerId, AGREEMENT_PROTOCOL, { signal })
+    try {
+      await writeFrame(stream, message, { signal })
+      await stream.close({ signal })
+      const reply = parseReply(await readFrame(stream, { signal }))
+      if (!reply.ok)
+        throw new PeerRefusedError(reply.error, `${peer.alias} refused the ${message.t}: ${reply.message}`)
+    } catch (error) {
+      if (stream.status === 'open') stream.abort(error as Error)
+      throw error
+    }
+  }
+
+  /** Retry deliveries and record expiries. */
+  private housekeeping(): void {
+    const now = Date.now()
+    for (const alias of new Set([...this.outbox.values()].map((entry) => entry.peer)))
+      void this.deliver(alias)
+    for (const record of this.agreements.values()) {
+      if (record.expiredAt || this.state(record, now) !== 'expired') continue
+      void this.withLock(record.id, async () => {
+        if (record.expiredAt) return
+        record.expiredAt = now
+        await this.save(record)
+        await this.components.audit.append('agreement.expired', { id: record.id, peer: record.peer })
+      })
+    }
+  }
+}

@@ -1,0 +1,124 @@
+/**
+ * Length-prefixed frames on libp2p streams: an unsigned varint length, then one canonical CBOR
+ * item. Frames are bounded; a longer, truncated or undecodable frame is a FrameError and the
+ * caller resets the stream.
+ */
+import type { Stream } from '@libp2p/interface'
+import { decodeFederationCbor, encodeCanonical } from './canonical-cbor.ts'
+import { FrameError } from './errors.ts'
+
+export const MAX_FRAME_BYTES = 64 * 1024
+
+export function encodeVarint(value: number): Uint8Array {
+  const bytes: number[] = []
+  let rest = value
+  while (rest >= 0x80) {
+    bytes.push((rest & 0x7f) | 0x80)
+    rest = Math.floor(rest / 128)
+  }
+  bytes.push(rest)
+  return new Uint8Array(bytes)
+}
+
+export function encodeFrame(message: unknown): Uint8Array {
+  const payload = encodeCanonical(message)
+  if (payload.length > MAX_FRAME_BYTES)
+    throw new FrameError(`a frame of ${payload.length} bytes is over the limit of ${MAX_FRAME_BYTES}`)
+  const prefix = encodeVarint(payload.length)
+  const frame = new Uint8Array(prefix.length + payload.length)
+  frame.set(prefix)
+  frame.set(payload, prefix.length)
+  return frame
+}
+
+/**
+ * Split bytes into frames. Push chunks in; `take()` returns each complete frame's payload.
+ * Throws FrameError as soon as a declared length is over the limit, before buffering it.
+ */
+export class FrameDecoder {
+  private buffer = new Uint8Array(0)
+
+  constructor(private readonly maxBytes = MAX_FRAME_BYTES) {}
+
+  push(chunk: Uint8Array): void {
+    const next = new Uint8Array(this.buffer.length + chunk.length)
+    next.set(this.buffer)
+    next.set(chunk, this.buffer.length)
+    this.buffer = next
+  }
+
+  /** The next complete payload, or undefined when more bytes are needed. */
+  take(): Uint8Array | undefined {
+    let length = 0
+    let shift = 1
+    let index = 0
+    for (; ; index++) {
+      if (index >= this.buffer.length) return undefined
+      if (index >= 4) throw new FrameError('the frame length prefix is malformed')
+      const byte = this.buffer[index]!
+      length += (byte & 0x7f) * shift
+      shift *= 128
+      if ((byte & 0x80) === 0) break
+    }
+    if (length > this.maxBytes)
+      throw new FrameError(`a frame of ${length} bytes is over the limit of ${this.maxBytes}`)
+    const start = index + 1
+    if (this.buffer.length < start + length) return undefined
+    const payload = this.buffer.slice(start, start + length)
+    this.buffer = this.buffer.slice(start + length)
+    return payload
+  }
+
+  get pending(): number {
+    return this.buffer.length
+  }
+}
+
+/** Decode one frame payload into a plain value. */
+export function decodeFramePayload(payload: Uint8Array): unknown {
+  try {
+    return decodeFederationCbor(payload)
+  } catch (error) {
+    throw new FrameError(`the frame is not valid CBOR: ${(error as Error).message}`)
+  }
+}
+
+/**
+ * Read the one frame a peer sends before closing its side of the stream (one message per
+ * stream). A frame over the limit, bytes after the frame, or an end inside it is a FrameError.
+ */
+export async function readFrame(
+  stream: Stream,
+  options: { signal?: AbortSignal; maxBytes?: number } = {},
+): Promise<unknown> {
+  const decoder = new FrameDecoder(options.maxBytes)
+  let payload: Uint8Array | undefined
+  const onAbort = (): void => stream.abort(new FrameError('timed out waiting for a frame'))
+  options.signal?.addEventListener('abort', onAbort, { once: true })
+  try {
+    for await (const chunk of stream) {
+      decoder.push(chunk instanceof Uint8Array ? chunk : chunk.subarray())
+      payload ??= decoder.take()
+      if (payload !== undefined && decoder.pending > 0)
+        throw new FrameError('unexpected bytes after the frame')
+    }
+  } finally {
+    options.signal?.removeEventListener('abort', onAbort)
+  }
+  options.signal?.throwIfAborted()
+  if (payload === undefined) {
+    throw new FrameError(
+      decoder.pending > 0 ? 'the stream ended inside a frame (truncated)' : 'the stream ended before a frame',
+    )
+  }
+  return decodeFramePayload(payload)
+}
+
+/** Write one frame, honouring back-pressure. */
+export async function writeFrame(
+  stream: Stream,
+  message: unknown,
+  options: { signal?: AbortSignal } = {},
+): Promise<void> {
+  if (!stream.send(encodeFrame(message))) await stream.onDrain(options)
+}
