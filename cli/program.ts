@@ -1,9 +1,12 @@
 /** The `oe-node` command line: global options and one registered command per file. */
 import { Command, CommanderError, Option } from 'commander'
 import { NODE_VERSION } from '../node/index.ts'
+import { registerAgreement } from './commands/agreement.ts'
+import { registerAudit } from './commands/audit.ts'
 import { registerCard } from './commands/card.ts'
 import { registerIngest } from './commands/ingest.ts'
 import { registerInit } from './commands/init.ts'
+import { registerPeers } from './commands/peers.ts'
 import { registerStart } from './commands/start.ts'
 import { registerStatus } from './commands/status.ts'
 import { registerTail } from './commands/tail.ts'
@@ -37,7 +40,14 @@ export function createProgram(): Command {
   registerCard(program)
   registerIngest(program)
   registerTail(program)
-  for (const command of program.commands) command.exitOverride()
+  registerPeers(program)
+  registerAgreement(program)
+  registerAudit(program)
+  const override = (command: Command): void => {
+    command.exitOverride()
+    for (const sub of command.commands) override(sub)
+  }
+  override(program)
   return program
 }
 

@@ -191,6 +191,7 @@ export class Federation {
           void this.components.audit.append('connection.accepted', { peer: peer.alias, peerId })
           void this.deliver(peer.alias)
         },
+        onListenAddrs: (peerId, addrs) => void this.learnAddrs(peerId, addrs),
         onDisconnected: (peerId) => {
           const peer = this.peerByPeerId(peerId)
           if (peer) this.components.logger.info({ peer: peer.alias }, 'peer disconnected')
@@ -261,6 +262,23 @@ export class Federation {
     await this.peersBucket!.delete(alias)
     await this.host?.disconnect(peer.peerId)
     await this.components.audit.append('peer.removed', { peer: alias, peerId: peer.peerId })
+  }
+
+  /**
+   * Keep the addresses a peer announces once authenticated, so a peer that moved (a new port or
+   * host) is still found after either side restarts. The card's addresses remain the start.
+   */
+  private async learnAddrs(peerId: string, addrs: string[]): Promise<void> {
+    const peer = this.peerByPeerId(peerId)
+    if (!peer) return
+    const announced = addrs.map((addr) => (addr.includes('/p2p/') ? addr : `${addr}/p2p/${peerId}`))
+    if (announced.every((addr) => peer.addrs.includes(addr))) return
+    // Newest first, the card's and earlier ones after, bounded.
+    const merged = [...new Set([...announced, ...peer.addrs])].slice(0, 16)
+    const updated: PeerRecord = { ...peer, addrs: merged }
+    this.peersByAlias.set(peer.alias, updated)
+    await this.peersBucket!.put(peer.alias, updated)
+    this.components.logger.debug({ peer: peer.alias, addrs: merged }, 'peer addresses updated')
   }
 
   peers(): PeerView[] {

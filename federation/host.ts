@@ -36,6 +36,8 @@ export interface FederationHostComponents {
   onRefused: (event: { peerId: string; direction: 'inbound' | 'outbound'; remoteAddr: string }) => void
   onConnected: (peerId: string) => void
   onDisconnected: (peerId: string) => void
+  /** The addresses an authenticated peer says it listens on (from identify). */
+  onListenAddrs: (peerId: string, addrs: string[]) => void
 }
 
 export type PeerConnectionState = 'connected' | 'connecting' | 'disconnected'
@@ -115,6 +117,11 @@ export class FederationHost {
       link.backoffMs = MIN_BACKOFF_MS
       link.lastError = undefined
       components.onConnected(id)
+    })
+    this.node.addEventListener('peer:identify', (event) => {
+      const { peerId, listenAddrs } = event.detail
+      const addrs = listenAddrs.map((addr) => addr.toString()).filter((addr) => addr.includes('/tcp/'))
+      if (addrs.length > 0) components.onListenAddrs(peerId.toString(), addrs)
     })
     this.node.addEventListener('peer:disconnect', (event) => {
       const id = event.detail.toString()

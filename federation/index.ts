@@ -12,8 +12,8 @@
  */
 export * from './agreement.ts'
 export {
-  AuditError,
   type AuditEntry,
+  AuditError,
   AuditLog,
   type AuditLogInit,
   type AuditSigner,
@@ -23,9 +23,9 @@ export {
 export { encodeCanonical } from './canonical-cbor.ts'
 export * from './errors.ts'
 export {
-  ALIAS_PATTERN,
   type AgreementDetail,
   type AgreementSummary,
+  ALIAS_PATTERN,
   Federation,
   type FederationComponents,
   type FederationInit,
