@@ -33,6 +33,7 @@ export {
 } from './http-api.ts'
 export {
   createIdentityKey,
+  identityFromKeyObject,
   loadIdentity,
   type NodeIdentity,
   peerIdFromPublicKey,

@@ -1,0 +1,78 @@
+/**
+ * A hostile peer for adversarial tests: a real libp2p node with its own valid key (which the
+ * victim may have added as a peer) that speaks `/oe/agreement/1.0.0` with whatever bytes a test
+ * gives it.
+ */
+import { generateKeyPairSync } from 'node:crypto'
+import { noise } from '@chainsafe/libp2p-noise'
+import { asCrypto, defaultCrypto } from '@chainsafe/libp2p-noise/crypto'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { generateKeyPairFromSeed } from '@libp2p/crypto/keys'
+import { identify } from '@libp2p/identify'
+import type { Libp2p } from '@libp2p/interface'
+import { ping } from '@libp2p/ping'
+import { tcp } from '@libp2p/tcp'
+import { multiaddr } from '@multiformats/multiaddr'
+import { createLibp2p } from 'libp2p'
+import { AGREEMENT_PROTOCOL, decodeFramePayload, FrameDecoder } from '../../federation/index.ts'
+import { createCard, identityFromKeyObject, type NodeIdentity } from '../../node/index.ts'
+
+export interface Rogue {
+  identity: NodeIdentity
+  node: Libp2p
+  card: string
+  /** Open a protocol stream to `target`, write `bytes`, close our side, and read the reply. */
+  exchange(target: string, bytes: Uint8Array): Promise<{ reply?: unknown; reset: boolean; error?: string }>
+  stop(): Promise<void>
+}
+
+export function newIdentity(): NodeIdentity {
+  return identityFromKeyObject(generateKeyPairSync('ed25519').privateKey)
+}
+
+export async function startRogue(org = 'Rogue', identity = newIdentity()): Promise<Rogue> {
+  const node = await createLibp2p({
+    privateKey: await generateKeyPairFromSeed('Ed25519', identity.privateKeySeed),
+    addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
+    transports: [tcp()],
+    connectionEncrypters: [noise({ crypto: { ...defaultCrypto, ...asCrypto } })],
+    streamMuxers: [yamux()],
+    services: { identify: identify(), ping: ping() },
+    connectionGater: { denyDialMultiaddr: () => false },
+  })
+  const card = createCard(
+    identity,
+    org,
+    node.getMultiaddrs().map((addr) => addr.toString()),
+  ).text
+  return {
+    identity,
+    node,
+    card,
+    async exchange(target, bytes) {
+      let stream: Awaited<ReturnType<Libp2p['dialProtocol']>>
+      try {
+        stream = await node.dialProtocol(multiaddr(target), AGREEMENT_PROTOCOL, {
+          signal: AbortSignal.timeout(10_000),
+        })
+      } catch (error) {
+        return { reset: true, error: `dial refused: ${(error as Error).message}` }
+      }
+      try {
+        if (!stream.send(bytes)) await stream.onDrain()
+        await stream.close()
+        const decoder = new FrameDecoder()
+        for await (const chunk of stream) decoder.push(chunk instanceof Uint8Array ? chunk : chunk.subarray())
+        const payload = decoder.take()
+        return payload === undefined
+          ? { reset: stream.status !== 'closed' }
+          : { reply: decodeFramePayload(payload), reset: false }
+      } catch (error) {
+        return { reset: true, error: (error as Error).message }
+      }
+    },
+    stop: async () => {
+      await node.stop()
+    },
+  }
+}
