@@ -14,7 +14,7 @@ import {
   signId,
   signTermination,
 } from '../federation/index.ts'
-import { api, auditEntries, cardOf, peer, propose, waitAgreementState } from './helpers/federation.ts'
+import { api, auditEntries, peer, propose, waitAgreementState } from './helpers/federation.ts'
 import { cleanupAll, type RunningNode, runCli, startNode, waitFor } from './helpers/node-process.ts'
 import { newIdentity, type Rogue, startRogue } from './helpers/rogue-peer.ts'
 

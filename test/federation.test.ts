@@ -14,6 +14,7 @@ import {
   cardOf,
   type PeerJson,
   peer,
+  peerState,
   propose,
   waitAgreementState,
   waitPeerState,
@@ -42,7 +43,7 @@ describe('peering', () => {
     expect(JSON.parse(added.stdout)).toMatchObject({ alias: 'chargeco', org: 'ChargeCo' })
     // Until B adds A, B's gate refuses A: nothing connects.
     await Bun.sleep(1_000)
-    expect(await (await import('./helpers/federation.ts')).peerState(a, 'chargeco')).not.toBe('connected')
+    expect(await peerState(a, 'chargeco')).not.toBe('connected')
     expect((await auditEntries(b)).some((e) => e.type === 'connection.refused')).toBe(true)
     await api(b, 'POST', '/v1/peers', { card: await cardOf(a), alias: 'gridco' })
     await waitPeerState(a, 'chargeco', 'connected')
@@ -81,7 +82,7 @@ describe('peering', () => {
     expect(removed.code).toBe(0)
     await waitPeerState(b, 'ay', 'disconnected', 5_000)
     await Bun.sleep(1_500)
-    expect(await (await import('./helpers/federation.ts')).peerState(b, 'ay')).not.toBe('connected')
+    expect(await peerState(b, 'ay')).not.toBe('connected')
     expect((await auditEntries(a)).map((e) => e.type)).toContain('peer.removed')
   })
 })
