@@ -125,6 +125,9 @@ describe('streams', () => {
       const names: string[] = []
       for await (const info of jsm.streams.list()) names.push(info.config.name)
       expect(names.sort()).toEqual([
+        'KV_oe-agreements',
+        'KV_oe-fed-outbox',
+        'KV_oe-peers',
         'KV_oe-resources',
         'OE_CTL',
         'OE_EVT',
