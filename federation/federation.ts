@@ -138,6 +138,7 @@ export class Federation {
   private readonly outbox = new Map<string, OutboxEntry>()
   private readonly locks = new Map<string, Promise<unknown>>()
   private readonly delivering = new Set<string>()
+  private readonly deliverAgain = new Set<string>()
   private readonly outboxErrors = new Map<string, string>()
   private timer: ReturnType<typeof setInterval> | undefined
   private outboxSequence = 0
@@ -700,44 +701,59 @@ export class Federation {
     void this.deliver(peer)
   }
 
-  /** Send a peer's queued messages in order while it is connected. */
+  /**
+   * Send a peer's queued messages in order while it is connected. A message queued while a
+   * pass runs is sent by that pass (it looks again before it ends), not left for the timer:
+   * a revocation must reach the peer at once.
+   */
   private async deliver(alias: string): Promise<void> {
-    if (this.delivering.has(alias)) return
+    if (this.delivering.has(alias)) {
+      this.deliverAgain.add(alias)
+      return
+    }
     const peer = this.peersByAlias.get(alias)
     const host = this.host
     if (!peer || !host?.isConnected(peer.peerId)) return
     this.delivering.add(alias)
     try {
-      const entries = [...this.outbox.values()]
-        .filter((entry) => entry.peer === alias)
-        .sort((a, b) => a.key.localeCompare(b.key))
-      for (const entry of entries) {
-        try {
-          await this.send(peer, entry.message)
-          this.outboxErrors.delete(alias)
-        } catch (error) {
-          if (error instanceof PeerRefusedError) {
-            // The peer checked the message and refused it: retrying cannot help.
-            this.outboxErrors.set(alias, error.message)
-            await this.components.audit.append('agreement.delivery_refused', {
-              peer: alias,
-              type: entry.message.t,
-              error: error.remoteName,
-              reason: error.message,
-            })
-          } else {
-            entry.attempts += 1
-            entry.lastError = (error as Error).message
-            this.outboxErrors.set(alias, entry.lastError)
-            return
-          }
+      do {
+        this.deliverAgain.delete(alias)
+        const entries = [...this.outbox.values()]
+          .filter((entry) => entry.peer === alias)
+          .sort((a, b) => a.key.localeCompare(b.key))
+        for (const entry of entries) {
+          if (!(await this.deliverOne(alias, peer, entry))) return
         }
-        this.outbox.delete(entry.key)
-        await this.outboxBucket!.delete(entry.key)
-      }
+      } while (this.deliverAgain.has(alias))
     } finally {
       this.delivering.delete(alias)
     }
+  }
+
+  /** Send one queued message; false when the link failed and the rest must wait. */
+  private async deliverOne(alias: string, peer: PeerRecord, entry: OutboxEntry): Promise<boolean> {
+    try {
+      await this.send(peer, entry.message)
+      this.outboxErrors.delete(alias)
+    } catch (error) {
+      if (!(error instanceof PeerRefusedError)) {
+        entry.attempts += 1
+        entry.lastError = (error as Error).message
+        this.outboxErrors.set(alias, entry.lastError)
+        return false
+      }
+      // The peer checked the message and refused it: retrying cannot help.
+      this.outboxErrors.set(alias, error.message)
+      await this.components.audit.append('agreement.delivery_refused', {
+        peer: alias,
+        type: entry.message.t,
+        error: error.remoteName,
+        reason: error.message,
+      })
+    }
+    this.outbox.delete(entry.key)
+    await this.outboxBucket!.delete(entry.key)
+    return true
   }
 
   private async send(peer: PeerRecord, message: AgreementMessage): Promise<void> {

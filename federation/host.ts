@@ -107,7 +107,8 @@ export class FederationHost {
         denyOutboundEncryptedConnection: (peerId, conn) =>
           refuse(peerId, 'outbound', conn.remoteAddr.toString()),
       },
-      connectionManager: { maxConnections: 256 },
+      // Many nodes may share a host (a demo, a lab); only gated peers get past the handshake.
+      connectionManager: { maxConnections: 256, inboundConnectionThreshold: 50 },
     })
     this.node.addEventListener('peer:connect', (event) => {
       const id = event.detail.toString()

@@ -21,6 +21,10 @@ const SUITES: Record<string, { describe: string; load: () => Promise<Suite> }> =
     describe: 'cold start, HTTP ingest throughput vs raw nats.js JetStream publish',
     load: async () => (await import('./bench/ingest.ts')).ingestSuite,
   },
+  agreements: {
+    describe: 'two nodes on loopback: peer connect, propose/accept/revoke latency across nodes',
+    load: async () => (await import('./bench/agreements.ts')).agreementsSuite,
+  },
 }
 
 function usage(): string {
