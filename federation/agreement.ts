@@ -112,7 +112,10 @@ export function keyBytes(key: string, path = 'key'): Uint8Array {
   if (typeof key !== 'string' || !/^[A-Za-z0-9_-]{43}$/.test(key)) {
     throw new AgreementFormatError(path, 'must be a base64url ed25519 public key (43 characters)')
   }
-  return new Uint8Array(Buffer.from(key, 'base64url'))
+  const bytes = new Uint8Array(Buffer.from(key, 'base64url'))
+  // One spelling per key: the last character has spare bits, so compare texts only if canonical.
+  if (base64url(bytes) !== key) throw new AgreementFormatError(path, 'is not in canonical base64url')
+  return bytes
 }
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {
@@ -172,7 +175,7 @@ const kindSet: ReadonlySet<string> = new Set(RESOURCE_KINDS)
 export function parseGrant(value: unknown, path: string): Grant {
   if (!isPlainObject(value)) throw new AgreementFormatError(path, 'must be an object')
   const data = value.data
-  if (typeof data !== 'string' || !(data in GRANT_KEYS)) {
+  if (typeof data !== 'string' || !Object.hasOwn(GRANT_KEYS, data)) {
     throw new AgreementFormatError(`${path}.data`, 'must be one of telemetry, standing, events, control')
   }
   const raw = object(value, path, GRANT_KEYS[data as GrantData])
@@ -321,10 +324,17 @@ export function signId(id: string, signer: Signer): string {
   return base64url(signer.sign(Buffer.from(id, 'hex')))
 }
 
+/** Signature bytes from base64url, only in its one canonical spelling (so texts compare). */
+function signatureBytes(signature: unknown): Uint8Array | undefined {
+  if (typeof signature !== 'string' || !/^[A-Za-z0-9_-]{86}$/.test(signature)) return undefined
+  const bytes = new Uint8Array(Buffer.from(signature, 'base64url'))
+  return bytes.length === 64 && base64url(bytes) === signature ? bytes : undefined
+}
+
 export function verifyIdSignature(id: string, signature: string, key: string): boolean {
   try {
-    const sig = Buffer.from(signature, 'base64url')
-    if (sig.length !== 64) return false
+    const sig = signatureBytes(signature)
+    if (!sig) return false
     return ed.verify(sig, Buffer.from(id, 'hex'), keyBytes(key))
   } catch {
     return false
@@ -396,8 +406,8 @@ export function parseTermination(kind: 'reject' | 'revoke', value: unknown): Ter
     throw new AgreementFormatError(`${kind}.reason`, 'must be text of at most 1000 characters')
   let valid = false
   try {
-    const sig = Buffer.from(termination.sig, 'base64url')
-    valid = sig.length === 64 && ed.verify(sig, terminationBytes(kind, termination), keyBytes(termination.by))
+    const sig = signatureBytes(termination.sig)
+    valid = sig !== undefined && ed.verify(sig, terminationBytes(kind, termination), keyBytes(termination.by))
   } catch {
     valid = false
   }

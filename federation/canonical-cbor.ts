@@ -115,8 +115,8 @@ function write(writer: Writer, value: unknown, path: string, depth: number): voi
   }
   if (typeof value === 'number') {
     if (!Number.isFinite(value)) throw new AgreementFormatError(path, 'must be a finite number')
-    if (!Number.isInteger(value)) writer.float(value)
-    else if (!Number.isSafeInteger(value)) throw new AgreementFormatError(path, 'integer is too large')
+    // Whole numbers beyond 2^53 are not exact integers in JavaScript: they travel as floats.
+    if (!Number.isSafeInteger(value)) writer.float(value)
     else if (value >= 0) writer.head(0, value)
     else writer.head(1, -1 - value)
     return

@@ -10,9 +10,14 @@ import { AgreementFormatError } from './errors.ts'
 const LIST_KEYS = ['kinds', 'rids', 'sites', 'quantities', 'attrs', 'types', 'commands'] as const
 
 function parseInterval(value: string): number {
-  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(value.trim())
-  if (!match) throw new AgreementFormatError('minInterval', `'${value}' is not a duration (e.g. 60s, 5m)`)
-  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[match[2] ?? 'ms'] ?? 1
+  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(value.trim())
+  if (!match) {
+    throw new AgreementFormatError(
+      'grant.minInterval',
+      `'${value}' is not a duration with a unit (e.g. 500ms, 60s, 5m)`,
+    )
+  }
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[match[2]!] ?? 1
   return Math.round(Number(match[1]) * unit)
 }
 
