@@ -88,7 +88,11 @@ describe('parseGrantSpec', () => {
       'a duration without a number',
       `telemetry:kinds=evse;quantities=power;minInterval=soon`,
       'grant.minInterval',
-    ['a duration without a unit', `telemetry:kinds=evse;quantities=power;minInterval=60`, 'grant.minInterval'],
+    ],
+    [
+      'a duration without a unit',
+      `telemetry:kinds=evse;quantities=power;minInterval=60`,
+      'grant.minInterval',
     ],
     ['a negative duration', `telemetry:kinds=evse;quantities=power;minInterval=-5s`, 'grant.minInterval'],
     ['an unknown unit', `telemetry:kinds=evse;quantities=power;minInterval=5w`, 'grant.minInterval'],
