@@ -11,7 +11,7 @@ import {
   jetstreamManager,
 } from '@nats-io/jetstream'
 import { type KV, Kvm } from '@nats-io/kv'
-import { type Msg, type NatsConnection, nuid, type Subscription } from '@nats-io/nats-core'
+import { type Msg, type MsgHdrs, type NatsConnection, nuid, type Subscription } from '@nats-io/nats-core'
 import { decodeCbor, decodeForDisplay, encodeCbor, encodeTelemetryPayload } from './codec.ts'
 import { DataPlaneError, NotConnectedError, PublishError } from './errors.ts'
 import type { Resource, ResourceKind, TelemetryRecord } from './model.ts'
@@ -33,6 +33,7 @@ export interface DataPlaneComponents {
 export interface OutgoingMessage {
   subject: string
   payload: Uint8Array
+  headers?: MsgHdrs
 }
 
 export interface SubjectMessage {
@@ -43,9 +44,28 @@ export interface SubjectMessage {
 interface PendingBatch {
   remaining: number
   failures: string[]
-  resolve: () => void
+  /** Highest stream sequence JetStream reported for the batch. */
+  lastSeq: number
+  resolve: (lastSeq: number) => void
   reject: (error: Error) => void
   timer: ReturnType<typeof setTimeout>
+}
+
+const SEQ_KEY = [0x22, 0x73, 0x65, 0x71, 0x22, 0x3a] // "seq":
+
+/** The `seq` of a JetStream publish ack (`{"stream":"X","seq":N,…}`), read without JSON.parse. */
+function ackSequence(data: Uint8Array): number {
+  outer: for (let i = 0; i + SEQ_KEY.length < data.length; i++) {
+    for (let j = 0; j < SEQ_KEY.length; j++) if (data[i + j] !== SEQ_KEY[j]) continue outer
+    let value = 0
+    for (let k = i + SEQ_KEY.length; k < data.length; k++) {
+      const digit = data[k]! - 0x30
+      if (digit < 0 || digit > 9) break
+      value = value * 10 + digit
+    }
+    return value
+  }
+  return 0
 }
 
 export class DataPlane {
@@ -167,14 +187,14 @@ export class DataPlane {
    * Publish messages into JetStream and wait until every one is confirmed. Acks for the whole
    * batch come back on one reply subject, so a batch of thousands costs one pending entry.
    */
-  async publishConfirmed(messages: readonly OutgoingMessage[]): Promise<void> {
-    if (messages.length === 0) return
+  async publishConfirmed(messages: readonly OutgoingMessage[]): Promise<number> {
+    if (messages.length === 0) return 0
     if (!this.started) throw new NotConnectedError('the data plane has not been started')
     const nc = this.components.connection
     const id = String(++this.batchSequence)
     const reply = `${this.ackPrefix}.${id}`
     const timeoutMs = this.init.publishTimeoutMs ?? 10_000
-    const done = new Promise<void>((resolve, reject) => {
+    const done = new Promise<number>((resolve, reject) => {
       const timer = setTimeout(() => {
         const batch = this.pending.get(id)
         this.pending.delete(id)
@@ -184,17 +204,23 @@ export class DataPlane {
           ),
         )
       }, timeoutMs)
-      this.pending.set(id, { remaining: messages.length, failures: [], resolve, reject, timer })
+      this.pending.set(id, { remaining: messages.length, failures: [], lastSeq: 0, resolve, reject, timer })
     })
     try {
-      for (const message of messages) nc.publish(message.subject, message.payload, { reply })
+      for (const message of messages) {
+        nc.publish(
+          message.subject,
+          message.payload,
+          message.headers ? { reply, headers: message.headers } : { reply },
+        )
+      }
     } catch (error) {
       const batch = this.pending.get(id)
       if (batch) clearTimeout(batch.timer)
       this.pending.delete(id)
       throw new PublishError(`publish failed: ${(error as Error).message}`, { cause: error })
     }
-    await done
+    return done
   }
 
   private onAck(msg: Msg): void {
@@ -208,6 +234,9 @@ export class DataPlane {
     } else if (msg.data.length === 0 || msg.data[2] !== 0x73 /* {"s…: {"stream":…} */) {
       const text = msg.string()
       if (text.includes('"error"')) batch.failures.push(text)
+    } else {
+      const seq = ackSequence(msg.data)
+      if (seq > batch.lastSeq) batch.lastSeq = seq
     }
     batch.remaining -= 1
     if (batch.remaining > 0) return
@@ -218,7 +247,7 @@ export class DataPlane {
         new PublishError(`JetStream refused ${batch.failures.length} message(s): ${batch.failures[0]}`),
       )
     } else {
-      batch.resolve()
+      batch.resolve(batch.lastSeq)
     }
   }
 

@@ -5,6 +5,7 @@
  * until the peer acknowledges them. Messages from peers are checked against the agreement and
  * the authenticated sender before anything changes; repeats are harmless.
  */
+import type { KeyObject } from 'node:crypto'
 import type { Connection, Stream } from '@libp2p/interface'
 import type { DataPlane, Logger } from '../data-plane/index.ts'
 import {
@@ -42,6 +43,7 @@ import {
 import { readFrame, writeFrame } from './frames.ts'
 import { FederationHost, type PeerConnectionState } from './host.ts'
 import { AGREEMENT_PROTOCOL, type AgreementMessage, parseAgreementMessage, parseReply } from './messages.ts'
+import { SiteIndex } from './site-index.ts'
 import {
   AGREEMENTS_BUCKET,
   type AgreementRecord,
@@ -50,7 +52,21 @@ import {
   PEERS_BUCKET,
   type PeerRecord,
   RecordBucket,
+  TRANSFER_BUCKET,
 } from './stores.ts'
+import {
+  type AgreementView,
+  ConsumerSession,
+  DEFAULT_TUNING,
+  emptyStats,
+  type FlowStats,
+  MAX_BATCH_FRAME_BYTES,
+  ProviderSession,
+  TRANSFER_PROTOCOL,
+  TransferChannel,
+  type TransferState,
+  type TransferTuning,
+} from './transfer.ts'
 
 export const ALIAS_PATTERN = /^[a-z][a-z0-9-]{0,31}$/
 
@@ -61,6 +77,8 @@ export interface AuditSink {
 export interface FederationSigner extends Signer {
   /** 32-byte ed25519 seed, for the libp2p key. */
   privateKeySeed: Uint8Array
+  /** The runtime's key object: batches are signed with node:crypto on the hot path. */
+  privateKeyObject: KeyObject
 }
 
 export interface FederationInit {
@@ -68,6 +86,7 @@ export interface FederationInit {
   listen: string[]
   /** How long a message exchange with a peer may take. */
   messageTimeoutMs?: number
+  transfer?: Partial<TransferTuning>
 }
 
 export interface FederationComponents {
@@ -113,6 +132,8 @@ export interface AgreementDetail extends AgreementSummary {
   rejection: Termination | null
   revocation: Termination | null
   outbox: { pending: number; lastError: string | null }
+  /** Data flow under this agreement, as seen by this node. */
+  flow: FlowStats & { session: boolean }
 }
 
 export interface ProposeInput {
@@ -143,6 +164,13 @@ export class Federation {
   private timer: ReturnType<typeof setInterval> | undefined
   private outboxSequence = 0
   private readonly myKey: string
+  private transferStates: RecordBucket<TransferState> | undefined
+  private readonly siteIndex = new SiteIndex()
+  private readonly flows = new Map<string, FlowStats>()
+  private readonly providerSessions = new Map<string, ProviderSession>()
+  private readonly consumerSessions = new Map<string, ConsumerSession>()
+  private readonly sessionRetryAt = new Map<string, number>()
+  private tuning: TransferTuning = DEFAULT_TUNING
 
   constructor(
     private readonly init: FederationInit,
@@ -169,6 +197,9 @@ export class Federation {
     this.peersBucket = await RecordBucket.open<PeerRecord>(js, PEERS_BUCKET)
     this.agreementsBucket = await RecordBucket.open<AgreementRecord>(js, AGREEMENTS_BUCKET)
     this.outboxBucket = await RecordBucket.open<OutboxEntry>(js, OUTBOX_BUCKET)
+    this.transferStates = await RecordBucket.open<TransferState>(js, TRANSFER_BUCKET)
+    this.tuning = { ...DEFAULT_TUNING, ...this.init.transfer }
+    await this.siteIndex.start(js)
     for (const peer of await this.peersBucket.list()) this.peersByAlias.set(peer.alias, peer)
     for (const record of await this.agreementsBucket.list()) this.agreements.set(record.id, record)
     for (const entry of await this.outboxBucket.list()) this.outbox.set(entry.key, entry)
@@ -202,6 +233,11 @@ export class Federation {
     this.host = host
     await host.start()
     await host.handle(AGREEMENT_PROTOCOL, (stream, connection) => this.onStream(stream, connection))
+    await host.handle(
+      TRANSFER_PROTOCOL,
+      (stream, connection) => this.onTransferStream(stream, connection),
+      64,
+    )
     this.timer = setInterval(() => this.housekeeping(), 500)
     this.housekeeping()
     this.components.logger.info(
@@ -213,6 +249,10 @@ export class Federation {
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer)
     this.timer = undefined
+    for (const id of new Set([...this.providerSessions.keys(), ...this.consumerSessions.keys()])) {
+      this.stopSessions(id, 'node stopping')
+    }
+    this.siteIndex.stop()
     const host = this.host
     this.host = undefined
     await host?.stop()
@@ -428,6 +468,7 @@ export class Federation {
         throw new AgreementStateError(`agreement ${id} is only proposed; reject it instead`)
       if (state === 'rejected') throw new AgreementStateError(`agreement ${id} was rejected`)
       record.revocation = signTermination('revoke', id, reason, this.components.signer)
+      this.stopSessions(id, 'revoked')
       await this.save(record)
       await this.components.audit.append('agreement.revoked', { id, peer: record.peer, by: 'us', reason })
       await this.enqueue(record.peer, { t: 'revoke', revocation: record.revocation })
@@ -446,6 +487,7 @@ export class Federation {
       rejection: record.rejection ?? null,
       revocation: record.revocation ?? null,
       outbox: { pending: pending.length, lastError: this.outboxErrors.get(record.peer) ?? null },
+      flow: { ...this.flow(id), session: this.providerSessions.has(id) || this.consumerSessions.has(id) },
     }
   }
 
@@ -678,6 +720,7 @@ export class Federation {
         if (state === 'revoked') return
         if (state === 'rejected') throw new AgreementStateError(`agreement ${id} was rejected`)
         record.revocation = message.revocation
+        this.stopSessions(id, 'revoked by the peer')
         await this.save(record)
         await this.components.audit.append('agreement.revoked', {
           id,
@@ -687,6 +730,159 @@ export class Federation {
         })
         return
       }
+    }
+  }
+
+  // ── data transfer ──────────────────────────────────────────────────────────────────────────
+
+  /** Flow counters of an agreement on this node. */
+  flow(id: string): FlowStats {
+    let stats = this.flows.get(id)
+    if (!stats) {
+      stats = emptyStats()
+      this.flows.set(id, stats)
+    }
+    return stats
+  }
+
+  /** Flow counters of every agreement, for metrics. */
+  flowsByAgreement(): ReadonlyMap<string, FlowStats> {
+    return this.flows
+  }
+
+  private view(record: AgreementRecord): AgreementView {
+    return {
+      id: record.id,
+      doc: record.doc,
+      peer: record.peer,
+      ...(record.rejection ? { rejection: record.rejection } : {}),
+      ...(record.revocation ? { revocation: record.revocation } : {}),
+    }
+  }
+
+  /** End every transfer session of an agreement at once (revocation, expiry, shutdown). */
+  private stopSessions(id: string, reason: string): void {
+    const provider = this.providerSessions.get(id)
+    if (provider) {
+      this.providerSessions.delete(id)
+      provider.stop(reason)
+    }
+    const consumer = this.consumerSessions.get(id)
+    if (consumer) {
+      this.consumerSessions.delete(id)
+      consumer.stop(reason)
+    }
+  }
+
+  private ensureProviderSession(record: AgreementRecord, now: number): void {
+    if (this.providerSessions.has(record.id) || (this.sessionRetryAt.get(record.id) ?? 0) > now) return
+    const peer = this.peersByAlias.get(record.peer)
+    const host = this.host
+    if (!peer || !host?.isConnected(peer.peerId)) return
+    this.sessionRetryAt.set(record.id, now + 1_000)
+    void this.runProviderSession(record, peer, host)
+  }
+
+  private async runProviderSession(
+    record: AgreementRecord,
+    peer: PeerRecord,
+    host: FederationHost,
+  ): Promise<void> {
+    let session: ProviderSession | undefined
+    try {
+      const stream = await host.openStream(peer.peerId, TRANSFER_PROTOCOL, {
+        signal: AbortSignal.timeout(5_000),
+      })
+      session = await ProviderSession.open(this.view(record), stream, {
+        dataPlane: this.components.dataPlane,
+        logger: this.components.logger,
+        privateKey: this.components.signer.privateKeyObject,
+        siteOf: this.siteIndex.siteOf,
+        stats: this.flow(record.id),
+        tuning: this.tuning,
+      })
+      if (this.state(record) !== 'active' || this.providerSessions.has(record.id)) {
+        session.stop('no longer needed')
+        return
+      }
+      this.providerSessions.set(record.id, session)
+      this.components.logger.info({ id: record.id, peer: peer.alias }, 'transfer session started (provider)')
+      await session.run()
+    } catch (error) {
+      this.flow(record.id).lastError = (error as Error).message
+    } finally {
+      if (session && this.providerSessions.get(record.id) === session) this.providerSessions.delete(record.id)
+    }
+  }
+
+  private async onTransferStream(stream: Stream, connection: Connection): Promise<void> {
+    const peer = this.peerByPeerId(connection.remotePeer.toString())
+    if (!peer) {
+      stream.abort(new FederationError('unknown peer'))
+      return
+    }
+    const channel = new TransferChannel(stream, MAX_BATCH_FRAME_BYTES)
+    let id = ''
+    try {
+      const hello = (await Promise.race([channel.next(), Bun.sleep(10_000).then(() => 'timeout')])) as
+        | { t?: string; id?: string }
+        | 'timeout'
+        | undefined
+      if (hello === 'timeout' || hello?.t !== 'hello' || typeof hello.id !== 'string') {
+        throw new FrameError('expected a hello frame')
+      }
+      id = hello.id
+      const record = this.agreements.get(id)
+      if (!record) throw new AgreementNotFoundError(id)
+      if (record.peer !== peer.alias)
+        throw new ForeignAgreementError(`agreement ${id} is not between this node and ${peer.alias}`)
+      if (record.role !== 'consumer')
+        throw new AgreementStateError(`this node is not the consumer of agreement ${id}`)
+      const state = this.state(record)
+      if (state !== 'active') throw new AgreementStateError(`agreement ${id} is ${state}`)
+      this.stopSessions(id, 'replaced by a new session')
+      const session = new ConsumerSession(this.view(record), channel, {
+        dataPlane: this.components.dataPlane,
+        logger: this.components.logger,
+        stats: this.flow(id),
+        states: this.transferStates!,
+        tuning: this.tuning,
+        current: () => {
+          const current = this.agreements.get(id)
+          return current ? this.view(current) : undefined
+        },
+        onViolation: (reason) => {
+          this.components.logger.warn(
+            { id, peer: peer.alias, reason },
+            'provider violated the transfer protocol',
+          )
+          void this.components.audit.append('transfer.violation', { id, peer: peer.alias, reason })
+        },
+        onDropped: (counts) => {
+          void this.components.audit.append('transfer.dropped', { id, peer: peer.alias, counts })
+        },
+      })
+      this.consumerSessions.set(id, session)
+      this.components.logger.info({ id, peer: peer.alias }, 'transfer session started (consumer)')
+      try {
+        await session.run()
+      } finally {
+        if (this.consumerSessions.get(id) === session) this.consumerSessions.delete(id)
+      }
+    } catch (error) {
+      const name = error instanceof FederationError ? error.name : 'Error'
+      await this.components.audit.append('transfer.refused', {
+        peer: peer.alias,
+        ...(id ? { id } : {}),
+        error: name,
+        reason: (error as Error).message,
+      })
+      try {
+        await channel.send({ t: 'error', error: name, message: (error as Error).message })
+      } catch {
+        // The stream may be gone already.
+      }
+      channel.abort(error as Error)
     }
   }
 
@@ -777,7 +973,10 @@ export class Federation {
     for (const alias of new Set([...this.outbox.values()].map((entry) => entry.peer)))
       void this.deliver(alias)
     for (const record of this.agreements.values()) {
-      if (record.expiredAt || this.state(record, now) !== 'expired') continue
+      const state = this.state(record, now)
+      if (state !== 'active') this.stopSessions(record.id, state)
+      else if (record.role === 'provider') this.ensureProviderSession(record, now)
+      if (record.expiredAt || state !== 'expired') continue
       void this.withLock(record.id, async () => {
         if (record.expiredAt) return
         record.expiredAt = now

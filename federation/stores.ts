@@ -13,6 +13,8 @@ import type { AgreementMessage } from './messages.ts'
 export const PEERS_BUCKET = 'oe-peers'
 export const AGREEMENTS_BUCKET = 'oe-agreements'
 export const OUTBOX_BUCKET = 'oe-fed-outbox'
+/** Per agreement, what the consumer holds (high-water marks); see transfer.ts. */
+export const TRANSFER_BUCKET = 'oe-transfer'
 
 export interface PeerRecord {
   alias: string

@@ -183,6 +183,7 @@ export class OeNode {
         publicKey: identity.publicKey,
         sign: identity.sign,
         privateKeySeed: identity.privateKeySeed,
+        privateKeyObject: identity.privateKeyObject,
       }
       const audit = new AuditLog(
         { dir: this.paths.audit },

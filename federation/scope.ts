@@ -1,0 +1,218 @@
+/**
+ * The scope compiler: an agreement's grants become NATS filter subjects for the provider's
+ * streams, a record check both ends run on every record (kinds, rids, sites, quantities, types),
+ * the projection of standing data to the granted attributes, and the minimum interval between
+ * readings of one resource and quantity.
+ */
+import type { Resource } from '../data-plane/index.ts'
+import type { AgreementBody, Grant } from './agreement.ts'
+
+/** The provider streams data is read from, by the subject's second token. */
+export type SourceArea = 'tel' | 'std' | 'evt'
+export const SOURCE_AREAS: readonly SourceArea[] = ['tel', 'std', 'evt']
+export const AREA_STREAM: Record<SourceArea, string> = { tel: 'OE_TEL', std: 'OE_STD', evt: 'OE_EVT' }
+const AREA_DATA: Record<SourceArea, Grant['data']> = { tel: 'telemetry', std: 'standing', evt: 'events' }
+
+/** Above this many exact filters for one stream, one broad filter plus the record check is used. */
+const MAX_FILTERS = 64
+
+export type Decision = { ok: true; grant: Grant } | { ok: false; reason: DropReason }
+export type DropReason =
+  | 'not_granted'
+  | 'bad_subject'
+  | 'site'
+  | 'min_interval'
+  | 'attrs'
+  | 'time'
+  | 'payload'
+
+export interface CompiledScope {
+  /** NATS filter subjects per source stream (absent: nothing granted from it). */
+  filters: Partial<Record<SourceArea, string[]>>
+  /**
+   * Which grant allows a record with this subject (`oe.tel.…`, `oe.std.…`, `oe.evt.…`).
+   * `siteOf` answers the site of a resource when known; grants limited to sites need it. The
+   * consumer passes `ignoreSites`: it cannot know the provider's site assignments.
+   */
+  check(
+    subject: string,
+    siteOf?: (kind: string, rid: string) => string | undefined,
+    ignoreSites?: boolean,
+  ): Decision
+}
+
+function tokensOverlap(a: string[], b: string[]): boolean {
+  for (let i = 0; ; i++) {
+    const x = a[i]
+    const y = b[i]
+    if (x === '>' || y === '>') return x !== undefined && y !== undefined
+    if (x === undefined || y === undefined) return x === y
+    if (x !== '*' && y !== '*' && x !== y) return false
+  }
+}
+
+function subsumes(wide: string[], narrow: string[]): boolean {
+  for (let i = 0; ; i++) {
+    const w = wide[i]
+    const n = narrow[i]
+    if (w === '>') return n !== undefined
+    if (w === undefined || n === undefined) return w === n
+    if (n === '>') return false
+    if (w !== '*' && w !== n) return false
+    if (w !== '*' && n === '*') return false
+  }
+}
+
+/** Filters without overlap (the server refuses overlapping filter_subjects). */
+export function normaliseFilters(area: SourceArea, filters: string[]): string[] {
+  const unique = [...new Set(filters)]
+  const tokens = unique.map((filter) => filter.split('.'))
+  // Exact duplicates are gone, so a filter another one covers can simply be dropped.
+  const kept = unique.filter((_, i) => !tokens.some((other, j) => j !== i && subsumes(other, tokens[i]!)))
+  const keptTokens = kept.map((filter) => filter.split('.'))
+  const overlapping = keptTokens.some((a, i) => keptTokens.some((b, j) => j > i && tokensOverlap(a, b)))
+  if (overlapping || kept.length > MAX_FILTERS) return [`oe.${area}.>`]
+  return kept.sort()
+}
+
+function grantFilters(grant: Grant): { area: SourceArea; filters: string[] } | undefined {
+  const rids = grant.rids ?? ['*']
+  const combine = (prefix: string, lasts: readonly string[]) =>
+    grant.kinds.flatMap((kind) =>
+      rids.flatMap((rid) => lasts.map((last) => `${prefix}.${kind}.${rid}${last}`)),
+    )
+  switch (grant.data) {
+    case 'telemetry':
+      return {
+        area: 'tel',
+        filters: combine(
+          'oe.tel',
+          grant.quantities.map((q) => `.${q}`),
+        ),
+      }
+    case 'standing':
+      return { area: 'std', filters: combine('oe.std', ['']) }
+    case 'events':
+      return {
+        area: 'evt',
+        filters: combine(
+          'oe.evt',
+          grant.types.map((type) => `.${type}`),
+        ),
+      }
+    case 'control':
+      return undefined
+  }
+}
+
+function grantAllows(
+  grant: Grant,
+  tokens: string[],
+  siteOf?: (kind: string, rid: string) => string | undefined,
+  ignoreSites = false,
+): boolean | 'site' {
+  const kind = tokens[2]!
+  const rid = tokens[3]!
+  if (!(grant.kinds as string[]).includes(kind)) return false
+  if (grant.rids && !grant.rids.includes(rid)) return false
+  switch (grant.data) {
+    case 'telemetry':
+      if (tokens.length !== 5 || !grant.quantities.includes(tokens[4]!)) return false
+      break
+    case 'standing':
+      if (tokens.length !== 4) return false
+      break
+    case 'events':
+      if (tokens.length !== 5 || !grant.types.includes(tokens[4]!)) return false
+      break
+    case 'control':
+      return false
+  }
+  if (grant.sites && !ignoreSites) {
+    const site = siteOf?.(kind, rid)
+    if (site === undefined || !grant.sites.includes(site)) return 'site'
+  }
+  return true
+}
+
+export function compileScope(body: AgreementBody): CompiledScope {
+  const collected: Partial<Record<SourceArea, string[]>> = {}
+  for (const grant of body.grants) {
+    const compiled = grantFilters(grant)
+    if (!compiled) continue
+    const list = collected[compiled.area] ?? []
+    list.push(...compiled.filters)
+    collected[compiled.area] = list
+  }
+  const filters: Partial<Record<SourceArea, string[]>> = {}
+  for (const area of SOURCE_AREAS) {
+    const list = collected[area]
+    if (list) filters[area] = normaliseFilters(area, list)
+  }
+  return {
+    filters,
+    check(subject, siteOf, ignoreSites) {
+      const tokens = subject.split('.')
+      const area = tokens[1] as SourceArea
+      if (tokens[0] !== 'oe' || !(area in AREA_DATA) || tokens.length < 4)
+        return { ok: false, reason: 'bad_subject' }
+      const data = AREA_DATA[area]
+      let siteRefused = false
+      let best: Grant | undefined
+      for (const grant of body.grants) {
+        if (grant.data !== data) continue
+        const allowed = grantAllows(grant, tokens, siteOf, ignoreSites)
+        if (allowed === 'site') siteRefused = true
+        if (allowed !== true) continue
+        // Of several grants, the one with the shortest interval (the most generous) applies.
+        if (!best || minInterval(grant) < minInterval(best)) best = grant
+      }
+      if (best) return { ok: true, grant: best }
+      return { ok: false, reason: siteRefused ? 'site' : 'not_granted' }
+    },
+  }
+}
+
+export const minInterval = (grant: Grant): number =>
+  grant.data === 'telemetry' ? (grant.minIntervalMs ?? 0) : 0
+
+/** Standing data reduced to the granted attributes; fields not listed never leave the provider. */
+export function projectResource(resource: Resource, grant: Grant): Resource {
+  const attrs: Record<string, unknown> = {}
+  if (grant.data === 'standing') {
+    for (const name of grant.attrs)
+      if (Object.hasOwn(resource.attrs ?? {}, name)) attrs[name] = resource.attrs[name]
+  }
+  const projected: Resource = { kind: resource.kind, rid: resource.rid, attrs, updated: resource.updated }
+  if (grant.data === 'standing' && grant.attrs.includes('site') && resource.site !== undefined)
+    projected.site = resource.site
+  if (grant.data === 'standing' && grant.attrs.includes('name') && resource.name !== undefined)
+    projected.name = resource.name
+  return projected
+}
+
+/** Whether projected standing data holds only what the grant allows (the consumer's re-check). */
+export function withinProjection(resource: Resource, grant: Grant): boolean {
+  if (grant.data !== 'standing') return false
+  if (resource.site !== undefined && !grant.attrs.includes('site')) return false
+  if (resource.name !== undefined && !grant.attrs.includes('name')) return false
+  return Object.keys(resource.attrs ?? {}).every((name) => grant.attrs.includes(name))
+}
+
+/**
+ * At most one reading per resource and quantity per interval: a reading passes when it is at
+ * least the interval after the last one that passed. (The first reading of an interval is sent
+ * at once, rather than holding readings back until the interval ends.)
+ */
+export class IntervalGate {
+  private readonly last = new Map<string, number>()
+
+  pass(key: string, t: number, intervalMs: number): boolean {
+    if (intervalMs <= 0) return true
+    const previous = this.last.get(key)
+    if (previous !== undefined && t < previous + intervalMs) return false
+    this.last.set(key, t)
+    if (this.last.size > 1_000_000) this.last.clear()
+    return true
+  }
+}

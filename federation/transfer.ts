@@ -1,0 +1,707 @@
+/**
+ * Agreement-governed data transfer (`/oe/transfer/1.0.0`), one stream per active agreement,
+ * opened by the provider.
+ *
+ *   provider → consumer   {t:'hello', id}
+ *   consumer → provider   {t:'ready', hw:{tel,std,evt}, credit}      what it already holds
+ *   provider → consumer   {t:'batch', body, sig}                      body = CBOR {id,n,a,upTo,r}
+ *   consumer → provider   {t:'ack', n, credit}
+ *
+ * The provider reads its streams through one durable consumer per agreement and stream,
+ * (re)created at each session from the consumer's high-water mark, so a session resumes exactly
+ * where the consumer's data ends. It filters, projects and rate-limits per the compiled scope,
+ * signs each batch (ed25519 over SHA-256 of the body) and sends only while it holds credit. The
+ * consumer verifies the signature and the agreement, re-checks every record, publishes accepted
+ * ones to `oe.peer.<alias>.…` with an `Oe-Src` header (agreement, stream, source sequence), stores
+ * its high-water mark, and only then acknowledges. After a crash it finds anything published but
+ * not yet recorded by reading those headers back, so nothing is published twice.
+ */
+import {
+  createHash,
+  createPublicKey,
+  sign as cryptoSign,
+  verify as cryptoVerify,
+  type KeyObject,
+} from 'node:crypto'
+import type { Stream } from '@libp2p/interface'
+import { AckPolicy, DeliverPolicy, type JsMsg } from '@nats-io/jetstream'
+import { nanos, headers as natsHeaders } from '@nats-io/nats-core'
+import {
+  type DataPlane,
+  decodeCbor,
+  encodeCbor,
+  type Logger,
+  type OutgoingMessage,
+  type Resource,
+} from '../data-plane/index.ts'
+import { type AgreementDocument, agreementState, keyBytes, type Termination } from './agreement.ts'
+import { decodeFederationCbor, encodeCanonical } from './canonical-cbor.ts'
+import { FederationError, FrameError } from './errors.ts'
+import { decodeFramePayload, encodeFrame, FrameDecoder } from './frames.ts'
+import {
+  AREA_STREAM,
+  type CompiledScope,
+  compileScope,
+  type DropReason,
+  IntervalGate,
+  minInterval,
+  projectResource,
+  SOURCE_AREAS,
+  type SourceArea,
+  withinProjection,
+} from './scope.ts'
+import type { RecordBucket } from './stores.ts'
+
+export const TRANSFER_PROTOCOL = '/oe/transfer/1.0.0'
+export const MAX_BATCH_FRAME_BYTES = 1024 * 1024
+export const SOURCE_HEADER = 'Oe-Src'
+
+export interface TransferTuning {
+  /** Records per batch at most. */
+  maxBatchRecords: number
+  /** How long a batch may wait to fill. */
+  maxBatchDelayMs: number
+  /** Batches a consumer lets the provider have in flight. */
+  credit: number
+}
+
+export const DEFAULT_TUNING: TransferTuning = { maxBatchRecords: 500, maxBatchDelayMs: 20, credit: 8 }
+
+export type HighWater = Record<SourceArea, number>
+
+/** What the consumer keeps per agreement in KV `oe-transfer`. */
+export interface TransferState {
+  hw: HighWater
+  /** OE_PEER sequence of the last batch recorded in `hw`; the recovery scan starts after it. */
+  peerSeq: number
+}
+
+export interface FlowStats {
+  recordsIn: number
+  bytesIn: number
+  recordsOut: number
+  bytesOut: number
+  batchesIn: number
+  batchesOut: number
+  drops: Partial<Record<DropReason | 'duplicate' | 'replayed_batch' | 'after_cutoff', number>>
+  lastBatchAt: number | null
+  /** Provider: records read but not yet acknowledged by the consumer. */
+  lagRecords: number
+  sessions: number
+  lastError: string | null
+}
+
+export const emptyStats = (): FlowStats => ({
+  recordsIn: 0,
+  bytesIn: 0,
+  recordsOut: 0,
+  bytesOut: 0,
+  batchesIn: 0,
+  batchesOut: 0,
+  drops: {},
+  lastBatchAt: null,
+  lagRecords: 0,
+  sessions: 0,
+  lastError: null,
+})
+
+export interface AgreementView {
+  id: string
+  doc: AgreementDocument
+  rejection?: Termination
+  revocation?: Termination
+  /** The consumer's alias for the provider (the `<alias>` in `oe.peer.<alias>.…`). */
+  peer: string
+}
+
+const SPKI_ED25519_PREFIX = Buffer.from('302a300506032b6570032100', 'hex')
+
+export function publicKeyObject(key: string): KeyObject {
+  return createPublicKey({
+    key: Buffer.concat([SPKI_ED25519_PREFIX, keyBytes(key)]),
+    format: 'der',
+    type: 'spki',
+  })
+}
+
+/** When data stops counting: revocation time or the end of the validity window. */
+export function cutoff(view: AgreementView): number {
+  return Math.min(view.revocation?.at ?? Number.POSITIVE_INFINITY, view.doc.body.validUntil)
+}
+
+function isActive(view: AgreementView, now = Date.now()): boolean {
+  return agreementState(view.doc, view, now) === 'active'
+}
+
+/** Frames on a bidirectional stream: an async reader and a writer honouring back-pressure. */
+class Channel {
+  private readonly decoder: FrameDecoder
+  private readonly queue: unknown[] = []
+  private waiting: ((value: unknown) => void) | undefined
+  private failed: Error | undefined
+  private ended = false
+
+  constructor(
+    readonly stream: Stream,
+    maxBytes: number,
+  ) {
+    this.decoder = new FrameDecoder(maxBytes)
+    void this.pump()
+  }
+
+  private async pump(): Promise<void> {
+    try {
+      for await (const chunk of this.stream) {
+        this.decoder.push(chunk instanceof Uint8Array ? chunk : chunk.subarray())
+        for (let payload = this.decoder.take(); payload !== undefined; payload = this.decoder.take()) {
+          this.deliver(decodeFramePayload(payload))
+        }
+      }
+      this.ended = true
+    } catch (error) {
+      this.failed = error as Error
+    }
+    this.deliver(undefined)
+  }
+
+  private deliver(value: unknown): void {
+    if (this.waiting) {
+      const resolve = this.waiting
+      this.waiting = undefined
+      resolve(value)
+    } else if (value !== undefined) this.queue.push(value)
+  }
+
+  /** The next frame; undefined when the stream ended. Throws FrameError on bad framing. */
+  async next(): Promise<unknown> {
+    if (this.queue.length > 0) return this.queue.shift()
+    if (this.failed) throw this.failed
+    if (this.ended) return undefined
+    const value = await new Promise<unknown>((resolve) => {
+      this.waiting = resolve
+    })
+    if (value === undefined && this.failed) throw this.failed
+    return value
+  }
+
+  async send(message: unknown): Promise<void> {
+    if (!this.stream.send(encodeFrame(message))) await this.stream.onDrain()
+  }
+
+  async sendEncoded(frame: Uint8Array): Promise<void> {
+    if (!this.stream.send(frame)) await this.stream.onDrain()
+  }
+
+  abort(reason: Error): void {
+    if (this.stream.status === 'open') this.stream.abort(reason)
+  }
+}
+
+function encodeLargeFrame(message: unknown, limit: number): Uint8Array {
+  const payload = encodeCanonical(message)
+  if (payload.length > limit)
+    throw new FrameError(`a frame of ${payload.length} bytes is over the limit of ${limit}`)
+  const prefix: number[] = []
+  let rest = payload.length
+  while (rest >= 0x80) {
+    prefix.push((rest & 0x7f) | 0x80)
+    rest = Math.floor(rest / 128)
+  }
+  prefix.push(rest)
+  const frame = new Uint8Array(prefix.length + payload.length)
+  frame.set(prefix)
+  frame.set(payload, prefix.length)
+  return frame
+}
+
+// ── provider ─────────────────────────────────────────────────────────────────────────────────
+
+export interface ProviderSessionComponents {
+  dataPlane: DataPlane
+  logger: Logger
+  privateKey: KeyObject
+  siteOf: (kind: string, rid: string) => string | undefined
+  stats: FlowStats
+  tuning: TransferTuning
+}
+
+interface PendingBatch {
+  n: number
+  area: SourceArea
+  last: JsMsg
+  records: number
+}
+
+/** One provider-side transfer session for one agreement over one stream. */
+export class ProviderSession {
+  private readonly scope: CompiledScope
+  private readonly gate = new IntervalGate()
+  private readonly abort = new AbortController()
+  private readonly inFlight = new Map<number, PendingBatch>()
+  private credit = 0
+  private creditWaiters: (() => void)[] = []
+  private batchNumber = 0
+  private closedReason: string | undefined
+  private readonly closing: Promise<void>[] = []
+
+  constructor(
+    private readonly view: AgreementView,
+    private readonly channel: Channel,
+    private readonly components: ProviderSessionComponents,
+  ) {
+    this.scope = compileScope(view.doc.body)
+  }
+
+  static async open(
+    view: AgreementView,
+    stream: Stream,
+    components: ProviderSessionComponents,
+  ): Promise<ProviderSession> {
+    const channel = new Channel(stream, 64 * 1024)
+    return new ProviderSession(view, channel, components)
+  }
+
+  get closed(): boolean {
+    return this.closedReason !== undefined
+  }
+
+  /** Run until the stream ends, the agreement ends, or `stop()`. */
+  async run(): Promise<void> {
+    const { stats } = this.components
+    stats.sessions += 1
+    try {
+      await this.channel.send({ t: 'hello', id: this.view.id })
+      const ready = (await this.channel.next()) as {
+        t?: string
+        hw?: Partial<HighWater>
+        credit?: number
+        message?: string
+      }
+      if (ready?.t === 'error')
+        throw new FederationError(`the consumer refused the session: ${ready.message}`)
+      if (ready?.t !== 'ready' || typeof ready.credit !== 'number')
+        throw new FrameError('expected a ready frame')
+      this.credit = Math.min(Math.max(0, Math.trunc(ready.credit)), 256)
+      const hw = ready.hw ?? {}
+      const readers = SOURCE_AREAS.filter((area) => this.scope.filters[area]).map((area) =>
+        this.readArea(area, Number(hw[area] ?? 0)),
+      )
+      await Promise.race([Promise.all(readers), this.readAcks()])
+    } catch (error) {
+      if (!this.closed) {
+        stats.lastError = (error as Error).message
+        this.components.logger.warn(
+          { id: this.view.id, err: (error as Error).message },
+          'transfer session ended',
+        )
+      }
+    } finally {
+      this.stop('session ended')
+      await Promise.allSettled(this.closing)
+    }
+  }
+
+  stop(reason: string): void {
+    if (this.closedReason) return
+    this.closedReason = reason
+    this.abort.abort(new FederationError(reason))
+    for (const wake of this.creditWaiters.splice(0)) wake()
+    this.channel.abort(new FederationError(reason))
+  }
+
+  private async readAcks(): Promise<void> {
+    while (!this.closed) {
+      const frame = (await this.channel.next()) as { t?: string; n?: number; credit?: number } | undefined
+      if (frame === undefined) throw new FederationError('the consumer closed the session')
+      if (frame.t !== 'ack' || typeof frame.n !== 'number') continue
+      const batch = this.inFlight.get(frame.n)
+      if (batch) {
+        this.inFlight.delete(frame.n)
+        // The consumer holds it: now, and only now, JetStream may forget it.
+        batch.last.ack()
+        this.components.stats.lagRecords = Math.max(0, this.components.stats.lagRecords - batch.records)
+      }
+      this.credit = Math.min(this.credit + Math.max(0, Math.trunc(frame.credit ?? 1)), 256)
+      for (const wake of this.creditWaiters.splice(0)) wake()
+    }
+  }
+
+  private async waitCredit(): Promise<void> {
+    while (this.credit <= 0 && !this.closed) {
+      await new Promise<void>((resolve) => this.creditWaiters.push(resolve))
+    }
+  }
+
+  private durableName(area: SourceArea): string {
+    return `oe-agr-${this.view.id.slice(0, 24)}-${area}`
+  }
+
+  /** Recreate the durable consumer so delivery starts right after what the consumer holds. */
+  private async prepareConsumer(area: SourceArea, hw: number): Promise<string> {
+    const jsm = this.components.dataPlane.manager
+    const stream = AREA_STREAM[area]
+    const name = this.durableName(area)
+    await jsm.consumers.delete(stream, name).catch(() => {})
+    const start =
+      hw > 0
+        ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: hw + 1 }
+        : area === 'std'
+          ? { deliver_policy: DeliverPolicy.LastPerSubject }
+          : {
+              deliver_policy: DeliverPolicy.StartTime,
+              opt_start_time: new Date(this.view.doc.body.validFrom).toISOString(),
+            }
+    await jsm.consumers.add(stream, {
+      durable_name: name,
+      filter_subjects: this.scope.filters[area]!,
+      ack_policy: AckPolicy.All,
+      ack_wait: nanos(60_000),
+      max_ack_pending: 100_000,
+      inactive_threshold: nanos(7 * 86_400_000),
+      ...start,
+    })
+    return name
+  }
+
+  private async readArea(area: SourceArea, hw: number): Promise<void> {
+    const { dataPlane, tuning } = this.components
+    const stream = AREA_STREAM[area]
+    const name = await this.prepareConsumer(area, hw)
+    const consumer = await dataPlane.jetstream.consumers.get(stream, name)
+    const messages = await consumer.consume({ max_messages: tuning.maxBatchRecords * 2 })
+    this.closing.push(
+      new Promise<void>((resolve) => {
+        this.abort.signal.addEventListener('abort', () => {
+          void messages.close().finally(resolve)
+        })
+      }),
+    )
+    const iterator = messages[Symbol.asyncIterator]()
+    let pending: IteratorResult<JsMsg> | Promise<IteratorResult<JsMsg>> | undefined
+    while (!this.closed) {
+      const batch: JsMsg[] = []
+      const deadline = Date.now() + tuning.maxBatchDelayMs
+      while (batch.length < tuning.maxBatchRecords) {
+        const wait = batch.length === 0 ? 1_000 : deadline - Date.now()
+        if (wait <= 0) break
+        pending ??= iterator.next()
+        const result = await Promise.race([pending, Bun.sleep(wait).then(() => undefined)])
+        if (result === undefined) break
+        pending = undefined
+        if (result.done) return
+        batch.push(result.value)
+      }
+      if (batch.length === 0) continue
+      await this.sendBatch(area, batch)
+    }
+  }
+
+  private prepare(area: SourceArea, msg: JsMsg, cut: number): [string, Uint8Array, number] | DropReason {
+    const decision = this.scope.check(msg.subject, this.components.siteOf)
+    if (!decision.ok) return decision.reason
+    const rest = msg.subject.slice(3)
+    if (area === 'tel') {
+      const interval = minInterval(decision.grant)
+      let t: number
+      try {
+        t = (decodeCbor(msg.data) as { t: number }).t
+      } catch {
+        return 'payload'
+      }
+      if (typeof t !== 'number' || t >= cut) return typeof t !== 'number' ? 'payload' : 'time'
+      if (interval > 0 && !this.gate.pass(rest, t, interval)) return 'min_interval'
+      return [rest, msg.data, msg.seq]
+    }
+    if (area === 'std') {
+      let resource: Resource
+      try {
+        resource = decodeCbor(msg.data) as Resource
+      } catch {
+        return 'payload'
+      }
+      return [rest, encodeCbor(projectResource(resource, decision.grant)), msg.seq]
+    }
+    return [rest, msg.data, msg.seq]
+  }
+
+  private async sendBatch(area: SourceArea, messages: JsMsg[]): Promise<void> {
+    const { stats } = this.components
+    const records: [string, Uint8Array, number][] = []
+    const cut = cutoff(this.view)
+    for (const msg of messages) {
+      const prepared = this.prepare(area, msg, cut)
+      if (typeof prepared === 'string') stats.drops[prepared] = (stats.drops[prepared] ?? 0) + 1
+      else records.push(prepared)
+    }
+    await this.waitCredit()
+    if (this.closed) return
+    if (!isActive(this.view)) {
+      this.stop('the agreement is no longer active')
+      return
+    }
+    this.credit -= 1
+    const n = ++this.batchNumber
+    const last = messages[messages.length - 1]!
+    const body = encodeCanonical({ id: this.view.id, n, a: area, upTo: last.seq, r: records })
+    const sig = cryptoSign(null, createHash('sha256').update(body).digest(), this.components.privateKey)
+    const frame = encodeLargeFrame({ t: 'batch', body, sig: new Uint8Array(sig) }, MAX_BATCH_FRAME_BYTES)
+    this.inFlight.set(n, { n, area, last, records: records.length })
+    stats.lagRecords += records.length
+    await this.channel.sendEncoded(frame)
+    stats.batchesOut += 1
+    stats.recordsOut += records.length
+    stats.bytesOut += frame.length
+    stats.lastBatchAt = Date.now()
+  }
+}
+
+// ── consumer ─────────────────────────────────────────────────────────────────────────────────
+
+export interface ConsumerSessionComponents {
+  dataPlane: DataPlane
+  logger: Logger
+  stats: FlowStats
+  states: RecordBucket<TransferState>
+  tuning: TransferTuning
+  /** The agreement as it is now (state may change while the session runs). */
+  current: () => AgreementView | undefined
+  /** A protocol violation by the provider: audited, counted; the session is closed. */
+  onViolation: (reason: string) => void
+  /** Records dropped for being out of scope: audited with counts. */
+  onDropped: (counts: Record<string, number>) => void
+}
+
+const emptyHw = (): HighWater => ({ tel: 0, std: 0, evt: 0 })
+
+/** The consumer side of one transfer session. */
+export class ConsumerSession {
+  private readonly scope: CompiledScope
+  private readonly gate = new IntervalGate()
+  private readonly providerKey: KeyObject
+  private state: TransferState = { hw: emptyHw(), peerSeq: 0 }
+  private expectedBatch = 1
+  private outstanding = 0
+  private stopped = false
+
+  constructor(
+    private readonly view: AgreementView,
+    private readonly channel: Channel,
+    private readonly components: ConsumerSessionComponents,
+  ) {
+    this.scope = compileScope(view.doc.body)
+    this.providerKey = publicKeyObject(view.doc.body.provider.key)
+  }
+
+  static create(view: AgreementView, stream: Stream, components: ConsumerSessionComponents): ConsumerSession {
+    return new ConsumerSession(view, new Channel(stream, MAX_BATCH_FRAME_BYTES), components)
+  }
+
+  stop(reason: string): void {
+    this.stopped = true
+    this.channel.abort(new FederationError(reason))
+  }
+
+  async run(): Promise<void> {
+    const { stats, tuning } = this.components
+    stats.sessions += 1
+    try {
+      this.state = await this.recover()
+      await this.channel.send({ t: 'ready', hw: this.state.hw, credit: tuning.credit })
+      this.outstanding = tuning.credit
+      while (!this.stopped) {
+        const frame = await this.channel.next()
+        if (frame === undefined) return
+        await this.onFrame(frame)
+      }
+    } catch (error) {
+      if (!this.stopped) {
+        const message = (error as Error).message
+        stats.lastError = message
+        if (error instanceof FrameError) this.components.onViolation(`bad frame: ${message}`)
+        else this.components.logger.warn({ id: this.view.id, err: message }, 'transfer session ended')
+      }
+      this.channel.abort(error as Error)
+    }
+  }
+
+  /** The stored high-water mark, raised by anything already published after it (a crash gap). */
+  private async recover(): Promise<TransferState> {
+    const stored = (await this.components.states.get(this.view.id)) ?? { hw: emptyHw(), peerSeq: 0 }
+    const state: TransferState = { hw: { ...emptyHw(), ...stored.hw }, peerSeq: stored.peerSeq }
+    const js = this.components.dataPlane.jetstream
+    const info = await this.components.dataPlane.manager.streams.info('OE_PEER')
+    if (info.state.last_seq <= state.peerSeq) return state
+    const prefix = `${this.view.id.slice(0, 24)}.`
+    const consumer = await js.consumers.get('OE_PEER', {
+      filter_subjects: [`oe.peer.${this.view.peer}.>`],
+      deliver_policy: DeliverPolicy.StartSequence,
+      opt_start_seq: state.peerSeq + 1,
+      headers_only: true,
+    })
+    let seen = 0
+    while (true) {
+      const batch = await consumer.fetch({ max_messages: 1000, expires: 1000 })
+      let count = 0
+      let last = 0
+      for await (const msg of batch) {
+        count += 1
+        last = msg.seq
+        const source = msg.headers?.get(SOURCE_HEADER) ?? ''
+        if (!source.startsWith(prefix)) continue
+        const [, area, seq] = source.split('.')
+        if (area && (SOURCE_AREAS as string[]).includes(area)) {
+          const value = Number(seq)
+          if (value > state.hw[area as SourceArea]) state.hw[area as SourceArea] = value
+        }
+        seen += 1
+      }
+      if (count === 0 || last >= info.state.last_seq) break
+    }
+    if (seen > 0) {
+      state.peerSeq = info.state.last_seq
+      await this.components.states.put(this.view.id, state)
+      this.components.logger.info(
+        { id: this.view.id, hw: state.hw, recovered: seen },
+        'transfer state recovered from OE_PEER',
+      )
+    }
+    return state
+  }
+
+  private async onFrame(frame: unknown): Promise<void> {
+    const { stats } = this.components
+    const raw = frame as { t?: unknown; body?: unknown; sig?: unknown }
+    if (raw?.t !== 'batch' || !(raw.body instanceof Uint8Array) || !(raw.sig instanceof Uint8Array)) {
+      throw new FrameError('expected a batch frame')
+    }
+    if (this.outstanding <= 0) throw this.violation('the provider sent a batch without credit (flooding)')
+    this.outstanding -= 1
+    const digest = createHash('sha256').update(raw.body).digest()
+    if (!cryptoVerify(null, digest, this.providerKey, raw.sig)) {
+      throw this.violation('a batch signature does not verify against the provider key')
+    }
+    const body = decodeFederationCbor(raw.body) as {
+      id?: unknown
+      n?: unknown
+      a?: unknown
+      upTo?: unknown
+      r?: unknown
+    }
+    if (body.id !== this.view.id)
+      throw this.violation(`a batch names another agreement (${String(body.id).slice(0, 16)}…)`)
+    const area = body.a as SourceArea
+    if (
+      typeof body.n !== 'number' ||
+      typeof body.upTo !== 'number' ||
+      !SOURCE_AREAS.includes(area) ||
+      !Array.isArray(body.r)
+    ) {
+      throw this.violation('a batch does not have the fields of a batch')
+    }
+    if (body.n < this.expectedBatch) {
+      stats.drops.replayed_batch = (stats.drops.replayed_batch ?? 0) + 1
+      this.components.onViolation(`replayed batch ${body.n} (expected ${this.expectedBatch})`)
+      await this.channel.send({ t: 'ack', n: body.n, credit: 1 })
+      this.outstanding += 1
+      return
+    }
+    this.expectedBatch = body.n + 1
+    const view = this.components.current()
+    if (!view || !isActive(view)) {
+      this.stop('the agreement is no longer active')
+      return
+    }
+    const cut = cutoff(view)
+    const messages: OutgoingMessage[] = []
+    const dropped: Record<string, number> = {}
+    const drop = (reason: string) => {
+      dropped[reason] = (dropped[reason] ?? 0) + 1
+    }
+    const hw = this.state.hw[area]
+    let duplicates = 0
+    for (const item of body.r as unknown[]) {
+      if (!Array.isArray(item) || item.length !== 3) {
+        drop('payload')
+        continue
+      }
+      const [rest, payload, seq] = item as [unknown, unknown, unknown]
+      if (
+        typeof rest !== 'string' ||
+        !(payload instanceof Uint8Array) ||
+        typeof seq !== 'number' ||
+        seq > body.upTo
+      ) {
+        drop('payload')
+        continue
+      }
+      if (seq <= hw) {
+        duplicates += 1
+        continue
+      }
+      const subject = `oe.${rest}`
+      if (!rest.startsWith(`${area}.`)) {
+        drop('not_granted')
+        continue
+      }
+      const decision = this.scope.check(subject, undefined, true)
+      if (!decision.ok) {
+        drop(decision.reason)
+        continue
+      }
+      let decoded: { t?: unknown } & Partial<Resource>
+      try {
+        decoded = decodeCbor(payload) as typeof decoded
+      } catch {
+        drop('payload')
+        continue
+      }
+      if (area === 'tel') {
+        if (typeof decoded.t !== 'number') {
+          drop('payload')
+          continue
+        }
+        if (decoded.t >= cut) {
+          drop('after_cutoff')
+          continue
+        }
+        if (!this.gate.pass(rest, decoded.t, minInterval(decision.grant))) {
+          drop('min_interval')
+          continue
+        }
+      } else if (area === 'std' && !withinProjection(decoded as Resource, decision.grant)) {
+        drop('attrs')
+        continue
+      }
+      const headers = natsHeaders()
+      headers.set(SOURCE_HEADER, `${this.view.id.slice(0, 24)}.${area}.${seq}`)
+      messages.push({ subject: `oe.peer.${view.peer}.${rest}`, payload, headers })
+    }
+    let peerSeq = 0
+    if (messages.length > 0) peerSeq = await this.components.dataPlane.publishConfirmed(messages)
+    if (body.upTo > this.state.hw[area]) this.state.hw[area] = body.upTo
+    if (peerSeq > this.state.peerSeq) this.state.peerSeq = peerSeq
+    await this.components.states.put(this.view.id, this.state)
+    stats.batchesIn += 1
+    stats.recordsIn += messages.length
+    stats.bytesIn += raw.body.length
+    stats.lastBatchAt = Date.now()
+    if (duplicates > 0) stats.drops.duplicate = (stats.drops.duplicate ?? 0) + duplicates
+    const droppedTotal = Object.values(dropped).reduce((a, b) => a + b, 0)
+    if (droppedTotal > 0) {
+      for (const [reason, count] of Object.entries(dropped)) {
+        stats.drops[reason as DropReason] = (stats.drops[reason as DropReason] ?? 0) + count
+      }
+      this.components.onDropped(dropped)
+    }
+    await this.channel.send({ t: 'ack', n: body.n, credit: 1 })
+    this.outstanding += 1
+  }
+
+  private violation(reason: string): FederationError {
+    this.components.onViolation(reason)
+    this.stopped = true
+    return new FederationError(reason)
+  }
+}
+
+export { Channel as TransferChannel }
