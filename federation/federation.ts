@@ -5,9 +5,11 @@
  * until the peer acknowledges them. Messages from peers are checked against the agreement and
  * the authenticated sender before anything changes; repeats are harmless.
  */
-import type { KeyObject } from 'node:crypto'
+import { verify as cryptoVerify, type KeyObject } from 'node:crypto'
 import type { Connection, Stream } from '@libp2p/interface'
-import type { DataPlane, Logger } from '../data-plane/index.ts'
+import { AckPolicy, DeliverPolicy, type JsMsg } from '@nats-io/jetstream'
+import { nanos, headers as natsHeaders } from '@nats-io/nats-core'
+import { type DataPlane, encodeCbor, type Logger } from '../data-plane/index.ts'
 import {
   type AgreementDocument,
   type AgreementState,
@@ -27,6 +29,13 @@ import {
   type Termination,
   verifyIdSignature,
 } from './agreement.ts'
+import {
+  CONTROL_PROTOCOL,
+  checkControl,
+  controlBytes,
+  parseControlCommand,
+  parseSendSubject,
+} from './control.ts'
 import {
   AgreementExpiredError,
   AgreementFormatError,
@@ -62,6 +71,7 @@ import {
   type FlowStats,
   MAX_BATCH_FRAME_BYTES,
   ProviderSession,
+  publicKeyObject,
   TRANSFER_PROTOCOL,
   TransferChannel,
   type TransferState,
@@ -171,6 +181,7 @@ export class Federation {
   private readonly consumerSessions = new Map<string, ConsumerSession>()
   private readonly sessionRetryAt = new Map<string, number>()
   private tuning: TransferTuning = DEFAULT_TUNING
+  private controlLoop: { close(): Promise<unknown> } | undefined
 
   constructor(
     private readonly init: FederationInit,
@@ -238,6 +249,8 @@ export class Federation {
       (stream, connection) => this.onTransferStream(stream, connection),
       64,
     )
+    await host.handle(CONTROL_PROTOCOL, (stream, connection) => this.onControlStream(stream, connection))
+    await this.startControlLoop()
     this.timer = setInterval(() => this.housekeeping(), 500)
     this.housekeeping()
     this.components.logger.info(
@@ -253,6 +266,7 @@ export class Federation {
       this.stopSessions(id, 'node stopping')
     }
     this.siteIndex.stop()
+    await this.controlLoop?.close()
     const host = this.host
     this.host = undefined
     await host?.stop()
@@ -648,11 +662,13 @@ export class Federation {
     peer: PeerRecord,
     id: string | undefined,
     error: Error,
+    auditType = 'agreement.message_refused',
   ): Promise<void> {
     const name = error instanceof FederationError ? error.name : 'InternalError'
-    if (!(error instanceof FederationError))
-      this.components.logger.error({ err: error.message }, 'agreement message failed')
-    await this.components.audit.append('agreement.message_refused', {
+    if (!(error instanceof FederationError)) {
+      this.components.logger.error({ err: error.message }, 'protocol message failed')
+    }
+    await this.components.audit.append(auditType, {
       peer: peer.alias,
       ...(id ? { id } : {}),
       error: name,
@@ -883,6 +899,179 @@ export class Federation {
         // The stream may be gone already.
       }
       channel.abort(error as Error)
+    }
+  }
+
+  // ── control ────────────────────────────────────────────────────────────────────────────────
+
+  /** Read `oe.send.>` (OE_OUT) through a durable consumer and forward what agreements allow. */
+  private async startControlLoop(): Promise<void> {
+    const { dataPlane } = this.components
+    const name = 'oe-control-out'
+    await dataPlane.manager.consumers
+      .add('OE_OUT', {
+        durable_name: name,
+        filter_subject: 'oe.send.>',
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.New,
+        ack_wait: nanos(30_000),
+        max_deliver: -1,
+      })
+      .catch(async (error: Error) => {
+        // It exists already (a restart): keep its position.
+        if (!/already in use|exists/i.test(error.message)) throw error
+      })
+    const consumer = await dataPlane.jetstream.consumers.get('OE_OUT', name)
+    const messages = await consumer.consume({ max_messages: 64 })
+    this.controlLoop = messages
+    void (async () => {
+      for await (const msg of messages) {
+        await this.forwardControl(msg).catch((error: Error) => {
+          this.components.logger.warn(
+            { subject: msg.subject, err: error.message },
+            'control forwarding failed',
+          )
+          msg.nak(2_000)
+        })
+      }
+    })()
+  }
+
+  private async controlResult(
+    alias: string,
+    kind: string,
+    rid: string,
+    result: Record<string, unknown>,
+  ): Promise<void> {
+    await this.components.dataPlane.publishConfirmed([
+      {
+        subject: `oe.peer.${alias}.evt.${kind}.${rid}.control_result`,
+        payload: encodeCbor({ ...result, at: Date.now() }),
+      },
+    ])
+  }
+
+  private async forwardControl(msg: JsMsg): Promise<void> {
+    const target = parseSendSubject(msg.subject)
+    if (!target) {
+      await this.components.audit.append('control.refused', {
+        subject: msg.subject,
+        reason: 'not oe.send.<alias>.ctl.<kind>.<rid>.<command>',
+      })
+      msg.term()
+      return
+    }
+    const { alias, kind, rid, command } = target
+    const peer = this.peersByAlias.get(alias)
+    const candidates = [...this.agreements.values()].filter((r) => r.peer === alias && r.role === 'consumer')
+    let reason = peer ? `no agreement with ${alias} lets this node send ${command}` : `no peer named ${alias}`
+    let chosen: AgreementRecord | undefined
+    for (const record of candidates) {
+      const decision = checkControl(record, kind, rid, command, msg.data)
+      if (decision.ok) {
+        chosen = record
+        break
+      }
+      reason = decision.reason
+    }
+    if (!peer || !chosen) {
+      await this.components.audit.append('control.refused', {
+        peer: alias,
+        kind,
+        rid,
+        command,
+        by: 'us',
+        reason,
+      })
+      if (peer) await this.controlResult(alias, kind, rid, { command, ok: false, by: 'consumer', reason })
+      msg.ack()
+      return
+    }
+    if (!this.host?.isConnected(peer.peerId)) {
+      msg.nak(1_000)
+      return
+    }
+    const cmd = { id: chosen.id, kind, rid, command, payload: msg.data, at: Date.now() }
+    const sig = new Uint8Array(this.components.signer.sign(controlBytes(cmd)))
+    const signal = AbortSignal.timeout(this.init.messageTimeoutMs ?? 10_000)
+    const stream = await this.host.openStream(peer.peerId, CONTROL_PROTOCOL, { signal })
+    await writeFrame(stream, { t: 'control', cmd, sig }, { signal })
+    await stream.close({ signal })
+    const reply = parseReply(await readFrame(stream, { signal }))
+    if (reply.ok) {
+      await this.components.audit.append('control.sent', { id: chosen.id, peer: alias, kind, rid, command })
+      await this.controlResult(alias, kind, rid, { command, ok: true, id: chosen.id })
+    } else {
+      await this.components.audit.append('control.refused', {
+        id: chosen.id,
+        peer: alias,
+        kind,
+        rid,
+        command,
+        by: 'peer',
+        reason: reply.message,
+      })
+      await this.controlResult(alias, kind, rid, {
+        command,
+        ok: false,
+        by: 'provider',
+        reason: reply.message,
+        id: chosen.id,
+      })
+    }
+    msg.ack()
+  }
+
+  private async onControlStream(stream: Stream, connection: Connection): Promise<void> {
+    const peer = this.peerByPeerId(connection.remotePeer.toString())
+    if (!peer) {
+      stream.abort(new FederationError('unknown peer'))
+      return
+    }
+    let frame: { t?: unknown; cmd?: unknown; sig?: unknown }
+    try {
+      frame = (await readFrame(stream, { signal: AbortSignal.timeout(10_000) })) as typeof frame
+    } catch (error) {
+      void this.components.audit.append('protocol.bad_frame', {
+        peer: peer.alias,
+        protocol: 'control',
+        reason: (error as Error).message,
+      })
+      stream.abort(error as Error)
+      return
+    }
+    try {
+      if (frame?.t !== 'control' || !(frame.sig instanceof Uint8Array))
+        throw new AgreementFormatError('t', 'expected a control frame')
+      const cmd = parseControlCommand(frame.cmd)
+      const record = this.requireAgreement(cmd.id)
+      if (record.peer !== peer.alias || record.role !== 'provider') {
+        throw new ForeignAgreementError(
+          `agreement ${cmd.id} does not let ${peer.alias} control this node's resources`,
+        )
+      }
+      if (!cryptoVerify(null, controlBytes(cmd), publicKeyObject(record.doc.body.consumer.key), frame.sig)) {
+        throw new BadSignatureError('the control command is not signed by the consumer')
+      }
+      const decision = checkControl(record, cmd.kind, cmd.rid, cmd.command, cmd.payload)
+      if (!decision.ok) throw new AgreementStateError(decision.reason)
+      const headers = natsHeaders()
+      headers.set('Oe-Agreement', cmd.id)
+      headers.set('Oe-From', peer.alias)
+      await this.components.dataPlane.publishConfirmed([
+        { subject: `oe.ctl.${cmd.kind}.${cmd.rid}.${cmd.command}`, payload: cmd.payload, headers },
+      ])
+      await this.components.audit.append('control.received', {
+        id: cmd.id,
+        peer: peer.alias,
+        kind: cmd.kind,
+        rid: cmd.rid,
+        command: cmd.command,
+      })
+      await writeFrame(stream, { ok: true })
+      await stream.close()
+    } catch (error) {
+      await this.refuse(stream, peer, undefined, error as Error, 'control.refused')
     }
   }
 

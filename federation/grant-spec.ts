@@ -27,6 +27,7 @@ export function parseGrantSpec(spec: string): Grant {
   if (colon < 0) throw new AgreementFormatError('grant', `'${spec}' is not <data>:<key>=<values>[;…]`)
   const data = spec.slice(0, colon).trim()
   const grant: Record<string, unknown> = { data }
+  const bounds: { min?: number; max?: number } = {}
   for (const part of spec.slice(colon + 1).split(';')) {
     if (part.trim() === '') continue
     const equals = part.indexOf('=')
@@ -34,7 +35,12 @@ export function parseGrantSpec(spec: string): Grant {
     const key = part.slice(0, equals).trim()
     const value = part.slice(equals + 1).trim()
     if (key === 'minInterval') grant.minIntervalMs = parseInterval(value)
-    else if ((LIST_KEYS as readonly string[]).includes(key)) {
+    else if (key === 'min' || key === 'max') {
+      const bound = Number(value)
+      if (value === '' || !Number.isFinite(bound))
+        throw new AgreementFormatError(`grant.${key}`, `'${value}' is not a number`)
+      bounds[key] = bound
+    } else if ((LIST_KEYS as readonly string[]).includes(key)) {
       grant[key] = value
         .split(',')
         .map((item) => item.trim())
@@ -42,9 +48,15 @@ export function parseGrantSpec(spec: string): Grant {
     } else {
       throw new AgreementFormatError(
         `grant.${key}`,
-        `unknown key (one of ${[...LIST_KEYS, 'minInterval'].join(', ')})`,
+        `unknown key (one of ${[...LIST_KEYS, 'minInterval', 'min', 'max'].join(', ')})`,
       )
     }
+  }
+  if (bounds.min !== undefined || bounds.max !== undefined) {
+    // min/max bound the value `v` of every command the grant lists.
+    if (data !== 'control') throw new AgreementFormatError('grant.max', 'min and max apply to control grants')
+    const commands = Array.isArray(grant.commands) ? (grant.commands as string[]) : []
+    grant.bounds = Object.fromEntries(commands.map((command) => [command, { ...bounds }]))
   }
   return parseGrant(grant, 'grant')
 }

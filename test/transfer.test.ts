@@ -1,0 +1,245 @@
+/**
+ * Data crossing organisations under agreements, between real node processes: exactly what is
+ * granted arrives (counted, in order, once), projections and intervals hold, revocation stops
+ * the flow, and control commands go the other way only as granted.
+ */
+
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { connect } from '@nats-io/transport-node'
+import { encode as encodeCbor } from 'cbor-x'
+import { afterEach, describe, expect, test } from 'vitest'
+import { api, auditEntries, peer, waitAgreementState } from './helpers/federation.ts'
+import { cleanupAll, type RunningNode, readSubject, startNode, waitFor } from './helpers/node-process.ts'
+
+afterEach(cleanupAll)
+
+/** Provider and consumer, peered; the consumer asks for `grants`; the provider accepts. */
+async function setup(
+  grants: string[],
+): Promise<{ provider: RunningNode; consumer: RunningNode; id: string }> {
+  const [provider, consumer] = await Promise.all([
+    startNode({ config: 'org = "Provider"\n' }),
+    startNode({ config: 'org = "Consumer"\n' }),
+  ])
+  await peer(consumer, 'prov', provider, 'cons')
+  const { id } = await api<{ id: string }>(consumer, 'POST', '/v1/agreements', {
+    peer: 'prov',
+    grants,
+    purpose: 'transfer test',
+    validUntil: new Date(Date.now() + 86_400_000).toISOString(),
+  })
+  await waitAgreementState(provider, id, 'proposed')
+  await api(provider, 'POST', `/v1/agreements/${id}/accept`)
+  await waitAgreementState(consumer, id, 'active')
+  return { provider, consumer, id }
+}
+
+async function ingest(node: RunningNode, records: object[]): Promise<void> {
+  for (let i = 0; i < records.length; i += 1000) {
+    const result = await api<{ accepted: number; rejected: number }>(
+      node,
+      'POST',
+      '/v1/telemetry',
+      records.slice(i, i + 1000),
+    )
+    expect(result.rejected).toBe(0)
+  }
+}
+
+async function flowIn(node: RunningNode, id: string): Promise<number> {
+  return (await api<{ flow: { recordsIn: number } }>(node, 'GET', `/v1/agreements/${id}`)).flow.recordsIn
+}
+
+describe('scope', () => {
+  test('10,000 in-scope records arrive exactly once and in order; 1,000 out-of-scope never do', async () => {
+    const { provider, consumer, id } = await setup([
+      'telemetry:kinds=evse;rids=CS1-1,CS1-2,CS1-3,CS1-4;quantities=power,energy_import',
+    ])
+    const t0 = Date.now() - 600_000
+    const records: object[] = []
+    for (let i = 0; i < 10_000; i++) {
+      records.push({
+        kind: 'evse',
+        rid: `CS1-${(i % 4) + 1}`,
+        q: i % 2 ? 'power' : 'energy_import',
+        v: i,
+        t: t0 + i,
+      })
+      if (i % 10 === 0) {
+        const wrong = (i / 10) % 3
+        records.push(
+          wrong === 0
+            ? { kind: 'station', rid: 'CS1-1', q: 'power', v: -i, t: t0 + i }
+            : wrong === 1
+              ? { kind: 'evse', rid: 'CS1-1', q: 'voltage', v: -i, t: t0 + i }
+              : { kind: 'evse', rid: 'CS9-1', q: 'power', v: -i, t: t0 + i },
+        )
+      }
+    }
+    expect(records).toHaveLength(11_000)
+    await ingest(provider, records)
+    await waitFor(async () => (await flowIn(consumer, id)) >= 10_000, 30_000, '10,000 records to arrive')
+    const received = await readSubject(consumer, 'oe.peer.prov.>', 1_500)
+    expect(received).toHaveLength(10_000)
+    const values = received.map((m) => m.data.v as number)
+    expect(new Set(values).size).toBe(10_000)
+    expect(values.every((v) => v >= 0)).toBe(true)
+    for (const rid of ['CS1-1', 'CS1-2', 'CS1-3', 'CS1-4']) {
+      const ordered = received.filter((m) => m.subject.includes(`.${rid}.`)).map((m) => m.data.v as number)
+      expect(ordered).toEqual([...ordered].sort((a, b) => a - b))
+    }
+    expect(received[0]!.subject).toMatch(/^oe\.peer\.prov\.tel\.evse\.CS1-[1-4]\.(power|energy_import)$/)
+    const detail = await api<{ flow: { recordsOut: number } }>(provider, 'GET', `/v1/agreements/${id}`)
+    expect(detail.flow.recordsOut).toBe(10_000)
+  })
+
+  test('standing data is projected: an attribute not granted appears nowhere on the consumer', async () => {
+    const { provider, consumer, id } = await setup(['standing:kinds=evse;attrs=maxPowerW,vendor'])
+    for (let i = 1; i <= 5; i++) {
+      await api(provider, 'PUT', `/v1/resources/evse/CS1-${i}`, {
+        site: 'depot-1',
+        name: `Bay ${i}`,
+        attrs: { maxPowerW: 22_000, vendor: 'ACME', customerName: 'Jane Citizen', contractRef: `C-${i}` },
+      })
+    }
+    await api(provider, 'PUT', '/v1/resources/meter/M1', { attrs: { vendor: 'ACME', secret: 'x' } })
+    await waitFor(async () => (await flowIn(consumer, id)) >= 5, 20_000, 'standing data to arrive')
+    await api(provider, 'PUT', '/v1/resources/evse/CS1-1', {
+      attrs: { maxPowerW: 11_000, vendor: 'ACME', customerName: 'Changed' },
+    })
+    await waitFor(async () => (await flowIn(consumer, id)) >= 6, 20_000, 'the update to arrive')
+    // Replay everything the consumer holds from the start.
+    const received = await readSubject(consumer, 'oe.peer.>', 1_000)
+    expect(received).toHaveLength(6)
+    const text = JSON.stringify(received)
+    for (const secret of ['customerName', 'Jane', 'contractRef', 'Bay ', 'depot-1', 'secret', 'M1'])
+      expect(text).not.toContain(secret)
+    expect(received.at(-1)!.data).toMatchObject({
+      kind: 'evse',
+      rid: 'CS1-1',
+      attrs: { maxPowerW: 11_000, vendor: 'ACME' },
+    })
+  })
+
+  test('minInterval: readings of one resource arrive no closer together than the interval', async () => {
+    const { provider, consumer, id } = await setup(['telemetry:kinds=meter;quantities=power;minInterval=60s'])
+    const t0 = Date.now() - 240_000
+    const records = []
+    for (let i = 0; i < 240; i++) {
+      for (const rid of ['M1', 'M2'])
+        records.push({ kind: 'meter', rid, q: 'power', v: i, t: t0 + i * 1_000 })
+    }
+    await ingest(provider, records)
+    await waitFor(
+      async () =>
+        (
+          await api<{ flow: { lagRecords: number; recordsOut: number; batchesOut: number } }>(
+            provider,
+            'GET',
+            `/v1/agreements/${id}`,
+          )
+        ).flow.batchesOut > 0,
+      20_000,
+      'a batch to be sent',
+    )
+    await Bun.sleep(1_500)
+    const received = await readSubject(consumer, 'oe.peer.>', 1_000)
+    for (const rid of ['M1', 'M2']) {
+      const times = received.filter((m) => m.subject.includes(`.${rid}.`)).map((m) => m.data.t as number)
+      expect(times).toHaveLength(4)
+      for (let i = 1; i < times.length; i++) expect(times[i]! - times[i - 1]!).toBeGreaterThanOrEqual(60_000)
+    }
+    const drops = (
+      await api<{ flow: { drops: Record<string, number> } }>(provider, 'GET', `/v1/agreements/${id}`)
+    ).flow.drops
+    expect(drops.min_interval).toBe(480 - 8)
+  })
+})
+
+describe('revocation', () => {
+  test('revoking mid-stream stops the flow at once, and nothing after the cut-off is published', async () => {
+    const { provider, consumer, id } = await setup(['telemetry:kinds=meter;quantities=power'])
+    let sending = true
+    let sent = 0
+    const feeder = (async () => {
+      while (sending) {
+        const now = Date.now()
+        const batch = Array.from({ length: 200 }, (_, i) => ({
+          kind: 'meter',
+          rid: `m${i % 10}`,
+          q: 'power',
+          v: sent + i,
+          t: now,
+        }))
+        await api(provider, 'POST', '/v1/telemetry', batch)
+        sent += batch.length
+        await Bun.sleep(20)
+      }
+    })()
+    await waitFor(async () => (await flowIn(consumer, id)) > 1_000, 20_000, 'data to flow')
+    const revoked = await api<{ state: string }>(consumer, 'POST', `/v1/agreements/${id}/revoke`, {
+      reason: 'test',
+    })
+    expect(revoked.state).toBe('revoked')
+    const detail = await api<{ revocation: { at: number } }>(consumer, 'GET', `/v1/agreements/${id}`)
+    await waitAgreementState(provider, id, 'revoked', 2_000)
+    await Bun.sleep(1_000)
+    const settled = await flowIn(consumer, id)
+    await Bun.sleep(1_500)
+    sending = false
+    await feeder
+    expect(await flowIn(consumer, id)).toBe(settled)
+    const received = await readSubject(consumer, 'oe.peer.>', 1_000)
+    expect(received.length).toBe(settled)
+    expect(received.every((m) => (m.data.t as number) < detail.revocation.at)).toBe(true)
+    expect(sent).toBeGreaterThan(settled)
+  })
+})
+
+describe('control grants', () => {
+  test('a granted command reaches the provider’s oe.ctl; ungranted or out-of-bounds ones are refused and reported', async () => {
+    const { provider, consumer, id } = await setup([
+      'telemetry:kinds=evse;quantities=power',
+      'control:kinds=evse;rids=CS1-1,CS1-2;commands=limit_power;min=0;max=22000',
+    ])
+    const status = (await api<{ nats: { url: string } }>(consumer, 'GET', '/v1/status')).nats
+    const auth = JSON.parse(await readFile(join(consumer.dataDir, 'nats', 'auth.json'), 'utf8'))
+    const nc = await connect({ servers: status.url, user: auth.user, pass: auth.password })
+    try {
+      const send = (rid: string, command: string, v: number) =>
+        nc.publish(
+          `oe.send.prov.ctl.evse.${rid}.${command}`,
+          encodeCbor({ v, u: 'W', until: Date.now() + 60_000, source: 'test' }),
+        )
+      send('CS1-1', 'limit_power', 7_400)
+      send('CS1-9', 'limit_power', 7_400) // rid not granted
+      send('CS1-2', 'limit_power', 50_000) // above the bound
+      send('CS1-2', 'reset', 0) // command not granted
+      await nc.flush()
+      await waitFor(
+        async () => (await readSubject(consumer, 'oe.peer.prov.evt.>', 300)).length >= 4,
+        15_000,
+        'four control results',
+      )
+      const results = await readSubject(consumer, 'oe.peer.prov.evt.>', 500)
+      const byRid = (rid: string, command: string) =>
+        results.find(
+          (m) => m.subject === `oe.peer.prov.evt.evse.${rid}.control_result` && m.data.command === command,
+        )?.data
+      expect(byRid('CS1-1', 'limit_power')).toMatchObject({ ok: true, id })
+      expect(byRid('CS1-9', 'limit_power')).toMatchObject({ ok: false })
+      expect(results.filter((m) => m.data.ok === false)).toHaveLength(3)
+      const commands = await readSubject(provider, 'oe.ctl.>', 500)
+      expect(commands).toHaveLength(1)
+      expect(commands[0]).toMatchObject({
+        subject: 'oe.ctl.evse.CS1-1.limit_power',
+        data: { v: 7_400, u: 'W' },
+      })
+      expect((await auditEntries(provider)).some((e) => e.type === 'control.received')).toBe(true)
+      expect((await auditEntries(consumer)).filter((e) => e.type === 'control.refused')).toHaveLength(3)
+    } finally {
+      await nc.close()
+    }
+  })
+})
