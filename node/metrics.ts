@@ -15,6 +15,94 @@ export interface NodeMetrics {
   ready: Gauge
 }
 
+/** What the federation reports for metrics (read at scrape time). */
+export interface FederationMetricsSource {
+  flowsByAgreement(): ReadonlyMap<
+    string,
+    {
+      recordsIn: number
+      recordsOut: number
+      bytesIn: number
+      bytesOut: number
+      lagRecords: number
+      drops: Partial<Record<string, number>>
+    }
+  >
+  peers(): { alias: string; state: string; rttMs: number | null }[]
+}
+
+/** Per-agreement and per-peer gauges, filled from the federation at each scrape. */
+export function registerFederationMetrics(
+  registry: Registry,
+  source: () => FederationMetricsSource | undefined,
+): void {
+  const agreement = (id: string) => id.slice(0, 16)
+  const gauge = (
+    name: string,
+    help: string,
+    labelNames: string[],
+    fill: (g: Gauge, f: FederationMetricsSource) => void,
+  ) =>
+    new Gauge({
+      name,
+      help,
+      labelNames,
+      registers: [registry],
+      collect() {
+        this.reset()
+        const federation = source()
+        if (federation) fill(this as Gauge, federation)
+      },
+    })
+  gauge(
+    'oe_federation_records',
+    'Records moved under an agreement since start, by direction.',
+    ['agreement', 'direction'],
+    (g, f) => {
+      for (const [id, flow] of f.flowsByAgreement()) {
+        g.set({ agreement: agreement(id), direction: 'in' }, flow.recordsIn)
+        g.set({ agreement: agreement(id), direction: 'out' }, flow.recordsOut)
+      }
+    },
+  )
+  gauge(
+    'oe_federation_bytes',
+    'Batch bytes moved under an agreement since start, by direction.',
+    ['agreement', 'direction'],
+    (g, f) => {
+      for (const [id, flow] of f.flowsByAgreement()) {
+        g.set({ agreement: agreement(id), direction: 'in' }, flow.bytesIn)
+        g.set({ agreement: agreement(id), direction: 'out' }, flow.bytesOut)
+      }
+    },
+  )
+  gauge(
+    'oe_federation_dropped_records',
+    'Records dropped under an agreement since start, by reason.',
+    ['agreement', 'reason'],
+    (g, f) => {
+      for (const [id, flow] of f.flowsByAgreement()) {
+        for (const [reason, count] of Object.entries(flow.drops))
+          g.set({ agreement: agreement(id), reason }, count ?? 0)
+      }
+    },
+  )
+  gauge(
+    'oe_federation_lag_records',
+    'Records sent to the consumer and not yet acknowledged.',
+    ['agreement'],
+    (g, f) => {
+      for (const [id, flow] of f.flowsByAgreement()) g.set({ agreement: agreement(id) }, flow.lagRecords)
+    },
+  )
+  gauge('oe_federation_peer_rtt_seconds', 'Round-trip time to each connected peer.', ['peer'], (g, f) => {
+    for (const peer of f.peers()) if (peer.rttMs !== null) g.set({ peer: peer.alias }, peer.rttMs / 1000)
+  })
+  gauge('oe_federation_peers_connected', 'Peers currently connected.', [], (g, f) => {
+    g.set(f.peers().filter((peer) => peer.state === 'connected').length)
+  })
+}
+
 export function createMetrics(): NodeMetrics {
   const registry = new Registry()
   try {

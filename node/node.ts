@@ -27,7 +27,7 @@ import { type HealthReport, HttpApi } from './http-api.ts'
 import type { NodeIdentity } from './identity.ts'
 import { defaultOrgName, initDataDir } from './init.ts'
 import type { Logger } from './logger.ts'
-import { createMetrics, type NodeMetrics } from './metrics.ts'
+import { createMetrics, type NodeMetrics, registerFederationMetrics } from './metrics.ts'
 
 export const NODE_VERSION = '0.1.0'
 
@@ -84,6 +84,9 @@ export class OeNode {
     this.paths = dataDirPaths(init.dataDir)
     this.lock = new DataDirLock(this.paths)
     this.metrics = createMetrics()
+    registerFederationMetrics(this.metrics.registry, () =>
+      this.federationValue?.started ? this.federationValue : undefined,
+    )
   }
 
   get org(): string {

@@ -92,6 +92,13 @@ describe('scope', () => {
     expect(received[0]!.subject).toMatch(/^oe\.peer\.prov\.tel\.evse\.CS1-[1-4]\.(power|energy_import)$/)
     const detail = await api<{ flow: { recordsOut: number } }>(provider, 'GET', `/v1/agreements/${id}`)
     expect(detail.flow.recordsOut).toBe(10_000)
+    const metrics = await (await provider.fetch('/metrics', { token: null })).text()
+    expect(metrics).toContain(`oe_federation_records{agreement="${id.slice(0, 16)}",direction="out"} 10000`)
+    const consumerMetrics = await (await consumer.fetch('/metrics', { token: null })).text()
+    expect(consumerMetrics).toContain(
+      `oe_federation_records{agreement="${id.slice(0, 16)}",direction="in"} 10000`,
+    )
+    expect(consumerMetrics).toMatch(/^oe_federation_peers_connected 1$/m)
   })
 
   test('standing data is projected: an attribute not granted appears nowhere on the consumer', async () => {
