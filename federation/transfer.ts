@@ -243,6 +243,9 @@ export class ProviderSession {
   private batchNumber = 0
   private closedReason: string | undefined
   private readonly closing: Promise<void>[] = []
+  /** limits.maxRecordsPerSec: a token bucket holding at most one second of records. */
+  private tokens = 0
+  private tokensAt = Date.now()
 
   constructor(
     private readonly view: AgreementView,
@@ -330,6 +333,21 @@ export class ProviderSession {
     while (this.credit <= 0 && !this.closed) {
       await new Promise<void>((resolve) => this.creditWaiters.push(resolve))
     }
+  }
+
+  /** Hold back until `count` records fit the agreement's rate limit, if it has one. */
+  private async throttle(count: number): Promise<void> {
+    const rate = this.view.doc.body.limits?.maxRecordsPerSec
+    if (!rate || count === 0) return
+    for (;;) {
+      const now = Date.now()
+      this.tokens = Math.min(rate, this.tokens + ((now - this.tokensAt) * rate) / 1000)
+      this.tokensAt = now
+      // A batch larger than a second's worth goes out once the bucket is full, then waits it off.
+      if (this.tokens >= Math.min(count, rate) || this.closed) break
+      await Bun.sleep(Math.ceil(((Math.min(count, rate) - this.tokens) * 1000) / rate))
+    }
+    this.tokens -= count
   }
 
   private durableName(area: SourceArea): string {
@@ -433,6 +451,7 @@ export class ProviderSession {
       if (typeof prepared === 'string') stats.drops[prepared] = (stats.drops[prepared] ?? 0) + 1
       else records.push(prepared)
     }
+    await this.throttle(records.length)
     await this.waitCredit()
     if (this.closed) return
     if (!isActive(this.view)) {

@@ -17,6 +17,7 @@ afterEach(cleanupAll)
 /** Provider and consumer, peered; the consumer asks for `grants`; the provider accepts. */
 async function setup(
   grants: string[],
+  extra: Record<string, unknown> = {},
 ): Promise<{ provider: RunningNode; consumer: RunningNode; id: string }> {
   const [provider, consumer] = await Promise.all([
     startNode({ config: 'org = "Provider"\n' }),
@@ -28,6 +29,7 @@ async function setup(
     grants,
     purpose: 'transfer test',
     validUntil: new Date(Date.now() + 86_400_000).toISOString(),
+    ...extra,
   })
   await waitAgreementState(provider, id, 'proposed')
   await api(provider, 'POST', `/v1/agreements/${id}/accept`)
@@ -161,6 +163,31 @@ describe('scope', () => {
       await api<{ flow: { drops: Record<string, number> } }>(provider, 'GET', `/v1/agreements/${id}`)
     ).flow.drops
     expect(drops.min_interval).toBe(480 - 8)
+  })
+})
+
+describe('limits', () => {
+  test('maxRecordsPerSec holds the provider back; everything still arrives', async () => {
+    const { provider, consumer, id } = await setup(['telemetry:kinds=meter;quantities=power'], {
+      maxRecordsPerSec: 500,
+    })
+    const t0 = Date.now() - 60_000
+    const started = Date.now()
+    await ingest(
+      provider,
+      Array.from({ length: 2_000 }, (_, i) => ({
+        kind: 'meter',
+        rid: `m${i % 7}`,
+        q: 'power',
+        v: i,
+        t: t0 + i,
+      })),
+    )
+    await waitFor(async () => (await flowIn(consumer, id)) > 0, 10_000, 'the first records')
+    await Bun.sleep(Math.max(0, started + 1_500 - Date.now()))
+    expect(await flowIn(consumer, id)).toBeLessThanOrEqual(1_300)
+    await waitFor(async () => (await flowIn(consumer, id)) === 2_000, 15_000, 'all 2,000 records')
+    expect(Date.now() - started).toBeGreaterThanOrEqual(3_000)
   })
 })
 
