@@ -143,7 +143,7 @@ export interface AgreementDetail extends AgreementSummary {
   revocation: Termination | null
   outbox: { pending: number; lastError: string | null }
   /** Data flow under this agreement, as seen by this node. */
-  flow: FlowStats & { session: boolean }
+  flow: FlowStats & { session: boolean; rttMs: number | null }
 }
 
 export interface ProposeInput {
@@ -501,7 +501,11 @@ export class Federation {
       rejection: record.rejection ?? null,
       revocation: record.revocation ?? null,
       outbox: { pending: pending.length, lastError: this.outboxErrors.get(record.peer) ?? null },
-      flow: { ...this.flow(id), session: this.providerSessions.has(id) || this.consumerSessions.has(id) },
+      flow: {
+        ...this.flow(id),
+        session: this.providerSessions.has(id) || this.consumerSessions.has(id),
+        rttMs: this.peersByAlias.has(record.peer) ? this.peerView(this.peersByAlias.get(record.peer)!).rttMs : null,
+      },
     }
   }
 
