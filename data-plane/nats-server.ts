@@ -18,6 +18,7 @@ const execFileAsync = promisify(execFile)
 export const MIN_NATS_SERVER_VERSION = [2, 10] as const
 
 export interface Logger {
+  child(bindings: Record<string, unknown>): Logger
   debug(obj: object, msg?: string): void
   info(obj: object, msg?: string): void
   warn(obj: object, msg?: string): void

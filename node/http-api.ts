@@ -33,6 +33,7 @@ import {
   parseGrantSpec,
   UnknownPeerError,
 } from '../federation/index.ts'
+import { PluginError, type PluginHost } from '../plugins/index.ts'
 import { parseCard } from './card.ts'
 import { CardError } from './errors.ts'
 import type { Logger } from './logger.ts'
@@ -57,6 +58,7 @@ export interface HttpApiComponents {
   dataPlane: () => DataPlane | undefined
   federation: () => Federation | undefined
   audit: () => AuditLog | undefined
+  plugins: () => PluginHost | undefined
   health: () => Promise<HealthReport>
   status: () => Promise<unknown>
   card: () => unknown
@@ -414,6 +416,7 @@ export class HttpApi {
       return errorResponse(400, error.name, error.message, { path: error.path, reason: error.reason })
     }
     if (error instanceof FederationError) return errorResponse(400, error.name, error.message)
+    if (error instanceof PluginError) return errorResponse(400, error.name, error.message)
     if (error instanceof PublishError || error instanceof NotConnectedError) {
       return errorResponse(503, error.name, error.message)
     }
@@ -504,6 +507,19 @@ export class HttpApi {
       ),
       admin('POST', /^\/v1\/agreements\/([0-9a-f]{64})\/revoke$/, 'agreements', async (request, params) =>
         json(await this.requireFederation().revoke(params[0]!, reason(await this.readJson(request)))),
+      ),
+      admin('GET', /^\/v1\/plugins$/, 'plugins', () => json(this.components.plugins()?.status() ?? [])),
+      admin(
+        'POST',
+        /^\/v1\/plugins\/([a-z][a-z0-9-]*)\/actions\/([a-z][a-z0-9_-]*)$/,
+        'plugins',
+        async (request, params) => {
+          const host = this.components.plugins()
+          if (!host) throw new HttpError(503, 'NotReady', 'plugins are not running')
+          return json({
+            result: (await host.action(params[0]!, params[1]!, await this.readJson(request))) ?? null,
+          })
+        },
       ),
       admin('GET', /^\/v1\/audit$/, 'audit', (_request, _params, url) => {
         const limit = Math.min(Number(url.searchParams.get('limit') ?? 50) || 50, 500)

@@ -14,6 +14,13 @@ import {
   redactUrl,
 } from '../data-plane/index.ts'
 import { type AgreementSummary, AuditLog, Federation, type PeerView } from '../federation/index.ts'
+import {
+  builtinPlugins,
+  PluginConfigError,
+  PluginHost,
+  type PluginStatus,
+  validatePluginConfig,
+} from '../plugins/index.ts'
 import { createCard, type NodeCard } from './card.ts'
 import type { NodeConfig } from './config.ts'
 import {
@@ -23,6 +30,7 @@ import {
   loadOrCreateAdminToken,
   writeApiFile,
 } from './data-dir.ts'
+import { ConfigError } from './errors.ts'
 import { type HealthReport, HttpApi } from './http-api.ts'
 import type { NodeIdentity } from './identity.ts'
 import { defaultOrgName, initDataDir } from './init.ts'
@@ -55,7 +63,7 @@ export interface NodeStatus {
   nats: { url: string; connected: boolean; embedded: boolean; serverVersion?: string; restarts?: number }
   peers: PeerView[]
   agreements: AgreementSummary[]
-  plugins: unknown[]
+  plugins: PluginStatus[]
 }
 
 type NodeState = 'stopped' | 'starting' | 'running' | 'stopping'
@@ -72,6 +80,7 @@ export class OeNode {
   private api: HttpApi | undefined
   private auditLog: AuditLog | undefined
   private federationValue: Federation | undefined
+  private pluginHost: PluginHost | undefined
   private startedAt = 0
   private ready = false
   private jetStreamProbe: { at: number; ok: boolean; detail?: string } = { at: 0, ok: false }
@@ -126,6 +135,13 @@ export class OeNode {
     const { config } = this.init
     const log = this.components.logger
     try {
+      // Plugin config is part of the config: a bad slice stops the start before anything runs.
+      try {
+        validatePluginConfig(config.plugins, builtinPlugins)
+      } catch (error) {
+        if (error instanceof PluginConfigError) throw new ConfigError(error.issues)
+        throw error
+      }
       await this.lock.acquire()
       this.stopSteps.push(() => this.lock.release())
       const { identity } = await initDataDir(this.paths, this.org)
@@ -204,6 +220,19 @@ export class OeNode {
       this.federationValue = federation
       this.stopSteps.push(() => federation.stop())
 
+      const plugins = new PluginHost(
+        { config: config.plugins, dir: this.paths.plugins },
+        {
+          dataPlane,
+          logger: log.child({ component: 'plugins' }),
+          registry: this.metrics.registry,
+          definitions: builtinPlugins,
+        },
+      )
+      this.pluginHost = plugins
+      this.stopSteps.push(() => plugins.stop())
+      await plugins.start(options)
+
       const api = new HttpApi(
         {
           listen: config.api.listen,
@@ -217,6 +246,7 @@ export class OeNode {
           dataPlane: () => this.dataPlaneValue,
           federation: () => this.federationValue,
           audit: () => this.auditLog,
+          plugins: () => this.pluginHost,
           health: () => this.health(),
           status: () => this.status(),
           card: () => this.card(),
@@ -276,6 +306,10 @@ export class OeNode {
       node: { ok: this.ready, ...(this.ready ? {} : { detail: this.state }) },
       nats: { ok: connected, ...(connected ? {} : { detail: 'not connected' }) },
       jetstream: await this.probeJetStream(connected),
+      plugins: {
+        ok: this.pluginHost?.ready() ?? false,
+        ...(this.pluginHost?.ready() ? {} : { detail: 'not ready' }),
+      },
       libp2p: {
         ok: this.federationValue?.started ?? false,
         ...(this.federationValue?.started ? {} : { detail: 'not listening' }),
@@ -334,7 +368,7 @@ export class OeNode {
       },
       peers: this.federationValue?.peers() ?? [],
       agreements: this.federationValue?.list() ?? [],
-      plugins: [],
+      plugins: this.pluginHost?.status() ?? [],
     }
   }
 }

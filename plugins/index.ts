@@ -1,8 +1,19 @@
 /**
- * plugins: the plugin API (`plugins/api.ts`), the registry, and one folder per protocol plugin
- * (`ocpp/`, `openadr/`, `ocpi/`, `ieee2030-5/`, `simulator/`) (ARCHITECTURE §8). Plugins import
- * only `data-plane/`, never `federation/` or each other.
+ * plugins: the plugin API (`plugins/api.ts`), the host that runs enabled plugins, the registry
+ * of built-in plugins, and one folder per protocol plugin (ARCHITECTURE §8). Plugins import only
+ * `data-plane/`, never `federation/` or each other.
  *
- * Nothing is exported yet: the plugin API arrives with the Plugins I work.
+ * @example
+ * const host = new PluginHost({ config: config.plugins, dir: paths.plugins }, { dataPlane, logger, registry, definitions: builtinPlugins })
+ * await host.start()
  */
-export {}
+export * from './api.ts'
+export * from './errors.ts'
+export {
+  PluginHost,
+  type PluginHostComponents,
+  type PluginHostInit,
+  type PluginStatus,
+  validatePluginConfig,
+} from './host.ts'
+export { builtinPlugins } from './registry.ts'

@@ -122,8 +122,9 @@ describe('ingest and tail', () => {
   })
 
   test('tail sees live messages and exits 1 when --count is not reached in time', async () => {
-    const pending = cli('tail', 'oe.tel.meter.live-1.>', '--count', '2', '--timeout', '3', '--json')
-    await Bun.sleep(800)
+    const pending = cli('tail', 'oe.tel.meter.live-1.>', '--count', '2', '--timeout', '6', '--json')
+    // Give the tail process time to start and subscribe (slow under a loaded machine).
+    await Bun.sleep(2_500)
     await node.fetch('/v1/telemetry', {
       method: 'POST',
       body: JSON.stringify(telemetry(1, { rid: () => 'live-1' })),

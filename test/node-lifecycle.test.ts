@@ -129,6 +129,7 @@ describe('streams', () => {
         'KV_oe-fed-outbox',
         'KV_oe-peers',
         'KV_oe-resources',
+        'KV_oe-transfer',
         'OE_CTL',
         'OE_EVT',
         'OE_OUT',

@@ -1,0 +1,4 @@
+/** The plugins built into the binary. A plugin is enabled with `[plugins.<id>] enabled = true`. */
+import type { PluginDefinition } from './api.ts'
+
+export const builtinPlugins: readonly PluginDefinition[] = []

@@ -1,0 +1,170 @@
+/**
+ * Faults during an agreement-governed transfer between real node processes on loopback
+ * (ARCHITECTURE §7, §11): `kill -9` of either node mid-stream, a restart of the provider's
+ * embedded nats-server, and a link cut of 10 s. The provider ingests meter power readings with
+ * unique values throughout; afterwards the consumer must hold exactly what the provider stored
+ * (a superset of everything it answered "accepted" for): nothing lost, nothing twice, and per
+ * resource in the order it was read.
+ */
+import { afterEach, describe, expect, test } from 'vitest'
+import { cleanupAll, type RunningNode, startNode, waitFor } from './helpers/node-process.ts'
+import {
+  compare,
+  type FaultPair,
+  flowOf,
+  natsServerPid,
+  PROVIDER_ALIAS,
+  peerMessages,
+  ranges,
+  startPair,
+  TelemetryFeeder,
+  valuesOn,
+  waitPeerCount,
+} from './helpers/transfer.ts'
+
+afterEach(cleanupAll)
+
+const TOTAL = 20_000
+const BATCH = 500
+
+/** What the consumer held when the fault struck: proof that it struck mid-stream. */
+interface AtFault {
+  accepted: number
+  consumerRecordsIn: number
+}
+
+async function atFault(pair: FaultPair, feeder: TelemetryFeeder): Promise<AtFault> {
+  const flow = await flowOf(pair.consumer, pair.id).catch(() => ({ recordsIn: -1 }))
+  return { accepted: feeder.accepted.size, consumerRecordsIn: flow.recordsIn }
+}
+
+const restart = (node: RunningNode, args: string[]) => startNode({ dataDir: node.dataDir, args })
+
+function logTail(label: string, node: RunningNode): string {
+  const lines = node
+    .stderr()
+    .split('\n')
+    .filter((line) => /transfer|session|recovered|violat|nats-server|disconnect|error/i.test(line))
+  return `── ${label} (${node.dataDir}) ──\n${lines.slice(-40).join('\n')}`
+}
+
+/**
+ * After the fault: let the feeder finish, read what the provider stored, wait until the consumer
+ * holds as many, then compare. Logs counts, and on a mismatch the `Oe-Src` of duplicates and the
+ * nodes' transfer logs.
+ */
+async function settle(fault: string, pair: FaultPair, feeder: TelemetryFeeder, at: AtFault) {
+  await feeder.done()
+  await waitFor(async () => (await pair.provider.fetch('/readyz')).status === 200, 20_000, 'provider ready')
+  const stored = await valuesOn(pair.provider, 'oe.tel.meter.*.power')
+  const count = await waitPeerCount(() => pair.consumer, stored.length, 45_000)
+  const received = await valuesOn(pair.consumer, `oe.peer.${PROVIDER_ALIAS}.tel.meter.*.power`)
+  const result = compare(feeder.accepted, stored, received)
+  const duplicates = result.duplicated.reduce((sum, [, n]) => sum + n - 1, 0)
+  console.log(
+    `[${fault}] sent ${feeder.sent}, accepted ${feeder.accepted.size}, uncertain ${feeder.uncertain.size}, ` +
+      `stored by provider ${stored.length}, received ${received.length} (OE_PEER ${count}), ` +
+      `lost ${result.lost.length}, duplicates ${duplicates}, unexpected ${result.unexpected.length}, ` +
+      `out of order ${result.outOfOrder.length}; at the fault: accepted ${at.accepted}, ` +
+      `consumer recordsIn ${at.consumerRecordsIn}; ingest errors: ${feeder.errors.slice(0, 3).join(' | ')}`,
+  )
+  const bad =
+    result.lost.length +
+    result.duplicated.length +
+    result.unexpected.length +
+    result.outOfOrder.length +
+    result.lostAtProvider.length
+  if (bad > 0) {
+    const dupValues = new Set(result.duplicated.map(([v]) => v))
+    const sources = (await peerMessages(pair.consumer).catch(() => []))
+      .filter((m) => dupValues.has(m.v))
+      .slice(0, 20)
+      .map((m) => `v=${m.v} peerSeq=${m.seq} src=${m.src}`)
+    console.log(
+      [
+        `[${fault}] lost: ${ranges(result.lost)}`,
+        `duplicated: ${ranges(result.duplicated.map(([v]) => v))}`,
+        `duplicate sources: ${sources.join('; ')}`,
+        `unexpected: ${ranges(result.unexpected)}`,
+        `lost at the provider: ${ranges(result.lostAtProvider)}`,
+        `out of order: ${JSON.stringify(result.outOfOrder.slice(0, 5))}`,
+        ...pair.incarnations.provider.map((node, i) => logTail(`provider #${i + 1}`, node)),
+        ...pair.incarnations.consumer.map((node, i) => logTail(`consumer #${i + 1}`, node)),
+      ].join('\n'),
+    )
+  }
+  return { stored, received, result }
+}
+
+function expectExactlyOnce(outcome: Awaited<ReturnType<typeof settle>>, feeder: TelemetryFeeder): void {
+  const { stored, result } = outcome
+  // The fault did not swallow the test: most of the feed went through.
+  expect(feeder.accepted.size).toBeGreaterThanOrEqual(TOTAL / 2)
+  // The provider's own stream holds each value once, and everything it answered "accepted" for.
+  expect(new Set(stored.map((m) => m.v)).size).toBe(stored.length)
+  expect(result.lostAtProvider).toEqual([])
+  // The consumer holds exactly what the provider stored, once each, in order per resource.
+  expect(result.lost).toEqual([])
+  expect(result.duplicated).toEqual([])
+  expect(result.unexpected).toEqual([])
+  expect(result.outOfOrder).toEqual([])
+}
+
+describe('transfer faults: nothing lost, nothing twice', () => {
+  test('kill -9 of the provider mid-stream, then a restart on the same data dir', async () => {
+    const pair = await startPair()
+    const feeder = new TelemetryFeeder(pair.provider, { total: TOTAL, batch: BATCH, pauseMs: 10 }).start()
+    await feeder.whenAccepted(8_000)
+    await feeder.whenInFlight()
+    // The request in flight meets the kill; later ones wait for the new incarnation.
+    const killed = pair.provider.kill()
+    feeder.target = undefined
+    const at = await atFault(pair, feeder)
+    await killed
+    pair.provider = await restart(pair.provider, pair.providerArgs)
+    pair.incarnations.provider.push(pair.provider)
+    feeder.target = pair.provider
+    expectExactlyOnce(await settle('provider kill -9', pair, feeder, at), feeder)
+  }, 120_000)
+
+  test('kill -9 of the consumer mid-stream, then a restart on the same data dir', async () => {
+    const pair = await startPair()
+    const feeder = new TelemetryFeeder(pair.provider, { total: TOTAL, batch: BATCH, pauseMs: 10 }).start()
+    await feeder.whenAccepted(8_000)
+    const at = await atFault(pair, feeder)
+    await pair.consumer.kill()
+    pair.consumer = await restart(pair.consumer, pair.consumerArgs)
+    pair.incarnations.consumer.push(pair.consumer)
+    expectExactlyOnce(await settle('consumer kill -9', pair, feeder, at), feeder)
+  }, 120_000)
+
+  test("a restart of the provider's embedded nats-server mid-stream", async () => {
+    const pair = await startPair()
+    const feeder = new TelemetryFeeder(pair.provider, { total: TOTAL, batch: BATCH, pauseMs: 10 }).start()
+    await feeder.whenAccepted(8_000)
+    const at = await atFault(pair, feeder)
+    const pid = await natsServerPid(pair.provider)
+    process.kill(pid, 'SIGKILL')
+    await waitFor(
+      async () => (await natsServerPid(pair.provider).catch(() => pid)) !== pid,
+      20_000,
+      'the nats-server to be restarted',
+    )
+    expectExactlyOnce(await settle('provider nats-server restart', pair, feeder, at), feeder)
+  }, 120_000)
+
+  test('a link cut of 10 s (consumer stopped) while the provider keeps ingesting', async () => {
+    const pair = await startPair()
+    // About 13 s of feed, so most of it arrives while the consumer is away.
+    const feeder = new TelemetryFeeder(pair.provider, { total: TOTAL, batch: BATCH, pauseMs: 300 }).start()
+    await feeder.whenAccepted(4_000)
+    const at = await atFault(pair, feeder)
+    expect(await pair.consumer.stop()).toBe(0)
+    const acceptedDuringCut = feeder.accepted.size
+    await Bun.sleep(10_000)
+    expect(feeder.accepted.size - acceptedDuringCut).toBeGreaterThan(5_000)
+    pair.consumer = await restart(pair.consumer, pair.consumerArgs)
+    pair.incarnations.consumer.push(pair.consumer)
+    expectExactlyOnce(await settle('link cut 10 s', pair, feeder, at), feeder)
+  }, 120_000)
+})
