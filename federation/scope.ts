@@ -4,7 +4,7 @@
  * the projection of standing data to the granted attributes, and the minimum interval between
  * readings of one resource and quantity.
  */
-import type { Resource } from '../data-plane/index.ts'
+import { isQuantity, isResourceId, isResourceKind, type Resource } from '../data-plane/index.ts'
 import type { AgreementBody, Grant } from './agreement.ts'
 
 /** The provider streams data is read from, by the subject's second token. */
@@ -154,8 +154,17 @@ export function compileScope(body: AgreementBody): CompiledScope {
     check(subject, siteOf, ignoreSites) {
       const tokens = subject.split('.')
       const area = tokens[1] as SourceArea
-      if (tokens[0] !== 'oe' || !(area in AREA_DATA) || tokens.length < 4)
+      if (tokens[0] !== 'oe' || !Object.hasOwn(AREA_DATA, area) || tokens.length < 4) {
         return { ok: false, reason: 'bad_subject' }
+      }
+      // Every token must be what the model allows: no wildcards, no empty or odd ids.
+      if (!isResourceKind(tokens[2]) || !isResourceId(tokens[3])) return { ok: false, reason: 'bad_subject' }
+      if (area === 'tel' && (tokens.length !== 5 || !isQuantity(tokens[4])))
+        return { ok: false, reason: 'bad_subject' }
+      if (area === 'evt' && (tokens.length !== 5 || !/^[a-z][a-z0-9_]{0,63}$/.test(tokens[4]!))) {
+        return { ok: false, reason: 'bad_subject' }
+      }
+      if (area === 'std' && tokens.length !== 4) return { ok: false, reason: 'bad_subject' }
       const data = AREA_DATA[area]
       let siteRefused = false
       let best: Grant | undefined

@@ -140,6 +140,8 @@ class Channel {
   private waiting: ((value: unknown) => void) | undefined
   private failed: Error | undefined
   private ended = false
+  /** Frames that may wait unread; more is a peer sending without credit. */
+  private queueLimit = Number.POSITIVE_INFINITY
 
   constructor(
     readonly stream: Stream,
@@ -159,9 +161,22 @@ class Channel {
       }
       this.ended = true
     } catch (error) {
+      // A broken or flooding stream: nothing queued from it is processed any more.
       this.failed = error as Error
+      this.queue.length = 0
+      this.abort(this.failed)
     }
     this.deliver(undefined)
+  }
+
+  /** Why the incoming side failed (bad framing, flooding), if it did. */
+  get failure(): Error | undefined {
+    return this.failed
+  }
+
+  /** Bound what may wait unread: with credit-based flow control no more can legitimately arrive. */
+  limitQueue(frames: number): void {
+    this.queueLimit = frames
   }
 
   private deliver(value: unknown): void {
@@ -169,7 +184,14 @@ class Channel {
       const resolve = this.waiting
       this.waiting = undefined
       resolve(value)
-    } else if (value !== undefined) this.queue.push(value)
+    } else if (value !== undefined) {
+      if (this.queue.length >= this.queueLimit) {
+        throw new FrameError(
+          `more than ${this.queueLimit} frames arrived unacknowledged: sent without credit (flooding)`,
+        )
+      }
+      this.queue.push(value)
+    }
   }
 
   /** The next frame; undefined when the stream ended. Throws FrameError on bad framing. */
@@ -525,6 +547,7 @@ export class ConsumerSession {
     stats.sessions += 1
     try {
       this.state = await this.recover()
+      this.channel.limitQueue(tuning.credit)
       await this.channel.send({ t: 'ready', hw: this.state.hw, credit: tuning.credit })
       this.outstanding = tuning.credit
       while (!this.stopped) {
@@ -532,7 +555,9 @@ export class ConsumerSession {
         if (frame === undefined) return
         await this.onFrame(frame)
       }
-    } catch (error) {
+    } catch (caught) {
+      // A failure of the incoming side (flooding, bad framing) explains whatever failed after it.
+      const error = this.channel.failure ?? caught
       if (!this.stopped) {
         const message = (error as Error).message
         stats.lastError = message
@@ -636,7 +661,8 @@ export class ConsumerSession {
     const drop = (reason: string) => {
       dropped[reason] = (dropped[reason] ?? 0) + 1
     }
-    const hw = this.state.hw[area]
+    // Source sequences must rise strictly, within a batch too: anything at or below is a repeat.
+    let floor = this.state.hw[area]
     let duplicates = 0
     for (const item of body.r as unknown[]) {
       if (!Array.isArray(item) || item.length !== 3) {
@@ -653,10 +679,11 @@ export class ConsumerSession {
         drop('payload')
         continue
       }
-      if (seq <= hw) {
+      if (seq <= floor) {
         duplicates += 1
         continue
       }
+      floor = seq
       const subject = `oe.${rest}`
       if (!rest.startsWith(`${area}.`)) {
         drop('not_granted')
