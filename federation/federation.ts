@@ -504,7 +504,9 @@ export class Federation {
       flow: {
         ...this.flow(id),
         session: this.providerSessions.has(id) || this.consumerSessions.has(id),
-        rttMs: this.peersByAlias.has(record.peer) ? this.peerView(this.peersByAlias.get(record.peer)!).rttMs : null,
+        rttMs: this.peersByAlias.has(record.peer)
+          ? this.peerView(this.peersByAlias.get(record.peer)!).rttMs
+          : null,
       },
     }
   }

@@ -5,7 +5,7 @@
  */
 import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
-import { AckPolicy, DeliverPolicy } from '@nats-io/jetstream'
+import { AckPolicy, DeliverPolicy, type JsMsg } from '@nats-io/jetstream'
 import { nanos } from '@nats-io/nats-core'
 import { Counter, Gauge, type Registry } from 'prom-client'
 import {
@@ -56,6 +56,8 @@ interface Running {
   state: PluginStatus['state']
   error?: string
   closers: (() => Promise<unknown>)[]
+  /** Control subscriptions being set up: start() waits for them, so none is missed after ready. */
+  setups: Promise<void>[]
 }
 
 /** Check every enabled plugin's config before anything starts; issues carry `plugins.<id>.<key>`. */
@@ -114,7 +116,7 @@ export class PluginHost {
       const dir = join(this.init.dir, definition.id)
       await mkdir(dir, { recursive: true, mode: 0o700 })
       const logger = this.components.logger.child({ plugin: definition.id })
-      const entry: Running = { definition, instance: {}, abort, state: 'starting', closers: [] }
+      const entry: Running = { definition, instance: {}, abort, state: 'starting', closers: [], setups: [] }
       this.running.push(entry)
       try {
         entry.instance = await definition.create({
@@ -127,6 +129,7 @@ export class PluginHost {
           metrics: this.metrics(definition.id),
         })
         await entry.instance.start?.({ signal: options.signal ?? abort.signal })
+        await Promise.all(entry.setups)
         entry.state = 'running'
         logger.info({ version: definition.version }, 'plugin started')
       } catch (error) {
@@ -224,9 +227,7 @@ export class PluginHost {
       },
       getResource: (kind, rid) => dataPlane.getResource(kind, rid),
       onControl: (selector, handler) => {
-        void this.consumeControl(entry, logger, selector, handler).catch((error: Error) => {
-          logger.error({ err: error.message }, 'control subscription failed')
-        })
+        entry.setups.push(this.consumeControl(entry, logger, selector, handler))
       },
     }
   }
@@ -259,6 +260,17 @@ export class PluginHost {
     const consumer = await dataPlane.jetstream.consumers.get('OE_CTL', name)
     const messages = await consumer.consume({ max_messages: 64 })
     entry.closers.push(() => messages.close())
+    // The subscription exists from here on; handling runs in the background.
+    void this.handleControl(messages, logger, handler).catch((error: Error) => {
+      logger.error({ err: error.message }, 'control subscription failed')
+    })
+  }
+
+  private async handleControl(
+    messages: AsyncIterable<JsMsg>,
+    logger: Logger,
+    handler: (message: ControlMessage) => Promise<void>,
+  ): Promise<void> {
     for await (const msg of messages) {
       const [, , kind, rid, command] = msg.subject.split('.')
       let payload: Record<string, unknown>
