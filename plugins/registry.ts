@@ -1,4 +1,5 @@
 /** The plugins built into the binary. A plugin is enabled with `[plugins.<id>] enabled = true`. */
 import type { PluginDefinition } from './api.ts'
+import { simulatorPlugin } from './simulator/index.ts'
 
-export const builtinPlugins: readonly PluginDefinition[] = []
+export const builtinPlugins: readonly PluginDefinition[] = [simulatorPlugin]
