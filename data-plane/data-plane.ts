@@ -51,6 +51,19 @@ interface PendingBatch {
   timer: ReturnType<typeof setTimeout>
 }
 
+/**
+ * End a JetStream consume() at once. nats.js resolves close() only when the iterator has been
+ * read up to its end marker, which never happens once the reader has gone with messages still
+ * buffered; so stop it, ask it to close, and wait for that at most a moment.
+ */
+export async function closeConsumerMessages(messages: {
+  stop(err?: Error): void
+  close(): Promise<unknown>
+}): Promise<void> {
+  messages.stop()
+  await Promise.race([messages.close().catch(() => undefined), Bun.sleep(1_000)])
+}
+
 const SEQ_KEY = [0x22, 0x73, 0x65, 0x71, 0x22, 0x3a] // "seq":
 
 /** The `seq` of a JetStream publish ack (`{"stream":"X","seq":N,…}`), read without JSON.parse. */
@@ -268,7 +281,7 @@ export class DataPlane {
       })
       const messages = await consumer.consume({ max_messages: 1024 })
       const onAbort = (): void => {
-        void messages.close()
+        void closeConsumerMessages(messages)
       }
       signal?.addEventListener('abort', onAbort, { once: true })
       try {
@@ -277,7 +290,7 @@ export class DataPlane {
         }
       } finally {
         signal?.removeEventListener('abort', onAbort)
-        await messages.close()
+        await closeConsumerMessages(messages)
       }
       return
     }

@@ -13,6 +13,7 @@
 export { decodeCbor, decodeForDisplay, encodeCbor, encodeTelemetryPayload } from './codec.ts'
 export { connectDataPlane, type DataPlaneConnectionInit, redactUrl } from './connection.ts'
 export {
+  closeConsumerMessages,
   DataPlane,
   type DataPlaneComponents,
   type DataPlaneInit,

@@ -9,7 +9,7 @@ import { verify as cryptoVerify, type KeyObject } from 'node:crypto'
 import type { Connection, Stream } from '@libp2p/interface'
 import { AckPolicy, DeliverPolicy, type JsMsg } from '@nats-io/jetstream'
 import { nanos, headers as natsHeaders } from '@nats-io/nats-core'
-import { type DataPlane, encodeCbor, type Logger } from '../data-plane/index.ts'
+import { closeConsumerMessages, type DataPlane, encodeCbor, type Logger } from '../data-plane/index.ts'
 import {
   type AgreementDocument,
   type AgreementState,
@@ -181,7 +181,7 @@ export class Federation {
   private readonly consumerSessions = new Map<string, ConsumerSession>()
   private readonly sessionRetryAt = new Map<string, number>()
   private tuning: TransferTuning = DEFAULT_TUNING
-  private controlLoop: { close(): Promise<unknown> } | undefined
+  private controlLoop: { stop(err?: Error): void; close(): Promise<unknown> } | undefined
 
   constructor(
     private readonly init: FederationInit,
@@ -266,7 +266,7 @@ export class Federation {
       this.stopSessions(id, 'node stopping')
     }
     this.siteIndex.stop()
-    await this.controlLoop?.close()
+    if (this.controlLoop) await closeConsumerMessages(this.controlLoop)
     const host = this.host
     this.host = undefined
     await host?.stop()

@@ -27,6 +27,7 @@ import type { Stream } from '@libp2p/interface'
 import { AckPolicy, DeliverPolicy, type JsMsg } from '@nats-io/jetstream'
 import { nanos, headers as natsHeaders } from '@nats-io/nats-core'
 import {
+  closeConsumerMessages,
   type DataPlane,
   decodeCbor,
   encodeCbor,
@@ -412,7 +413,7 @@ export class ProviderSession {
     this.closing.push(
       new Promise<void>((resolve) => {
         this.abort.signal.addEventListener('abort', () => {
-          void messages.close().finally(resolve)
+          void closeConsumerMessages(messages).finally(resolve)
         })
       }),
     )

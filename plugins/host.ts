@@ -9,6 +9,7 @@ import { AckPolicy, DeliverPolicy, type JsMsg } from '@nats-io/jetstream'
 import { nanos } from '@nats-io/nats-core'
 import { Counter, Gauge, type Registry } from 'prom-client'
 import {
+  closeConsumerMessages,
   type DataPlane,
   decodeCbor,
   type Logger,
@@ -259,7 +260,7 @@ export class PluginHost {
     })
     const consumer = await dataPlane.jetstream.consumers.get('OE_CTL', name)
     const messages = await consumer.consume({ max_messages: 64 })
-    entry.closers.push(() => messages.close())
+    entry.closers.push(() => closeConsumerMessages(messages))
     // The subscription exists from here on; handling runs in the background.
     void this.handleControl(messages, logger, handler).catch((error: Error) => {
       logger.error({ err: error.message }, 'control subscription failed')

@@ -238,26 +238,30 @@ export async function valuesOn(
 
 /**
  * Wait until the consumer's OE_PEER holds `expected` messages and stays there for `stableMs`
- * (so late duplicates show up too). Resolves with the last count, even on timeout.
+ * (so late duplicates show up too). Gives up when the count has not moved for `stallMs` (the
+ * flow is stuck) or at `timeoutMs`. Resolves with the last count and when it reached `expected`.
  */
 export async function waitPeerCount(
   consumer: () => RunningNode,
   expected: number,
-  timeoutMs: number,
-  stableMs = 1_500,
-): Promise<number> {
+  options: { timeoutMs?: number; stableMs?: number; stallMs?: number } = {},
+): Promise<{ count: number; reachedAt: number | null }> {
+  const { timeoutMs = 60_000, stableMs = 1_500, stallMs = 15_000 } = options
   const deadline = Date.now() + timeoutMs
   let last = -1
   let since = Date.now()
+  let reachedAt: number | null = null
   while (Date.now() < deadline) {
     const count = await streamMessages(consumer(), 'OE_PEER').catch(() => -1)
+    if (count >= expected) reachedAt ??= Date.now()
     if (count !== last) {
       last = count
       since = Date.now()
-    } else if (count >= expected && Date.now() - since >= stableMs) return count
-    await Bun.sleep(200)
+    } else if (count >= expected && Date.now() - since >= stableMs) break
+    else if (Date.now() - since >= stallMs) break
+    await Bun.sleep(100)
   }
-  return last
+  return { count: last, reachedAt }
 }
 
 export interface Comparison {
