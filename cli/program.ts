@@ -6,6 +6,7 @@ import { registerAudit } from './commands/audit.ts'
 import { registerCard } from './commands/card.ts'
 import { registerIngest } from './commands/ingest.ts'
 import { registerInit } from './commands/init.ts'
+import { registerOcpp } from './commands/ocpp.ts'
 import { registerPeers } from './commands/peers.ts'
 import { registerStart } from './commands/start.ts'
 import { registerStatus } from './commands/status.ts'
@@ -43,6 +44,7 @@ export function createProgram(): Command {
   registerPeers(program)
   registerAgreement(program)
   registerAudit(program)
+  registerOcpp(program)
   const override = (command: Command): void => {
     command.exitOverride()
     for (const sub of command.commands) override(sub)

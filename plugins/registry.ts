@@ -1,5 +1,6 @@
 /** The plugins built into the binary. A plugin is enabled with `[plugins.<id>] enabled = true`. */
 import type { PluginDefinition } from './api.ts'
+import { ocppPlugin } from './ocpp/index.ts'
 import { simulatorPlugin } from './simulator/index.ts'
 
-export const builtinPlugins: readonly PluginDefinition[] = [simulatorPlugin]
+export const builtinPlugins: readonly PluginDefinition[] = [ocppPlugin, simulatorPlugin]

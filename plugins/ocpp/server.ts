@@ -1,0 +1,182 @@
+/**
+ * The OCPP-J transport: an HTTP(S) listener whose only use is WebSocket upgrades on
+ * `/ocpp/<stationId>`, with ocpp-rpc's RPCServer in strict mode behind it (schema validation of
+ * every call and answer, OCPP-J CALLERRORs for malformed frames). The upgrade is decided before
+ * the WebSocket exists, in this order: path (404), station id (400), credentials (401:
+ * Security Profile 1, HTTP Basic with the station id as user; Security Profile 2 when TLS is on),
+ * subprotocol (400 unless the station offers `ocpp2.0.1` or `ocpp1.6`; 2.0.1 preferred).
+ */
+import { readFile } from 'node:fs/promises'
+import { createServer as createHttpServer, type IncomingMessage, type Server } from 'node:http'
+import { createServer as createHttpsServer } from 'node:https'
+import type { AddressInfo, Socket } from 'node:net'
+import type { Duplex } from 'node:stream'
+import { RPCServer } from 'ocpp-rpc'
+import type RPCServerClient from 'ocpp-rpc/lib/server-client'
+import type { Logger } from '../../data-plane/index.ts'
+import { STATION_ID_PATTERN } from './config.ts'
+import { OcppListenError } from './errors.ts'
+import { OCPP_VERSIONS, type OcppVersion, strictValidators } from './validators.ts'
+
+export const OCPP_PATH = '/ocpp'
+
+export interface OcppServerInit {
+  host: string
+  port: number
+  tlsCert?: string | undefined
+  tlsKey?: string | undefined
+  maxMessageBytes: number
+  callTimeoutMs: number
+  /** WebSocket ping period; a station that misses a pong is dropped. */
+  pingIntervalMs?: number
+  /** Consecutive malformed frames tolerated before the connection is closed (1002). */
+  maxBadMessages?: number
+}
+
+export type AuthDecision = 'accept' | 'unknown' | 'wrong-password'
+
+export interface OcppServerComponents {
+  logger: Logger
+  /** Decide on a station's credentials (password is the raw HTTP Basic password, if any). */
+  authenticate(station: string, password: Buffer | undefined): AuthDecision
+  /** A station is connected and speaks `version`. */
+  onStation(client: RPCServerClient, version: OcppVersion): void
+  /** An upgrade was refused (for metrics). */
+  onRefused?(reason: string): void
+}
+
+export class OcppServer {
+  private rpc: RPCServer | undefined
+  private http: Server | undefined
+  private bound: { host: string; port: number } | undefined
+
+  constructor(
+    private readonly init: OcppServerInit,
+    private readonly components: OcppServerComponents,
+  ) {}
+
+  /** `host:port` actually bound (the port is known once listening). */
+  get address(): { host: string; port: number } | undefined {
+    return this.bound
+  }
+
+  get tls(): boolean {
+    return this.init.tlsCert !== undefined
+  }
+
+  async start(options: { signal?: AbortSignal } = {}): Promise<void> {
+    if (this.http) return
+    options.signal?.throwIfAborted()
+    const { logger } = this.components
+    const rpc = new RPCServer({
+      protocols: [...OCPP_VERSIONS],
+      strictMode: true,
+      strictModeValidators: strictValidators,
+      callTimeoutMs: this.init.callTimeoutMs,
+      pingIntervalMs: this.init.pingIntervalMs ?? 30_000,
+      // One outstanding call per direction (OCPP-J §4.1.1).
+      callConcurrency: 1,
+      maxBadMessages: this.init.maxBadMessages ?? 100,
+      respondWithDetailedErrors: false,
+      wssOptions: { maxPayload: this.init.maxMessageBytes },
+    })
+    rpc.auth((accept, reject, handshake) => {
+      const refuse = (code: number, message: string, reason: string): void => {
+        logger.info(
+          { station: handshake.identity, remote: handshake.remoteAddress, code, reason },
+          'station refused',
+        )
+        this.components.onRefused?.(reason)
+        reject(code, message)
+      }
+      if (handshake.endpoint !== OCPP_PATH)
+        return refuse(404, `OCPP endpoint is ${OCPP_PATH}/<stationId>`, 'path')
+      if (!STATION_ID_PATTERN.test(handshake.identity))
+        return refuse(400, 'station id must be letters, digits, _ : - (at most 120)', 'station-id')
+      const decision = this.components.authenticate(handshake.identity, handshake.password)
+      if (decision !== 'accept') return refuse(401, 'Unauthorized', decision)
+      const version = OCPP_VERSIONS.find((candidate) => handshake.protocols.has(candidate))
+      if (!version) {
+        return refuse(
+          400,
+          `no supported OCPP version offered (Sec-WebSocket-Protocol: ${OCPP_VERSIONS.join(', ')})`,
+          'subprotocol',
+        )
+      }
+      accept({ version }, version)
+    })
+    rpc.on('client', (client: RPCServerClient) => {
+      const version = client.session.version as OcppVersion
+      this.components.onStation(client, version)
+    })
+    rpc.on('error', (error: Error) => logger.warn({ err: error.message }, 'ocpp websocket server error'))
+
+    const notFound = (_request: unknown, response: { statusCode: number; end(): void }) => {
+      response.statusCode = 404
+      response.end()
+    }
+    let http: Server
+    if (this.init.tlsCert !== undefined && this.init.tlsKey !== undefined) {
+      const [cert, key] = await Promise.all([
+        readFile(this.init.tlsCert).catch((error: Error) => {
+          throw new OcppListenError(`cannot read tls_cert ${this.init.tlsCert}: ${error.message}`)
+        }),
+        readFile(this.init.tlsKey).catch((error: Error) => {
+          throw new OcppListenError(`cannot read tls_key ${this.init.tlsKey}: ${error.message}`)
+        }),
+      ])
+      // OCPP security: TLS 1.2 at least.
+      http = createHttpsServer({ cert, key, minVersion: 'TLSv1.2' }, notFound) as unknown as Server
+    } else {
+      http = createHttpServer(notFound)
+    }
+    const upgrade = rpc.handleUpgrade
+    http.on('upgrade', (request: IncomingMessage, socket: Duplex, head: Buffer) => {
+      // ocpp-rpc decodes the station id outside its own error handling: a malformed
+      // percent-encoding would reject unobserved and leave the socket hanging.
+      try {
+        decodeURIComponent(new URL(request.url ?? '/', 'http://localhost').pathname.split('/').pop() ?? '')
+      } catch {
+        this.components.onRefused?.('station-id')
+        socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n')
+        return
+      }
+      upgrade(request, socket as Socket, head).catch((error: Error) => {
+        logger.warn({ err: error.message }, 'ocpp upgrade failed')
+        socket.destroy()
+      })
+    })
+    await new Promise<void>((resolve, reject) => {
+      const onError = (error: Error) =>
+        reject(new OcppListenError(`cannot listen on ${this.init.host}:${this.init.port}: ${error.message}`))
+      http.once('error', onError)
+      http.listen({ host: this.init.host, port: this.init.port }, () => {
+        http.off('error', onError)
+        resolve()
+      })
+    })
+    http.on('error', (error: Error) => logger.warn({ err: error.message }, 'ocpp listener error'))
+    const address = http.address() as AddressInfo
+    this.bound = { host: this.init.host, port: address.port }
+    this.rpc = rpc
+    this.http = http
+  }
+
+  async stop(): Promise<void> {
+    const rpc = this.rpc
+    const http = this.http
+    this.rpc = undefined
+    this.http = undefined
+    this.bound = undefined
+    if (rpc) {
+      await Promise.race([
+        rpc.close({ code: 1001, reason: 'server stopping' }),
+        new Promise((resolve) => setTimeout(resolve, 2_000).unref()),
+      ]).catch(() => {})
+    }
+    if (http) {
+      http.closeAllConnections?.()
+      await new Promise<void>((resolve) => http.close(() => resolve()))
+    }
+  }
+}

@@ -1,0 +1,290 @@
+/**
+ * OCPP 2.0.1 codec. Station → CSMS: BootNotification, Heartbeat, StatusNotification, Authorize,
+ * TransactionEvent (Started / Updated / Ended), MeterValues, NotifyReport, DataTransfer (and
+ * notifications acknowledged without normalising). CSMS → station: SetChargingProfile,
+ * RequestStartTransaction, RequestStopTransaction, Reset, TriggerMessage, GetVariables.
+ */
+import {
+  defined,
+  type InboundHandler,
+  iso,
+  PROFILE_ID_BASE,
+  PROFILE_STACK_LEVEL,
+  roundLimit,
+  type StationLink,
+  secondsUntil,
+  type VersionCodec,
+} from './codec.ts'
+import { energyRegisterWh, type MeterValueInput, parseTimestamp } from './normalise.ts'
+
+interface SampledValue201 {
+  value: number
+  context?: string
+  measurand?: string
+  phase?: string
+  location?: string
+  unitOfMeasure?: { unit?: string; multiplier?: number }
+}
+
+interface MeterValue201 {
+  timestamp: string
+  sampledValue: SampledValue201[]
+}
+
+/** 2.0.1 sampled values → the normaliser's common shape (unitOfMeasure → unit + multiplier). */
+export const meterValues201 = (values: readonly MeterValue201[] | undefined): MeterValueInput[] =>
+  (values ?? []).map((value) => ({
+    timestamp: value.timestamp,
+    sampledValue: value.sampledValue.map((sample) => ({
+      value: sample.value,
+      measurand: sample.measurand,
+      phase: sample.phase,
+      location: sample.location,
+      context: sample.context,
+      unit: sample.unitOfMeasure?.unit,
+      multiplier: sample.unitOfMeasure?.multiplier,
+    })),
+  }))
+
+const accepted = { status: 'Accepted' } as const
+
+async function bootNotification(
+  params: {
+    reason: string
+    chargingStation: {
+      model: string
+      vendorName: string
+      serialNumber?: string
+      firmwareVersion?: string
+      modem?: { iccid?: string; imsi?: string }
+    }
+  },
+  link: StationLink,
+): Promise<Record<string, unknown>> {
+  const now = Date.now()
+  const station = params.chargingStation
+  await link.describeStation(
+    defined({
+      vendor: station.vendorName,
+      model: station.model,
+      firmware: station.firmwareVersion,
+      serial: station.serialNumber,
+      iccid: station.modem?.iccid,
+      imsi: station.modem?.imsi,
+    }),
+  )
+  await link.event(0, 'boot', defined({ reason: params.reason, firmware: station.firmwareVersion, t: now }))
+  link.booted()
+  return { status: 'Accepted', currentTime: iso(now), interval: link.heartbeatInterval }
+}
+
+async function statusNotification(
+  params: { timestamp: string; connectorStatus: string; evseId: number; connectorId: number },
+  link: StationLink,
+): Promise<Record<string, unknown>> {
+  if (params.evseId > 0) await link.describeEvse(params.evseId)
+  await link.event(params.evseId, 'status', {
+    status: params.connectorStatus,
+    connector: params.connectorId,
+    t: parseTimestamp(params.timestamp) ?? Date.now(),
+  })
+  return {}
+}
+
+async function transactionEvent(
+  params: {
+    eventType: 'Started' | 'Updated' | 'Ended'
+    timestamp: string
+    triggerReason: string
+    seqNo: number
+    transactionInfo: { transactionId: string; chargingState?: string; stoppedReason?: string }
+    evse?: { id: number; connectorId?: number }
+    idToken?: { idToken: string; type: string }
+    meterValue?: MeterValue201[]
+    offline?: boolean
+  },
+  link: StationLink,
+): Promise<Record<string, unknown>> {
+  const { transactionId } = params.transactionInfo
+  const t = parseTimestamp(params.timestamp) ?? Date.now()
+  let session = link.state.session(link.id, transactionId)
+  // The EVSE is only required in the first message of a transaction.
+  const evse = params.evse?.id ?? session?.evse
+  const values = meterValues201(params.meterValue)
+  if (evse !== undefined && evse > 0) await link.describeEvse(evse)
+  if (evse !== undefined && values.length > 0) await link.meterValues(evse, values)
+  const register = energyRegisterWh(values, evse === 0)
+
+  if (!session && params.eventType !== 'Ended') {
+    // Started, or an Updated whose Started the node never saw: the session begins here.
+    session = defined({
+      station: link.id,
+      evse: evse ?? 0,
+      transactionId,
+      startedAt: t,
+      meterStartWh: register,
+    })
+    await link.event(
+      evse ?? 0,
+      'session_started',
+      defined({
+        transactionId,
+        connector: params.evse?.connectorId,
+        meterStartWh: register,
+        triggerReason: params.triggerReason,
+        t,
+      }),
+    )
+    await link.state.startSession(session)
+  } else if (session && register !== undefined) {
+    // A station that sends no register at Started: the first one seen stands for the start.
+    if (session.meterStartWh === undefined) {
+      session.meterStartWh = register
+      await link.state.save()
+    }
+    session.lastEnergyWh = register
+  }
+
+  if (params.eventType === 'Ended') {
+    const stopWh = register ?? session?.lastEnergyWh
+    const startWh = session?.meterStartWh
+    await link.event(
+      evse ?? 0,
+      'session_stopped',
+      defined({
+        transactionId,
+        meterStopWh: stopWh,
+        energyWh: stopWh !== undefined && startWh !== undefined ? stopWh - startWh : undefined,
+        durationS: session ? Math.max(0, Math.round((t - session.startedAt) / 1000)) : undefined,
+        reason: params.transactionInfo.stoppedReason ?? 'Local',
+        triggerReason: params.triggerReason,
+        t,
+      }),
+    )
+    await link.state.endSession(link.id, transactionId)
+  }
+  return params.idToken === undefined ? {} : { idTokenInfo: accepted }
+}
+
+async function meterValues(
+  params: { evseId: number; meterValue: MeterValue201[] },
+  link: StationLink,
+): Promise<Record<string, unknown>> {
+  if (params.evseId > 0) await link.describeEvse(params.evseId)
+  await link.meterValues(params.evseId, meterValues201(params.meterValue))
+  return {}
+}
+
+interface ReportData {
+  component: { name: string; evse?: { id: number } }
+  variable: { name: string }
+  variableAttribute: { type?: string; value?: string }[]
+  variableCharacteristics?: { unit?: string; maxLimit?: number }
+}
+
+/**
+ * NotifyReport: the device model is not mirrored; what the canonical resources can use is taken
+ * from it: the rated power of the station and of each EVSE (`Power` maxLimit, W).
+ */
+async function notifyReport(
+  params: { requestId: number; seqNo: number; tbc?: boolean; reportData?: ReportData[] },
+  link: StationLink,
+): Promise<Record<string, unknown>> {
+  for (const data of params.reportData ?? []) {
+    if (data.variable.name !== 'Power') continue
+    const maxLimit = data.variableCharacteristics?.maxLimit
+    if (maxLimit === undefined || !Number.isFinite(maxLimit)) continue
+    if (data.component.name === 'EVSE' && data.component.evse !== undefined && data.component.evse.id > 0) {
+      await link.describeEvse(data.component.evse.id, { maxPowerW: maxLimit })
+    } else if (data.component.name === 'ChargingStation') {
+      await link.describeStation({ maxPowerW: maxLimit })
+    }
+  }
+  link.logger.debug(
+    {
+      station: link.id,
+      requestId: params.requestId,
+      seqNo: params.seqNo,
+      items: params.reportData?.length ?? 0,
+    },
+    'NotifyReport',
+  )
+  return {}
+}
+
+const handlers: Record<string, InboundHandler> = {
+  BootNotification: bootNotification,
+  Heartbeat: async () => ({ currentTime: iso(Date.now()) }),
+  StatusNotification: statusNotification,
+  // Tokens are not checked against a list (no OCPI / local list here): every token is accepted.
+  Authorize: async () => ({ idTokenInfo: accepted }),
+  TransactionEvent: transactionEvent,
+  MeterValues: meterValues,
+  NotifyReport: notifyReport,
+  DataTransfer: async (params: { vendorId: string; messageId?: string }, link) => {
+    link.logger.debug(
+      { station: link.id, vendorId: params.vendorId, messageId: params.messageId },
+      'DataTransfer',
+    )
+    return { status: 'UnknownVendorId' }
+  },
+}
+
+export const ocpp201: VersionCodec = {
+  version: 'ocpp2.0.1',
+  handlers,
+  acknowledged: new Set([
+    'ClearedChargingLimit',
+    'FirmwareStatusNotification',
+    'LogStatusNotification',
+    'NotifyChargingLimit',
+    'NotifyCustomerInformation',
+    'NotifyDisplayMessages',
+    'NotifyEvent',
+    'NotifyMonitoringReport',
+    'PublishFirmwareStatusNotification',
+    'ReportChargingProfiles',
+    'ReservationStatusUpdate',
+    'SecurityEventNotification',
+  ]),
+
+  setPowerLimit: ({ evse, watts, until }, now) => ({
+    method: 'SetChargingProfile',
+    params: {
+      evseId: evse,
+      chargingProfile: defined({
+        id: PROFILE_ID_BASE + evse,
+        stackLevel: PROFILE_STACK_LEVEL,
+        chargingProfilePurpose: evse === 0 ? 'ChargingStationMaxProfile' : 'TxDefaultProfile',
+        chargingProfileKind: 'Absolute',
+        validTo: until === undefined ? undefined : iso(until),
+        chargingSchedule: [
+          defined({
+            id: PROFILE_ID_BASE + evse,
+            startSchedule: iso(now),
+            duration: until === undefined ? undefined : secondsUntil(until, now),
+            chargingRateUnit: 'W',
+            chargingSchedulePeriod: [{ startPeriod: 0, limit: roundLimit(watts) }],
+          }),
+        ],
+      }),
+    },
+  }),
+
+  remoteStart: ({ evse, idTag, remoteStartId }) => ({
+    method: 'RequestStartTransaction',
+    params: defined({ evseId: evse, remoteStartId, idToken: { idToken: idTag, type: 'Central' } }),
+  }),
+
+  remoteStop: (transactionId) => ({ method: 'RequestStopTransaction', params: { transactionId } }),
+
+  reset: ({ hard, evse }) => ({
+    method: 'Reset',
+    params: defined({ type: hard ? 'Immediate' : 'OnIdle', evseId: evse }),
+  }),
+
+  triggerMessage: ({ message, evse }) => ({
+    method: 'TriggerMessage',
+    params: defined({ requestedMessage: message, evse: evse === undefined ? undefined : { id: evse } }),
+  }),
+}
