@@ -4,6 +4,7 @@ import { NODE_VERSION } from '../node/index.ts'
 import { registerAgreement } from './commands/agreement.ts'
 import { registerAudit } from './commands/audit.ts'
 import { registerCard } from './commands/card.ts'
+import { registerDemo } from './commands/demo.ts'
 import { registerIngest } from './commands/ingest.ts'
 import { registerInit } from './commands/init.ts'
 import { registerOcpp } from './commands/ocpp.ts'
@@ -11,6 +12,7 @@ import { registerPeers } from './commands/peers.ts'
 import { registerStart } from './commands/start.ts'
 import { registerStatus } from './commands/status.ts'
 import { registerTail } from './commands/tail.ts'
+import { registerUi } from './commands/ui.ts'
 import { EXIT, exitCodeFor } from './errors.ts'
 import { type GlobalOptions, printError } from './output.ts'
 
@@ -45,6 +47,8 @@ export function createProgram(): Command {
   registerAgreement(program)
   registerAudit(program)
   registerOcpp(program)
+  registerDemo(program)
+  registerUi(program)
   const override = (command: Command): void => {
     command.exitOverride()
     for (const sub of command.commands) override(sub)

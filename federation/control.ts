@@ -51,8 +51,9 @@ export function checkControl(
       (!g.rids || g.rids.includes(rid)) &&
       g.commands.includes(command),
   )
-  if (!grant || grant.data !== 'control')
+  if (grant?.data !== 'control') {
     return { ok: false, reason: `no control grant for ${command} on ${kind} ${rid}` }
+  }
   let decoded: { v?: unknown; until?: unknown }
   try {
     decoded = decodeCbor(payload) as typeof decoded

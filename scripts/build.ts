@@ -63,6 +63,8 @@ const result = await Bun.build({
   compile: { outfile },
   minify: true,
   target: 'bun',
+  // React's production build in the binary (the terminal UI); nothing else reads NODE_ENV.
+  define: { 'process.env.NODE_ENV': JSON.stringify('production') },
   plugins: [embedNats, stubDevtools],
 })
 if (!result.success) {

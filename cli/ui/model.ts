@@ -1,0 +1,132 @@
+/**
+ * The UI's state and the lists it shows, derived from one snapshot. Pure: the screen is a
+ * function of (snapshot, rates, UI state, size).
+ */
+import type { AgreementSummary, AuditEntry, PeerView } from '../../federation/index.ts'
+import type { NodeStatus } from '../../node/index.ts'
+import type { RateTable } from './rates.ts'
+import type { AgreementAction, UiSnapshot } from './source.ts'
+
+export type PaneId = 'agreements' | 'pending' | 'peers' | 'plugins' | 'audit'
+export type PluginView = NodeStatus['plugins'][number]
+
+/** Tab order. */
+export const PANES: readonly PaneId[] = ['agreements', 'pending', 'peers', 'plugins', 'audit']
+
+export interface Unreachable {
+  message: string
+  /** When the first failed poll in a row ended (epoch ms). */
+  since: number
+  attempts: number
+}
+
+/** What the data hook knows about the node. */
+export interface NodeView {
+  snapshot: UiSnapshot | undefined
+  rates: RateTable
+  unreachable: Unreachable | undefined
+}
+
+export interface Confirmation {
+  action: Extract<AgreementAction, 'reject' | 'revoke'>
+  id: string
+}
+
+export interface UiState {
+  screen: 'dashboard' | 'review' | 'help'
+  /** The screen help returns to. */
+  behindHelp: 'dashboard' | 'review'
+  focus: PaneId
+  /** Selected item per pane, by key (agreement id, alias, plugin id, audit seq). */
+  selected: Partial<Record<PaneId, string>>
+  reviewId?: string
+  /** First body line shown on the review screen. */
+  scroll: number
+  confirm?: Confirmation
+  /** An action in flight, said in words. */
+  busy?: string
+  message?: { text: string; tone: 'ok' | 'error' }
+}
+
+export const initialUiState: UiState = {
+  screen: 'dashboard',
+  behindHelp: 'dashboard',
+  focus: 'agreements',
+  selected: {},
+  scroll: 0,
+}
+
+export interface PaneItem {
+  key: string
+}
+
+/** The items of every pane, in display order. */
+export interface Lists {
+  agreements: AgreementSummary[]
+  pending: AgreementSummary[]
+  peers: PeerView[]
+  plugins: PluginView[]
+  audit: AuditEntry[]
+}
+
+const STATE_ORDER: Record<string, number> = { active: 0, accepted: 1, expired: 2, revoked: 3, rejected: 4 }
+
+export function listsOf(snapshot: UiSnapshot | undefined): Lists {
+  if (!snapshot) return { agreements: [], pending: [], peers: [], plugins: [], audit: [] }
+  const { agreements, peers, plugins } = snapshot.status
+  const signed = agreements
+    .map((agreement, index) => ({ agreement, index }))
+    .filter(({ agreement }) => agreement.state !== 'proposed')
+    .sort(
+      (a, b) =>
+        (STATE_ORDER[a.agreement.state] ?? 9) - (STATE_ORDER[b.agreement.state] ?? 9) || b.index - a.index,
+    )
+    .map(({ agreement }) => agreement)
+  const pending = agreements
+    .filter((agreement) => agreement.state === 'proposed')
+    .sort((a, b) => Number(b.awaitingUs) - Number(a.awaitingUs))
+  return {
+    agreements: signed,
+    pending,
+    peers,
+    plugins,
+    audit: [...snapshot.audit].reverse(),
+  }
+}
+
+export function keyOf(pane: PaneId, item: unknown): string {
+  switch (pane) {
+    case 'agreements':
+    case 'pending':
+      return (item as AgreementSummary).id
+    case 'peers':
+      return (item as PeerView).alias
+    case 'plugins':
+      return (item as PluginView).id
+    case 'audit':
+      return String((item as AuditEntry).seq)
+  }
+}
+
+/** Index of the selected item in its pane (the first one when nothing or a vanished one is selected). */
+export function selectedIndex(state: UiState, lists: Lists, pane: PaneId): number {
+  const items = lists[pane] as unknown[]
+  const key = state.selected[pane]
+  if (key === undefined) return 0
+  const index = items.findIndex((item) => keyOf(pane, item) === key)
+  return index === -1 ? 0 : index
+}
+
+export function selectedItem<P extends PaneId>(
+  state: UiState,
+  lists: Lists,
+  pane: P,
+): Lists[P][number] | undefined {
+  return (lists[pane] as Lists[P][number][])[selectedIndex(state, lists, pane)]
+}
+
+/** The agreement shown on the review screen. */
+export function reviewed(state: UiState, snapshot: UiSnapshot | undefined): AgreementSummary | undefined {
+  if (!state.reviewId || !snapshot) return undefined
+  return snapshot.status.agreements.find((agreement) => agreement.id === state.reviewId)
+}

@@ -1,0 +1,324 @@
+/**
+ * Generate the configuration reference in README.md from the config schemas: the node's
+ * `configSchema` (node/config.ts) and each built-in plugin's `configSchema`. Key paths, types
+ * and defaults come from walking the zod schemas; what each key means comes from DOCS below
+ * (zod has no descriptions here). A key without a description, or a description without a key,
+ * fails the run, so the table cannot drift from the schema.
+ *
+ * Only the text between `<!-- config-reference:begin -->` and `<!-- config-reference:end -->`
+ * is rewritten.
+ *
+ *   bun scripts/gen-config-docs.ts          # rewrite README.md
+ *   bun scripts/gen-config-docs.ts --check  # exit 1 if README.md is out of date (CI)
+ */
+import { readFile, writeFile } from 'node:fs/promises'
+import { join, resolve } from 'node:path'
+import type { z } from 'zod'
+import { configSchema } from '../node/index.ts'
+import { builtinPlugins } from '../plugins/index.ts'
+
+const README = join(resolve(import.meta.dir, '..'), 'README.md')
+const BEGIN = '<!-- config-reference:begin -->'
+const END = '<!-- config-reference:end -->'
+
+interface KeyDoc {
+  /** What the key does (Markdown). */
+  meaning: string
+  /** Shown instead of the derived type (for durations, sizes, addresses). */
+  type?: string
+  /** Shown instead of the schema default (when it is computed at run time, or unset means something). */
+  default?: string
+}
+
+/**
+ * Descriptions by key path. Paths use `*` for a collapsed family of same-shaped tables
+ * (`streams.*.max_age`) and `<id>` for a table keyed by name (`stations.<id>.password`).
+ * Plugin keys are prefixed with the plugin id.
+ */
+const DOCS: Record<string, KeyDoc> = {
+  org: { meaning: 'organisation name on the node card', type: 'text', default: 'host name' },
+  'api.listen': { meaning: 'HTTP API, health and metrics (`--api`)', type: 'HOST:PORT' },
+  'api.max_body_bytes': { meaning: 'larger request bodies get 413', type: 'size' },
+  'api.ingest_tokens': {
+    meaning: 'bearer tokens that may ingest (≥ 16 characters); the admin token always may',
+  },
+  'federation.listen': {
+    meaning: 'libp2p listen addresses (`--listen`, repeatable)',
+    type: 'list of multiaddrs',
+  },
+  'nats.url': {
+    meaning: 'external NATS (`--nats-url`); unset runs the embedded nats-server',
+    type: 'NATS URL',
+  },
+  'nats.creds': { meaning: 'NATS credentials file for the external NATS (`--nats-creds`)', type: 'path' },
+  'nats.port': {
+    meaning: 'client port of the embedded nats-server (`--nats-port`)',
+    type: 'port',
+    default: '`0` (a free port)',
+  },
+  'nats.server_bin': {
+    meaning: 'nats-server executable to run',
+    type: 'path',
+    default: 'embedded, then `PATH`',
+  },
+  'nats.max_memory_store': { meaning: 'embedded JetStream memory limit', type: 'size' },
+  'nats.max_file_store': { meaning: 'embedded JetStream disk limit', type: 'size' },
+  'streams.*.max_age': { meaning: 'retention per stream (older messages are dropped)', type: 'duration' },
+  'streams.*.max_bytes': { meaning: 'size cap per stream (oldest dropped first)', type: 'size' },
+  'log.level': { meaning: 'log level (`--log-level`); logs go to stderr' },
+  'log.format': { meaning: '`json` for machines, `pretty` for people' },
+  shutdown_timeout: {
+    meaning: 'graceful stop deadline; a second signal exits at once',
+    type: 'duration',
+  },
+  'plugins.<id>': {
+    meaning: 'one table per plugin, `enabled = true` turns it on (see below)',
+    type: 'table',
+    default: 'none enabled',
+  },
+
+  'simulator.enabled': { meaning: 'run the simulator' },
+  'simulator.sites': {
+    meaning: 'number of sites `site-1` … `site-<n>`, each with a grid meter, PV, a battery and chargers',
+  },
+  'simulator.interval': { meaning: 'time between readings (100ms to 1h)', type: 'duration' },
+  'simulator.seed': {
+    meaning: 'makes the fleet and its readings repeatable',
+    default: 'unset (random)',
+  },
+  'simulator.evses_per_site': { meaning: 'chargers (EVSEs) per site' },
+  'simulator.start': {
+    meaning:
+      '`"now"`, or an ISO 8601 time in the past where the simulated clock starts (e.g. replay a sunny noon at night); readings carry simulated time',
+    type: 'text',
+  },
+  'ocpp.enabled': { meaning: 'run the OCPP central system (CSMS)' },
+  'ocpp.listen': {
+    meaning: 'where stations connect: `ws://HOST:PORT/ocpp/<stationId>` (`wss://` with TLS)',
+    type: 'HOST:PORT',
+  },
+  'ocpp.tls_cert': {
+    meaning: 'PEM certificate (chain); with `tls_key`, Security Profile 2 (`wss://`)',
+    type: 'path',
+  },
+  'ocpp.tls_key': { meaning: 'PEM private key for `tls_cert`', type: 'path' },
+  'ocpp.auto_accept': {
+    meaning: 'accept stations that are not configured, without credentials (labs only)',
+  },
+  'ocpp.heartbeat_interval': {
+    meaning: 'heartbeat interval sent in BootNotification; silence for twice this marks a station offline',
+    type: 'seconds or duration',
+  },
+  'ocpp.call_timeout': {
+    meaning: 'how long a call to a station (SetChargingProfile, Reset, …) may take',
+    type: 'seconds or duration',
+  },
+  'ocpp.max_message_bytes': {
+    meaning: 'largest WebSocket message a station may send; a bigger one closes the connection (1009)',
+    type: 'bytes',
+  },
+  'ocpp.stations.<id>.password': {
+    meaning: 'HTTP Basic password of station `<id>` (the username is its identity)',
+    type: 'text',
+  },
+}
+
+/** The parts of zod 4's schema definitions this script reads. */
+interface Def {
+  type: string
+  innerType?: z.ZodType
+  defaultValue?: unknown
+  shape?: Record<string, z.ZodType>
+  element?: z.ZodType
+  entries?: Record<string, string>
+  valueType?: z.ZodType
+  in?: z.ZodType
+}
+
+const defOf = (schema: z.ZodType): Def => (schema as unknown as { _zod: { def: Def } })._zod.def
+
+interface Row {
+  /** Key path as shown. */
+  key: string
+  /** Key path for DOCS. */
+  docKey: string
+  type: string
+  default: string
+}
+
+const WRAPPERS = new Set(['optional', 'default', 'prefault', 'nullable', 'readonly', 'nonoptional', 'catch'])
+
+/** Strip optional/default wrappers, remembering the outermost default. */
+function unwrap(schema: z.ZodType): { inner: z.ZodType; defaultValue?: unknown; hasDefault: boolean } {
+  let current = schema
+  let defaultValue: unknown
+  let hasDefault = false
+  for (let def = defOf(current); WRAPPERS.has(def.type); def = defOf(current)) {
+    if (!hasDefault && (def.type === 'default' || def.type === 'prefault')) {
+      defaultValue = def.defaultValue
+      hasDefault = true
+    }
+    current = def.innerType!
+  }
+  return { inner: current, defaultValue, hasDefault }
+}
+
+function typeName(schema: z.ZodType): string {
+  const def = defOf(unwrap(schema).inner)
+  switch (def.type) {
+    case 'string':
+      return 'text'
+    case 'number':
+      return 'number'
+    case 'boolean':
+      return 'boolean'
+    case 'enum':
+      return Object.values(def.entries ?? {})
+        .map((value) => `\`${value}\``)
+        .join(' \\| ')
+    case 'array':
+      return `list of ${typeName(def.element!)}`
+    case 'pipe':
+      return typeName(def.in!)
+    case 'union':
+      return 'text or number'
+    default:
+      return def.type
+  }
+}
+
+/** A default as it would be written in config.toml. */
+function tomlValue(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value)
+  if (Array.isArray(value)) return `[${value.map(tomlValue).join(', ')}]`
+  return String(value)
+}
+
+function defaultText(schema: z.ZodType): string {
+  const { defaultValue, hasDefault } = unwrap(schema)
+  if (!hasDefault) return defOf(schema).type === 'optional' ? 'unset' : 'required'
+  return `\`${tomlValue(defaultValue)}\``
+}
+
+const isObject = (schema: z.ZodType): boolean => defOf(unwrap(schema).inner).type === 'object'
+
+/** Leaf rows of an object schema; same-shaped sibling tables collapse into one row per key. */
+function rowsOf(schema: z.ZodType, prefix: string, docPrefix: string): Row[] {
+  const shape = defOf(unwrap(schema).inner).shape ?? {}
+  const rows: Row[] = []
+  const entries = Object.entries(shape)
+  const tables = entries.filter(([, child]) => isObject(child))
+  const sameShape =
+    tables.length >= 3 &&
+    tables.length === entries.length &&
+    new Set(tables.map(([, child]) => Object.keys(defOf(unwrap(child).inner).shape ?? {}).join(','))).size ===
+      1
+  if (sameShape) {
+    const names = tables.map(([name]) => name)
+    const family = `<${names.join('\\|')}>`
+    const first = tables[0]![1]
+    for (const leaf of Object.keys(defOf(unwrap(first).inner).shape ?? {})) {
+      const leafOf = (table: z.ZodType) => defOf(unwrap(table).inner).shape![leaf]!
+      rows.push({
+        key: `${prefix}${family}.${leaf}`,
+        docKey: `${docPrefix}*.${leaf}`,
+        type: typeName(leafOf(first)),
+        default: tables.map(([, table]) => defaultText(leafOf(table))).join(' '),
+      })
+    }
+    return rows
+  }
+  for (const [name, child] of entries) {
+    const key = `${prefix}${name}`
+    const docKey = `${docPrefix}${name}`
+    const { inner } = unwrap(child)
+    const def = defOf(inner)
+    if (def.type === 'object') rows.push(...rowsOf(child, `${key}.`, `${docKey}.`))
+    else if (def.type === 'record' && defOf(unwrap(def.valueType!).inner).type === 'object') {
+      rows.push(...rowsOf(def.valueType!, `${key}.<id>.`, `${docKey}.<id>.`))
+    } else if (def.type === 'record') {
+      rows.push({ key: `${key}.<id>`, docKey: `${docKey}.<id>`, type: 'table', default: defaultText(child) })
+    } else {
+      rows.push({ key, docKey, type: typeName(child), default: defaultText(child) })
+    }
+  }
+  return rows
+}
+
+const escapeCell = (text: string): string => text.replaceAll('\n', ' ')
+
+function table(rows: readonly Row[], missing: string[]): string[] {
+  const lines = ['| key | type | default | meaning |', '|---|---|---|---|']
+  for (const row of rows) {
+    const doc = DOCS[row.docKey]
+    if (!doc) {
+      missing.push(row.docKey)
+      continue
+    }
+    lines.push(
+      `| \`${row.key}\` | ${escapeCell(doc.type ?? row.type)} | ${escapeCell(doc.default ?? row.default)} | ${escapeCell(doc.meaning)} |`,
+    )
+  }
+  return lines
+}
+
+function generate(): string {
+  const missing: string[] = []
+  const used = new Set<string>()
+  const nodeRows = rowsOf(configSchema, '', '')
+  for (const row of nodeRows) used.add(row.docKey)
+  const lines = [
+    '<!-- generated by `npm run docs` (scripts/gen-config-docs.ts) from the config schemas; edit those, not this block -->',
+    ...table(nodeRows, missing),
+    '',
+    '### Plugin settings',
+    '',
+    'Each plugin is a table `[plugins.<id>]` in `config.toml`, off unless `enabled = true`. Its keys',
+    'are checked with the rest of the configuration before anything starts.',
+  ]
+  for (const plugin of builtinPlugins) {
+    const rows: Row[] = [
+      { key: 'enabled', docKey: `${plugin.id}.enabled`, type: 'boolean', default: '`false`' },
+      ...rowsOf(plugin.configSchema, '', `${plugin.id}.`),
+    ]
+    for (const row of rows) used.add(row.docKey)
+    lines.push(
+      '',
+      `#### \`[plugins.${plugin.id}]\``,
+      '',
+      `${plugin.description}.`,
+      '',
+      ...table(rows, missing),
+    )
+  }
+  const stale = Object.keys(DOCS).filter((key) => !used.has(key))
+  if (missing.length > 0 || stale.length > 0) {
+    if (missing.length > 0) console.error(`no description in DOCS for: ${missing.join(', ')}`)
+    if (stale.length > 0) console.error(`DOCS describes keys the schemas do not have: ${stale.join(', ')}`)
+    process.exit(1)
+  }
+  return lines.join('\n')
+}
+
+const block = generate()
+// Read the README only now, just before writing, so a concurrent edit elsewhere in it survives.
+const readme = await readFile(README, 'utf8')
+const begin = readme.indexOf(BEGIN)
+const end = readme.indexOf(END)
+if (begin < 0 || end < begin || readme.indexOf(BEGIN, begin + 1) >= 0 || readme.indexOf(END, end + 1) >= 0) {
+  console.error(`README.md must hold exactly one ${BEGIN} … ${END} block`)
+  process.exit(1)
+}
+const updated = `${readme.slice(0, begin + BEGIN.length)}\n${block}\n${readme.slice(end)}`
+if (process.argv.includes('--check')) {
+  if (updated !== readme) {
+    console.error('README.md: the configuration reference is out of date; run npm run docs')
+    process.exit(1)
+  }
+  console.log('README.md: the configuration reference is up to date')
+} else if (updated === readme) {
+  console.log('README.md: the configuration reference is up to date')
+} else {
+  await writeFile(README, updated)
+  console.log('README.md: configuration reference regenerated')
+}
