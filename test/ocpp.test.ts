@@ -680,6 +680,8 @@ describe('control', () => {
           return { status: 'Accepted' }
         case 'TriggerMessage':
         case 'SetChargingProfile':
+        case 'ChangeConfiguration':
+        case 'ClearChargingProfile':
           return { status: 'Accepted' }
         case 'GetConfiguration':
           return { configurationKey: [{ key: 'HeartbeatInterval', readonly: false, value: '2' }] }
@@ -689,6 +691,18 @@ describe('control', () => {
     })
     cs201.handle(async ({ method, params }) => {
       calls.push(`2.0.1 ${method} ${JSON.stringify(params)}`)
+      if (method === 'SetVariables') {
+        return {
+          setVariableResult: [
+            {
+              attributeStatus: 'Accepted',
+              component: { name: 'OCPPCommCtrlr' },
+              variable: { name: 'HeartbeatInterval' },
+            },
+          ],
+        }
+      }
+      if (method === 'ClearChargingProfile') return { status: 'Accepted' }
       if (method === 'GetVariables') {
         return {
           getVariableResult: [
@@ -727,6 +741,31 @@ describe('control', () => {
       (await ok('get_variables', { station: 'CS201', variables: ['OCPPCommCtrlr.HeartbeatInterval'] }))
         .response,
     ).toMatchObject({ getVariableResult: [{ attributeValue: '2' }] })
+    expect(
+      (await ok('change_configuration', { station: 'CS16', key: 'HeartbeatInterval', value: '120' }))
+        .response,
+    ).toEqual({ status: 'Accepted' })
+    expect(calls).toContain('1.6 ChangeConfiguration {"key":"HeartbeatInterval","value":"120"}')
+    expect(
+      (
+        await ok('set_variables', {
+          station: 'CS201',
+          component: 'OCPPCommCtrlr',
+          variable: 'HeartbeatInterval',
+          value: '120',
+        })
+      ).response,
+    ).toMatchObject({ setVariableResult: [{ attributeStatus: 'Accepted' }] })
+    expect((await ok('clear_charging_profile', { station: 'CS16', connector: 1 })).response).toEqual({
+      status: 'Accepted',
+    })
+    expect((await ok('clear_charging_profile', { station: 'CS201', connector: 1 })).response).toEqual({
+      status: 'Accepted',
+    })
+    expect(calls).toContain('2.0.1 ClearChargingProfile {"chargingProfileCriteria":{"evseId":1}}')
+    expect((await action('change_configuration', { station: 'CS201', key: 'a', value: 'b' })).status).toBe(
+      400,
+    )
     expect(
       (await ok('remote_start', { station: 'CS201', connector: 1, id_tag: 'OPERATOR' })).response,
     ).toEqual({

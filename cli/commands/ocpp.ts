@@ -167,4 +167,38 @@ export function registerOcpp(program: Command): void {
       ),
     (options) => ({ variables: options.variable }),
   )
+
+  stationCommand(
+    ocpp,
+    'change-configuration',
+    'set a configuration key of an OCPP 1.6 station',
+    'oe-node ocpp change-configuration --station CS1 --key HeartbeatInterval --value 120',
+    (command) =>
+      command
+        .requiredOption('--key <key>', 'the configuration key')
+        .requiredOption('--value <value>', 'its new value'),
+    (options) => ({ key: options.key, value: options.value }),
+  )
+
+  stationCommand(
+    ocpp,
+    'set-variables',
+    'set a device-model variable of an OCPP 2.0.1 station',
+    'oe-node ocpp set-variables --station CS2 --component OCPPCommCtrlr --variable HeartbeatInterval --value 120',
+    (command) =>
+      command
+        .requiredOption('--component <name>', 'the component')
+        .requiredOption('--variable <name>', 'the variable')
+        .requiredOption('--value <value>', 'its new value'),
+    (options) => ({ component: options.component, variable: options.variable, value: options.value }),
+  )
+
+  stationCommand(
+    ocpp,
+    'clear-charging-profile',
+    'remove charging profiles (all, or one --profile, or those on --connector)',
+    'oe-node ocpp clear-charging-profile --station CS1 --connector 1',
+    (command) => command.option('--profile <id>', 'the charging profile id'),
+    (options) => ({ profile: options.profile, connector: connectorOf(options) }),
+  )
 }

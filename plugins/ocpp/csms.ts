@@ -693,6 +693,52 @@ export class OcppCsms {
         })
         return answer(connection, { method: 'GetVariables', params: { getVariableData } })
       }),
+      change_configuration: wrap(async (input) => {
+        const connection = this.connected(input.station)
+        if (connection.version !== 'ocpp1.6') {
+          throw new OcppActionInputError(`${connection.id} speaks ${connection.version}: use set_variables`)
+        }
+        if (typeof input.key !== 'string' || input.key === '' || typeof input.value !== 'string') {
+          throw new OcppActionInputError('key and value (text) are required')
+        }
+        return answer(connection, {
+          method: 'ChangeConfiguration',
+          params: { key: input.key, value: input.value },
+        })
+      }),
+      set_variables: wrap(async (input) => {
+        const connection = this.connected(input.station)
+        if (connection.version !== 'ocpp2.0.1') {
+          throw new OcppActionInputError(
+            `${connection.id} speaks ${connection.version}: use change_configuration`,
+          )
+        }
+        const { component, variable, value } = input
+        if (typeof component !== 'string' || typeof variable !== 'string' || typeof value !== 'string') {
+          throw new OcppActionInputError('component, variable and value (text) are required')
+        }
+        return answer(connection, {
+          method: 'SetVariables',
+          params: {
+            setVariableData: [
+              { attributeValue: value, component: { name: component }, variable: { name: variable } },
+            ],
+          },
+        })
+      }),
+      clear_charging_profile: wrap(async (input) => {
+        const connection = this.connected(input.station)
+        const evse = optionalEvse(input.connector)
+        const id = input.profile === undefined ? undefined : optionalEvse(input.profile, 'profile')
+        const params =
+          connection.version === 'ocpp1.6'
+            ? defined({ id, connectorId: evse })
+            : defined({
+                chargingProfileId: id,
+                chargingProfileCriteria: evse === undefined ? undefined : { evseId: evse },
+              })
+        return answer(connection, { method: 'ClearChargingProfile', params })
+      }),
     }
   }
 }
