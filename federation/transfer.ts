@@ -43,6 +43,7 @@ import {
   AREA_STREAM,
   type CompiledScope,
   compileScope,
+  coveringFilter,
   type DropReason,
   IntervalGate,
   minInterval,
@@ -394,7 +395,7 @@ export class ProviderSession {
             }
     await jsm.consumers.add(stream, {
       durable_name: name,
-      filter_subjects: this.scope.filters[area]!,
+      filter_subject: coveringFilter(this.scope.filters[area]!),
       ack_policy: AckPolicy.All,
       ack_wait: nanos(60_000),
       max_ack_pending: 100_000,
@@ -578,7 +579,7 @@ export class ConsumerSession {
     if (info.state.last_seq <= state.peerSeq) return state
     const prefix = `${this.view.id.slice(0, 24)}.`
     const consumer = await js.consumers.get('OE_PEER', {
-      filter_subjects: [`oe.peer.${this.view.peer}.>`],
+      filter_subjects: `oe.peer.${this.view.peer}.>`,
       deliver_policy: DeliverPolicy.StartSequence,
       opt_start_seq: state.peerSeq + 1,
       headers_only: true,
