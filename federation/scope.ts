@@ -75,25 +75,6 @@ export function normaliseFilters(area: SourceArea, filters: string[]): string[] 
   return kept.sort()
 }
 
-/**
- * One filter subject covering all of `filters`: equal tokens are kept, differing ones become
- * `*`, and differing lengths end in `>`. nats-server 2.10 serves a consumer with a single
- * `filter_subject` about twenty times faster than one with `filter_subjects` (even a list of
- * one), so the provider reads through this and the record check does the exact filtering.
- */
-export function coveringFilter(filters: readonly string[]): string {
-  const split = filters.map((filter) => filter.split('.'))
-  const first = split[0] ?? ['oe', '>']
-  const out: string[] = []
-  for (let i = 0; i < first.length; i++) {
-    const tokens = split.map((parts) => parts[i])
-    if (tokens.some((token) => token === undefined || token === '>')) return [...out, '>'].join('.')
-    out.push(tokens.every((token) => token === tokens[0]) ? tokens[0]! : '*')
-  }
-  if (split.some((parts) => parts.length !== first.length)) out[out.length - 1] = '>'
-  return out.join('.')
-}
-
 function grantFilters(grant: Grant): { area: SourceArea; filters: string[] } | undefined {
   const rids = grant.rids ?? ['*']
   const combine = (prefix: string, lasts: readonly string[]) =>

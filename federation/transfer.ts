@@ -43,7 +43,6 @@ import {
   AREA_STREAM,
   type CompiledScope,
   compileScope,
-  coveringFilter,
   type DropReason,
   IntervalGate,
   minInterval,
@@ -61,13 +60,11 @@ export const SOURCE_HEADER = 'Oe-Src'
 export interface TransferTuning {
   /** Records per batch at most. */
   maxBatchRecords: number
-  /** How long a batch may wait to fill. */
-  maxBatchDelayMs: number
   /** Batches a consumer lets the provider have in flight. */
   credit: number
 }
 
-export const DEFAULT_TUNING: TransferTuning = { maxBatchRecords: 500, maxBatchDelayMs: 20, credit: 8 }
+export const DEFAULT_TUNING: TransferTuning = { maxBatchRecords: 500, credit: 8 }
 
 export type HighWater = Record<SourceArea, number>
 
@@ -238,6 +235,9 @@ function encodeLargeFrame(message: unknown, limit: number): Uint8Array {
   return frame
 }
 
+const NOT_YET: unique symbol = Symbol('not yet')
+const nextTurn = (): Promise<typeof NOT_YET> => new Promise((resolve) => setImmediate(() => resolve(NOT_YET)))
+
 // ── provider ─────────────────────────────────────────────────────────────────────────────────
 
 export interface ProviderSessionComponents {
@@ -395,7 +395,9 @@ export class ProviderSession {
             }
     await jsm.consumers.add(stream, {
       durable_name: name,
-      filter_subject: coveringFilter(this.scope.filters[area]!),
+      // The whole stream, checked record by record here: nats-server 2.10 delivers from a
+      // wildcard filter several times slower than from none once the consumer is behind.
+      filter_subject: `oe.${area}.>`,
       ack_policy: AckPolicy.All,
       ack_wait: nanos(60_000),
       max_ack_pending: 100_000,
@@ -419,22 +421,38 @@ export class ProviderSession {
       }),
     )
     const iterator = messages[Symbol.asyncIterator]()
-    let pending: IteratorResult<JsMsg> | Promise<IteratorResult<JsMsg>> | undefined
+    let pending: Promise<IteratorResult<JsMsg>> | undefined
     while (!this.closed) {
-      const batch: JsMsg[] = []
-      const deadline = Date.now() + tuning.maxBatchDelayMs
+      // Wait for one message, then take whatever is already buffered (up to a batch) and send:
+      // batches grow with the load, and nothing waits on a timer when the flow is light.
+      pending ??= iterator.next()
+      const first = await Promise.race([pending, Bun.sleep(5_000).then((): typeof NOT_YET => NOT_YET)])
+      if (first === NOT_YET) {
+        // Quiet for a while: fine, unless the stream has data the consumer is not delivering
+        // (it can stall after a server restart); then end the session and start afresh.
+        const info = await consumer.info().catch(() => undefined)
+        if (info && info.num_pending > 0 && !this.closed)
+          throw new FederationError('the JetStream consumer stalled')
+        continue
+      }
+      pending = undefined
+      if (first.done) return
+      const batch: JsMsg[] = [first.value]
+      let ended = false
       while (batch.length < tuning.maxBatchRecords) {
-        const wait = batch.length === 0 ? 1_000 : deadline - Date.now()
-        if (wait <= 0) break
-        pending ??= iterator.next()
-        const result = await Promise.race([pending, Bun.sleep(wait).then(() => undefined)])
-        if (result === undefined) break
+        pending = iterator.next()
+        // A buffered message resolves within microtasks; setImmediate fires only after them.
+        const result = await Promise.race([pending, nextTurn()])
+        if (result === NOT_YET) break
         pending = undefined
-        if (result.done) return
+        if (result.done) {
+          ended = true
+          break
+        }
         batch.push(result.value)
       }
-      if (batch.length === 0) continue
       await this.sendBatch(area, batch)
+      if (ended) return
     }
   }
 
@@ -472,8 +490,9 @@ export class ProviderSession {
     const cut = cutoff(this.view)
     for (const msg of messages) {
       const prepared = this.prepare(area, msg, cut)
-      if (typeof prepared === 'string') stats.drops[prepared] = (stats.drops[prepared] ?? 0) + 1
-      else records.push(prepared)
+      if (typeof prepared !== 'string') records.push(prepared)
+      // Outside the grants is simply not this agreement's data; other reasons are drops.
+      else if (prepared !== 'not_granted') stats.drops[prepared] = (stats.drops[prepared] ?? 0) + 1
     }
     await this.throttle(records.length)
     await this.waitCredit()
@@ -572,10 +591,17 @@ export class ConsumerSession {
 
   /** The stored high-water mark, raised by anything already published after it (a crash gap). */
   private async recover(): Promise<TransferState> {
-    const stored = (await this.components.states.get(this.view.id)) ?? { hw: emptyHw(), peerSeq: 0 }
+    const stored = await this.components.states.get(this.view.id)
+    const info = await this.components.dataPlane.manager.streams.info('OE_PEER')
+    if (!stored) {
+      // A first session: nothing in OE_PEER can be this agreement's yet. Record that before
+      // saying ready, so a crash later never scans what came before.
+      const fresh: TransferState = { hw: emptyHw(), peerSeq: info.state.last_seq }
+      await this.components.states.put(this.view.id, fresh)
+      return fresh
+    }
     const state: TransferState = { hw: { ...emptyHw(), ...stored.hw }, peerSeq: stored.peerSeq }
     const js = this.components.dataPlane.jetstream
-    const info = await this.components.dataPlane.manager.streams.info('OE_PEER')
     if (info.state.last_seq <= state.peerSeq) return state
     const prefix = `${this.view.id.slice(0, 24)}.`
     const consumer = await js.consumers.get('OE_PEER', {
