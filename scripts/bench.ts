@@ -25,6 +25,16 @@ const SUITES: Record<string, { describe: string; load: () => Promise<Suite> }> =
     describe: 'two nodes on loopback: peer connect, propose/accept/revoke latency across nodes',
     load: async () => (await import('./bench/agreements.ts')).agreementsSuite,
   },
+  federation: {
+    describe:
+      'two nodes on loopback: federated throughput, latency at 10k/s, revocation cut-off vs NATS/libp2p/leafnode',
+    load: async () => (await import('./bench/federation.ts')).federationSuite,
+  },
+  ocpp: {
+    describe:
+      '500/1,000/2,000 OCPP 1.6 stations: MeterValues rate, CALL→CALLRESULT p99, burst, RSS per connection',
+    load: async () => (await import('./bench/ocpp.ts')).ocppSuite,
+  },
 }
 
 function usage(): string {
