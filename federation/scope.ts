@@ -1,6 +1,6 @@
 /**
- * The scope compiler: an agreement's grants become NATS filter subjects for the provider's
- * streams, a record check both ends run on every record (kinds, rids, sites, quantities, types),
+ * The scope compiler: an agreement's grants become the provider streams to read, a record
+ * check both ends run on every record (kinds, rids, sites, quantities, types),
  * the projection of standing data to the granted attributes, and the minimum interval between
  * readings of one resource and quantity.
  */
@@ -13,9 +13,6 @@ export const SOURCE_AREAS: readonly SourceArea[] = ['tel', 'std', 'evt']
 export const AREA_STREAM: Record<SourceArea, string> = { tel: 'OE_TEL', std: 'OE_STD', evt: 'OE_EVT' }
 const AREA_DATA: Record<SourceArea, Grant['data']> = { tel: 'telemetry', std: 'standing', evt: 'events' }
 
-/** Above this many exact filters for one stream, one broad filter plus the record check is used. */
-const MAX_FILTERS = 64
-
 export type Decision = { ok: true; grant: Grant } | { ok: false; reason: DropReason }
 export type DropReason =
   | 'not_granted'
@@ -27,8 +24,8 @@ export type DropReason =
   | 'payload'
 
 export interface CompiledScope {
-  /** NATS filter subjects per source stream (absent: nothing granted from it). */
-  filters: Partial<Record<SourceArea, string[]>>
+  /** The provider streams the grants read from. */
+  areas: SourceArea[]
   /**
    * Which grant allows a record with this subject (`oe.tel.…`, `oe.std.…`, `oe.evt.…`).
    * `siteOf` answers the site of a resource when known; grants limited to sites need it. The
@@ -39,70 +36,6 @@ export interface CompiledScope {
     siteOf?: (kind: string, rid: string) => string | undefined,
     ignoreSites?: boolean,
   ): Decision
-}
-
-function tokensOverlap(a: string[], b: string[]): boolean {
-  for (let i = 0; ; i++) {
-    const x = a[i]
-    const y = b[i]
-    if (x === '>' || y === '>') return x !== undefined && y !== undefined
-    if (x === undefined || y === undefined) return x === y
-    if (x !== '*' && y !== '*' && x !== y) return false
-  }
-}
-
-function subsumes(wide: string[], narrow: string[]): boolean {
-  for (let i = 0; ; i++) {
-    const w = wide[i]
-    const n = narrow[i]
-    if (w === '>') return n !== undefined
-    if (w === undefined || n === undefined) return w === n
-    if (n === '>') return false
-    if (w !== '*' && w !== n) return false
-    if (w !== '*' && n === '*') return false
-  }
-}
-
-/** Filters without overlap (the server refuses overlapping filter_subjects). */
-export function normaliseFilters(area: SourceArea, filters: string[]): string[] {
-  const unique = [...new Set(filters)]
-  const tokens = unique.map((filter) => filter.split('.'))
-  // Exact duplicates are gone, so a filter another one covers can simply be dropped.
-  const kept = unique.filter((_, i) => !tokens.some((other, j) => j !== i && subsumes(other, tokens[i]!)))
-  const keptTokens = kept.map((filter) => filter.split('.'))
-  const overlapping = keptTokens.some((a, i) => keptTokens.some((b, j) => j > i && tokensOverlap(a, b)))
-  if (overlapping || kept.length > MAX_FILTERS) return [`oe.${area}.>`]
-  return kept.sort()
-}
-
-function grantFilters(grant: Grant): { area: SourceArea; filters: string[] } | undefined {
-  const rids = grant.rids ?? ['*']
-  const combine = (prefix: string, lasts: readonly string[]) =>
-    grant.kinds.flatMap((kind) =>
-      rids.flatMap((rid) => lasts.map((last) => `${prefix}.${kind}.${rid}${last}`)),
-    )
-  switch (grant.data) {
-    case 'telemetry':
-      return {
-        area: 'tel',
-        filters: combine(
-          'oe.tel',
-          grant.quantities.map((q) => `.${q}`),
-        ),
-      }
-    case 'standing':
-      return { area: 'std', filters: combine('oe.std', ['']) }
-    case 'events':
-      return {
-        area: 'evt',
-        filters: combine(
-          'oe.evt',
-          grant.types.map((type) => `.${type}`),
-        ),
-      }
-    case 'control':
-      return undefined
-  }
 }
 
 function grantAllows(
@@ -136,21 +69,9 @@ function grantAllows(
 }
 
 export function compileScope(body: AgreementBody): CompiledScope {
-  const collected: Partial<Record<SourceArea, string[]>> = {}
-  for (const grant of body.grants) {
-    const compiled = grantFilters(grant)
-    if (!compiled) continue
-    const list = collected[compiled.area] ?? []
-    list.push(...compiled.filters)
-    collected[compiled.area] = list
-  }
-  const filters: Partial<Record<SourceArea, string[]>> = {}
-  for (const area of SOURCE_AREAS) {
-    const list = collected[area]
-    if (list) filters[area] = normaliseFilters(area, list)
-  }
+  const granted = new Set(body.grants.map((grant) => grant.data))
   return {
-    filters,
+    areas: SOURCE_AREAS.filter((area) => granted.has(AREA_DATA[area])),
     check(subject, siteOf, ignoreSites) {
       const tokens = subject.split('.')
       const area = tokens[1] as SourceArea

@@ -310,9 +310,7 @@ export class ProviderSession {
         throw new FrameError('expected a ready frame')
       this.credit = Math.min(Math.max(0, Math.trunc(ready.credit)), 256)
       const hw = ready.hw ?? {}
-      const readers = SOURCE_AREAS.filter((area) => this.scope.filters[area]).map((area) =>
-        this.readArea(area, Number(hw[area] ?? 0)),
-      )
+      const readers = this.scope.areas.map((area) => this.readArea(area, Number(hw[area] ?? 0)))
       await Promise.race([Promise.all(readers), this.readAcks()])
     } catch (error) {
       if (!this.closed) {
