@@ -26,7 +26,7 @@ import { readdirSync, readFileSync } from 'node:fs'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join, relative } from 'node:path'
 import { jetstreamManager } from '@nats-io/jetstream'
-import { log, machine, markdownTable, median, resultsDir, root, Scope } from './bench/common.ts'
+import { log, machine, markdownTable, median, resultsDir, root, rssKiB, Scope } from './bench/common.ts'
 import {
   connectNode,
   ensureBinary,
@@ -87,16 +87,6 @@ function parseOptions(args: string[]): Options {
     options[key] = value
   }
   return options
-}
-
-/** VmRSS of a process in KiB (0 when it is gone). */
-function rssKib(pid: number): number {
-  try {
-    const match = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
-    return match ? Number(match[1]) : 0
-  } catch {
-    return 0
-  }
 }
 
 /** Direct children of a process (every thread's `children` list). */
@@ -226,7 +216,7 @@ async function main(): Promise<number> {
       const rss = Object.fromEntries(
         Object.entries(processes).map(([name, pids]) => [
           name,
-          pids.reduce((sum, pid) => sum + rssKib(pid), 0),
+          pids.reduce((sum, pid) => sum + rssKiB(pid), 0),
         ]),
       )
       const [tel, peer] = await Promise.all([

@@ -13,23 +13,26 @@
  * Every wait polls the API every POLL_MS, so each number carries up to that much (plus one GET)
  * of observation delay.
  */
-import { existsSync } from 'node:fs'
-import { readFile, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import {
+  apiClient,
   type Child,
+  ensureBinary,
+  launchNode,
   log,
   machine,
+  NODE_BINARY,
+  nodeEnv,
   percentile,
-  root,
-  run,
+  readAdminToken,
   type Scope,
   type SuiteResult,
   show,
+  startArgs,
+  stopNodeChild,
   type TableRow,
 } from './common.ts'
 
-const BINARY = join(root, 'dist', 'oe-node')
 const READY_POLL_MS = 5
 const READY_TIMEOUT_MS = 30_000
 /** How often the API is polled while waiting for a state. */
@@ -57,11 +60,6 @@ interface Node {
   child: Child
   api: string
   token: string
-}
-
-interface Reply {
-  status: number
-  body: unknown
 }
 
 interface PeerJson {
@@ -248,91 +246,31 @@ export async function agreementsSuite(scope: Scope): Promise<SuiteResult> {
   }
 }
 
-async function ensureBinary(): Promise<void> {
-  if (existsSync(BINARY)) return
-  log(`${BINARY} is missing: building it`)
-  await run(process.execPath, [join(root, 'scripts', 'build.ts')])
-}
-
 // ---------------------------------------------------------------------------------------------
 // Nodes and their API
 
 async function startNode(scope: Scope, name: string, dataDir: string, logFile: string): Promise<Node> {
   // Only the flags and the org name configure the node, not the caller's OE_NODE_* settings.
-  const env: Record<string, string | undefined> = Object.fromEntries(
-    Object.entries(process.env).filter(([key]) => !key.startsWith('OE_NODE_')),
-  )
-  env.OE_NODE_ORG = `bench-${name}`
-  const apiFile = join(dataDir, 'api')
-  await rm(apiFile, { force: true })
-  const child = scope.spawn(
-    `oe-node ${name}`,
-    BINARY,
-    ['--data-dir', dataDir, 'start', '--api', '127.0.0.1:0', '--listen', '/ip4/127.0.0.1/tcp/0'],
-    { logFile, env },
-  )
-  let url: string | undefined
-  for (;;) {
-    if (!child.running) {
-      throw new Error(`oe-node ${name} exited during start (${JSON.stringify(child.exit)}):\n${child.tail()}`)
-    }
-    if (performance.now() - child.spawnedAt > READY_TIMEOUT_MS) {
-      throw new Error(`oe-node ${name} was not ready after ${READY_TIMEOUT_MS} ms:\n${child.tail()}`)
-    }
-    if (url === undefined) {
-      const text = await readFile(apiFile, 'utf8').catch(() => '')
-      // Written as `<url>\n`: without the newline it may be half written.
-      if (text.endsWith('\n')) url = text.trim()
-    }
-    if (url !== undefined) {
-      try {
-        const response = await fetch(`${url}/readyz`)
-        await response.arrayBuffer()
-        if (response.status === 200) {
-          const token = (await readFile(join(dataDir, 'admin.token'), 'utf8')).trim()
-          log(`node ${name} ready in ${Math.round(performance.now() - child.spawnedAt)} ms at ${url}`)
-          return { name, child, api: url, token }
-        }
-      } catch {
-        // Not listening yet.
-      }
-    }
-    await Bun.sleep(READY_POLL_MS)
-  }
+  const { child, api: url } = await launchNode(scope, {
+    label: `oe-node ${name}`,
+    command: NODE_BINARY,
+    args: startArgs(dataDir),
+    dataDir,
+    logFile,
+    env: nodeEnv({ OE_NODE_ORG: `bench-${name}` }),
+    pollMs: READY_POLL_MS,
+    timeoutMs: READY_TIMEOUT_MS,
+  })
+  const token = await readAdminToken(dataDir)
+  log(`node ${name} ready in ${Math.round(performance.now() - child.spawnedAt)} ms at ${url}`)
+  return { name, child, api: url, token }
 }
 
 async function stopNode(node: Node): Promise<void> {
-  const exit = await node.child.stop()
-  if (exit.code !== 0) log(`warning: oe-node ${node.name} exited with ${JSON.stringify(exit)} after SIGTERM`)
+  await stopNodeChild(node.child, `oe-node ${node.name}`)
 }
 
-async function request(node: Node, method: string, path: string, body?: unknown): Promise<Reply> {
-  const response = await fetch(`${node.api}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${node.token}`, 'content-type': 'application/json' },
-    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-    signal: AbortSignal.timeout(WAIT_TIMEOUT_MS),
-  })
-  const text = await response.text()
-  let parsed: unknown = text
-  try {
-    parsed = JSON.parse(text)
-  } catch {
-    // Kept as text.
-  }
-  return { status: response.status, body: parsed }
-}
-
-/** An API call that must succeed; its parsed answer. */
-async function api(node: Node, method: string, path: string, body?: unknown): Promise<unknown> {
-  const reply = await request(node, method, path, body)
-  if (reply.status < 200 || reply.status > 299) {
-    throw new Error(
-      `node ${node.name}: ${method} ${path} answered ${reply.status}: ${JSON.stringify(reply.body)}`,
-    )
-  }
-  return reply.body
-}
+const { request, api } = apiClient(WAIT_TIMEOUT_MS)
 
 async function isConnected(node: Node, alias: string): Promise<boolean> {
   const peers = (await api(node, 'GET', '/v1/peers')) as PeerJson[]

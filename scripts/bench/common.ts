@@ -3,8 +3,8 @@
  * free ports, statistics, machine facts, result files and markdown tables.
  */
 import { type ChildProcess, spawn } from 'node:child_process'
-import { closeSync, openSync, readFileSync } from 'node:fs'
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs'
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { cpus, tmpdir, totalmem } from 'node:os'
 import { join, resolve } from 'node:path'
@@ -150,12 +150,7 @@ export class Child {
 
   /** The last lines the process wrote (when it has a log file). */
   tail(lines = 15): string {
-    if (!this.options.logFile) return ''
-    try {
-      return readFileSync(this.options.logFile, 'utf8').trimEnd().split('\n').slice(-lines).join('\n')
-    } catch {
-      return ''
-    }
+    return this.options.logFile ? tailFile(this.options.logFile, lines) : ''
   }
 
   /** SIGTERM, then SIGKILL to the whole process group after `graceMs`; resolves once it exited. */
@@ -184,6 +179,15 @@ export class Child {
   }
 }
 
+/** The last lines of a file ('' when unreadable). */
+export function tailFile(file: string, lines = 15): string {
+  try {
+    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n')
+  } catch {
+    return ''
+  }
+}
+
 /** Run a command to completion with inherited output; throws on a non-zero exit. */
 export async function run(command: string, args: string[], cwd = root): Promise<void> {
   const child = spawn(command, args, { cwd, stdio: ['ignore', 'inherit', 'inherit'] })
@@ -205,6 +209,197 @@ export function freePort(host = '127.0.0.1'): Promise<number> {
       server.close(() => resolvePort(port))
     })
   })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The node under test
+
+/** The compiled binary the suites start by default. */
+export const NODE_BINARY = join(root, 'dist', 'oe-node')
+
+/** Build the binary (scripts/build.ts) when `binary` does not exist yet. */
+export async function ensureBinary(binary = NODE_BINARY): Promise<void> {
+  if (existsSync(binary)) return
+  log(`${binary} is missing: building it`)
+  await run(process.execPath, [join(root, 'scripts', 'build.ts')])
+}
+
+/** The arguments that start a node on `dataDir` with its API and libp2p on loopback, free ports. */
+export function startArgs(dataDir: string): string[] {
+  return ['--data-dir', dataDir, 'start', '--api', '127.0.0.1:0', '--listen', '/ip4/127.0.0.1/tcp/0']
+}
+
+/** The environment without the caller's OE_NODE_* settings, plus `extra`. */
+export function nodeEnv(extra: Record<string, string> = {}): Record<string, string | undefined> {
+  const env: Record<string, string | undefined> = Object.fromEntries(
+    Object.entries(process.env).filter(([key]) => !key.startsWith('OE_NODE_')),
+  )
+  return Object.assign(env, extra)
+}
+
+export interface LaunchOptions {
+  /** The process name in the scope and in error messages, e.g. `oe-node a`. */
+  label: string
+  command: string
+  args: string[]
+  dataDir: string
+  logFile: string
+  env?: Record<string, string | undefined>
+  pollMs: number
+  timeoutMs: number
+  /** Whether the node at `api` is ready (an exception counts as not yet); default: /readyz is 200. */
+  ready?: (api: string) => Promise<boolean>
+}
+
+export interface LaunchedNode {
+  child: Child
+  api: string
+  /** ms from spawn until `ready` first held. */
+  readyMs: number
+}
+
+async function readyzOk(api: string): Promise<boolean> {
+  const response = await fetch(`${api}/readyz`)
+  await response.arrayBuffer()
+  return response.status === 200
+}
+
+/**
+ * Spawn a node on its data dir and poll until it has written `<data-dir>/api` and `ready` holds;
+ * throws when the process exits first or after `timeoutMs`.
+ */
+export async function launchNode(scope: Scope, options: LaunchOptions): Promise<LaunchedNode> {
+  const { label, dataDir, pollMs, timeoutMs, ready = readyzOk } = options
+  const apiFile = join(dataDir, 'api')
+  // A node that was killed leaves its URL behind; only a URL written by this run counts.
+  await rm(apiFile, { force: true })
+  const child = scope.spawn(label, options.command, options.args, {
+    logFile: options.logFile,
+    ...(options.env ? { env: options.env } : {}),
+  })
+  let api: string | undefined
+  for (;;) {
+    if (!child.running) {
+      throw new Error(`${label} exited during start (${JSON.stringify(child.exit)}):\n${child.tail()}`)
+    }
+    if (performance.now() - child.spawnedAt > timeoutMs) {
+      throw new Error(`${label} was not ready after ${timeoutMs} ms:\n${child.tail()}`)
+    }
+    if (api === undefined) {
+      const text = await readFile(apiFile, 'utf8').catch(() => '')
+      // Written as `<url>\n`: without the newline it may be half written.
+      if (text.endsWith('\n')) api = text.trim()
+    }
+    if (api !== undefined) {
+      try {
+        if (await ready(api)) return { child, api, readyMs: performance.now() - child.spawnedAt }
+      } catch {
+        // Not listening yet.
+      }
+    }
+    await Bun.sleep(pollMs)
+  }
+}
+
+/** The node's admin bearer token. */
+export async function readAdminToken(dataDir: string): Promise<string> {
+  return (await readFile(join(dataDir, 'admin.token'), 'utf8')).trim()
+}
+
+/** The pid of the node's embedded nats-server. */
+export async function readNatsPid(dataDir: string): Promise<number> {
+  return Number((await readFile(join(dataDir, 'nats', 'nats-server.pid'), 'utf8')).trim())
+}
+
+/** Log a warning when a node did not exit cleanly after SIGTERM. */
+export function warnUncleanExit(label: string, exit: ExitInfo): void {
+  if (exit.code !== 0) log(`warning: ${label} exited with ${JSON.stringify(exit)} after SIGTERM`)
+}
+
+/** SIGTERM a node and wait for it, warning when it did not exit cleanly. */
+export async function stopNodeChild(child: Child, label: string): Promise<ExitInfo> {
+  const exit = await child.stop()
+  warnUncleanExit(label, exit)
+  return exit
+}
+
+/** What the API needs to know about a node to call it. */
+export interface ApiNode {
+  name: string
+  api: string
+  token: string
+}
+
+export interface Reply {
+  status: number
+  body: unknown
+}
+
+/** `authorization` header for a node's admin token. */
+export function bearer(token: string): { authorization: string } {
+  return { authorization: `Bearer ${token}` }
+}
+
+/** Authenticated JSON API calls that time out after `timeoutMs`. */
+export function apiClient(timeoutMs: number): {
+  request: (node: ApiNode, method: string, path: string, body?: unknown) => Promise<Reply>
+  api: (node: ApiNode, method: string, path: string, body?: unknown) => Promise<unknown>
+} {
+  const request = async (node: ApiNode, method: string, path: string, body?: unknown): Promise<Reply> => {
+    const response = await fetch(`${node.api}${path}`, {
+      method,
+      headers: { ...bearer(node.token), 'content-type': 'application/json' },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      signal: AbortSignal.timeout(timeoutMs),
+    })
+    const text = await response.text()
+    let parsed: unknown = text
+    try {
+      parsed = JSON.parse(text)
+    } catch {
+      // Kept as text.
+    }
+    return { status: response.status, body: parsed }
+  }
+  /** An API call that must succeed; its parsed answer. */
+  const api = async (node: ApiNode, method: string, path: string, body?: unknown): Promise<unknown> => {
+    const reply = await request(node, method, path, body)
+    if (reply.status < 200 || reply.status > 299) {
+      throw new Error(
+        `node ${node.name}: ${method} ${path} answered ${reply.status}: ${JSON.stringify(reply.body)}`,
+      )
+    }
+    return reply.body
+  }
+  return { request, api }
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc
+
+/** USER_HZ: the unit of /proc/<pid>/stat CPU times (100 on Linux). */
+const CLOCK_TICKS = 100
+
+/** User + system CPU time of a process so far, in ms, from /proc (0 when unreadable). */
+export function processCpuMs(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS
+  } catch {
+    return 0
+  }
+}
+
+/** VmRSS of a process in KiB (0 when it is gone). */
+export function rssKiB(pid: number): number {
+  try {
+    const match = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+    return match ? Number(match[1]) : 0
+  } catch {
+    return 0
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

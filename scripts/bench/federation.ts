@@ -29,8 +29,7 @@
  * OE_BENCH_BINARY runs the suite against another build. The node helpers are exported for
  * `scripts/soak.ts`, which runs the same two-node setup for minutes at 10k records/s and watches RSS.
  */
-import { existsSync, readFileSync } from 'node:fs'
-import { readFile, rm, writeFile } from 'node:fs/promises'
+import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Stream } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
@@ -39,22 +38,31 @@ import type { Msg, NatsConnection } from '@nats-io/nats-core'
 import { connect } from '@nats-io/transport-node'
 import { decodeCbor, encodeCbor } from '../../data-plane/index.ts'
 import {
+  apiClient,
   type Child,
+  ensureBinary as ensureBinaryAt,
   freePort,
+  launchNode,
   log,
   machine,
+  NODE_BINARY,
+  nodeEnv,
   percentile,
+  processCpuMs,
+  readAdminToken,
+  readNatsPid,
   root,
-  run,
   type Scope,
   type SuiteResult,
   show,
+  startArgs,
+  stopNodeChild,
   type TableRow,
 } from './common.ts'
 import { RAW_PROTOCOL, rawNode } from './libp2p-peer.ts'
 
 /** The binary under test; OE_BENCH_BINARY points the suite at another build (an experiment). */
-export const BINARY = process.env.OE_BENCH_BINARY ?? join(root, 'dist', 'oe-node')
+export const BINARY = process.env.OE_BENCH_BINARY ?? NODE_BINARY
 const READY_POLL_MS = 5
 const READY_TIMEOUT_MS = 30_000
 const WAIT_TIMEOUT_MS = 20_000
@@ -85,8 +93,6 @@ const IDLE_AT_REVOKE_MS = 200
 /** Messages per `stream.send()` in the raw libp2p baseline (what a transfer batch holds). */
 const LIBP2P_CHUNK = 500
 export const GRANT = 'telemetry:kinds=meter;quantities=power'
-/** USER_HZ: the unit of /proc/<pid>/stat CPU times (100 on Linux). */
-const CLOCK_TICKS = 100
 const TARGETS = {
   vs_nats_pubsub: 0.25,
   vs_nats_pubsub_stretch: 0.4,
@@ -107,10 +113,8 @@ export interface BenchNode {
   natsPid: number
 }
 
-export async function ensureBinary(): Promise<void> {
-  if (existsSync(BINARY)) return
-  log(`${BINARY} is missing: building it`)
-  await run(process.execPath, [join(root, 'scripts', 'build.ts')])
+export function ensureBinary(): Promise<void> {
+  return ensureBinaryAt(BINARY)
 }
 
 /** Start the compiled binary on a data dir of its own; `env` adds OE_NODE_* settings. */
@@ -122,86 +126,30 @@ export async function startNode(
   env: Record<string, string> = {},
 ): Promise<BenchNode> {
   // Only the flags and what we set configure the node, not the caller's OE_NODE_* settings.
-  const childEnv: Record<string, string | undefined> = Object.fromEntries(
-    Object.entries(process.env).filter(([key]) => !key.startsWith('OE_NODE_')),
-  )
-  Object.assign(childEnv, { OE_NODE_ORG: `bench-${name}`, ...env })
-  const apiFile = join(dataDir, 'api')
-  await rm(apiFile, { force: true })
-  const child = scope.spawn(
-    `oe-node ${name}`,
-    BINARY,
-    ['--data-dir', dataDir, 'start', '--api', '127.0.0.1:0', '--listen', '/ip4/127.0.0.1/tcp/0'],
-    { logFile, env: childEnv },
-  )
-  let url: string | undefined
-  for (;;) {
-    if (!child.running) {
-      throw new Error(`oe-node ${name} exited during start (${JSON.stringify(child.exit)}):\n${child.tail()}`)
-    }
-    if (performance.now() - child.spawnedAt > READY_TIMEOUT_MS) {
-      throw new Error(`oe-node ${name} was not ready after ${READY_TIMEOUT_MS} ms:\n${child.tail()}`)
-    }
-    if (url === undefined) {
-      const text = await readFile(apiFile, 'utf8').catch(() => '')
-      // Written as `<url>\n`: without the newline it may be half written.
-      if (text.endsWith('\n')) url = text.trim()
-    }
-    if (url !== undefined) {
-      try {
-        const response = await fetch(`${url}/readyz`)
-        await response.arrayBuffer()
-        if (response.status === 200) {
-          const token = (await readFile(join(dataDir, 'admin.token'), 'utf8')).trim()
-          const natsPid = Number((await readFile(join(dataDir, 'nats', 'nats-server.pid'), 'utf8')).trim())
-          log(`node ${name} ready in ${Math.round(performance.now() - child.spawnedAt)} ms at ${url}`)
-          return { name, child, api: url, token, dataDir, natsPid }
-        }
-      } catch {
-        // Not listening yet.
-      }
-    }
-    await Bun.sleep(READY_POLL_MS)
-  }
+  const { child, api: url } = await launchNode(scope, {
+    label: `oe-node ${name}`,
+    command: BINARY,
+    args: startArgs(dataDir),
+    dataDir,
+    logFile,
+    env: nodeEnv({ OE_NODE_ORG: `bench-${name}`, ...env }),
+    pollMs: READY_POLL_MS,
+    timeoutMs: READY_TIMEOUT_MS,
+  })
+  const token = await readAdminToken(dataDir)
+  const natsPid = await readNatsPid(dataDir)
+  log(`node ${name} ready in ${Math.round(performance.now() - child.spawnedAt)} ms at ${url}`)
+  return { name, child, api: url, token, dataDir, natsPid }
 }
 
 export async function stopNode(node: BenchNode): Promise<void> {
-  const exit = await node.child.stop()
-  if (exit.code !== 0) log(`warning: oe-node ${node.name} exited with ${JSON.stringify(exit)} after SIGTERM`)
+  await stopNodeChild(node.child, `oe-node ${node.name}`)
 }
 
-interface Reply {
-  status: number
-  body: unknown
-}
-
-async function request(node: BenchNode, method: string, path: string, body?: unknown): Promise<Reply> {
-  const response = await fetch(`${node.api}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${node.token}`, 'content-type': 'application/json' },
-    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-    signal: AbortSignal.timeout(WAIT_TIMEOUT_MS),
-  })
-  const text = await response.text()
-  let parsed: unknown = text
-  try {
-    parsed = JSON.parse(text)
-  } catch {
-    // Kept as text.
-  }
-  return { status: response.status, body: parsed }
-}
-
+const client = apiClient(WAIT_TIMEOUT_MS)
+const request = client.request
 /** An API call that must succeed; its parsed answer. */
-export async function api(node: BenchNode, method: string, path: string, body?: unknown): Promise<unknown> {
-  const reply = await request(node, method, path, body)
-  if (reply.status < 200 || reply.status > 299) {
-    throw new Error(
-      `node ${node.name}: ${method} ${path} answered ${reply.status}: ${JSON.stringify(reply.body)}`,
-    )
-  }
-  return reply.body
-}
+export const api = client.api
 
 /** Poll until `check` holds; throws after `timeoutMs`. */
 async function waitFor(
@@ -473,18 +421,6 @@ export class Receiver {
 
 // ---------------------------------------------------------------------------------------------
 // Process facts
-
-/** User + system CPU time of a process so far, from /proc (0 when unreadable). */
-function processCpuMs(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS
-  } catch {
-    return 0
-  }
-}
 
 function selfCpuMs(): number {
   const usage = process.cpuUsage()

@@ -3,8 +3,7 @@
  * /readyz, HTTP ingest throughput with batches of 1,000 records, and, in the same run, raw nats.js
  * publishes into a JetStream stream on a nats-server of our own as the baseline.
  */
-import { existsSync, readFileSync } from 'node:fs'
-import { readFile, rm } from 'node:fs/promises'
+import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import {
   DiscardPolicy,
@@ -17,20 +16,27 @@ import {
 import { createInbox, type NatsConnection, nanos } from '@nats-io/nats-core'
 import { connect } from '@nats-io/transport-node'
 import {
+  bearer,
   type Child,
+  ensureBinary,
   freePort,
+  type LaunchedNode,
+  launchNode,
   log,
   machine,
   median,
+  NODE_BINARY,
   percentile,
-  root,
-  run,
+  processCpuMs,
+  readAdminToken,
+  readNatsPid,
   type Scope,
   type SuiteResult,
   show,
+  startArgs,
+  warnUncleanExit,
 } from './common.ts'
 
-const BINARY = join(root, 'dist', 'oe-node')
 const COLD_RUNS = 5
 const READY_POLL_MS = 5
 const READY_TIMEOUT_MS = 30_000
@@ -41,15 +47,7 @@ const CONCURRENCY = 4
 const RIDS = 500
 const BASELINE_PAYLOAD_BYTES = 128
 const CORE_FLUSH_EVERY = 10_000
-/** USER_HZ: the unit of /proc/<pid>/stat CPU times (100 on Linux). */
-const CLOCK_TICKS = 100
 const TARGETS = { records_per_s: 100_000, cold_start_ms: 1_500 }
-
-interface RunningNode {
-  child: Child
-  api: string
-  readyMs: number
-}
 
 export async function ingestSuite(scope: Scope): Promise<SuiteResult> {
   await ensureBinary()
@@ -68,8 +66,8 @@ export async function ingestSuite(scope: Scope): Promise<SuiteResult> {
 
   // 2. HTTP ingest into the compiled binary.
   const node = await startNode(scope, dataDir, join(work, 'node-ingest.log'))
-  const token = (await readFile(join(dataDir, 'admin.token'), 'utf8')).trim()
-  const natsPid = Number((await readFile(join(dataDir, 'nats', 'nats-server.pid'), 'utf8')).trim())
+  const token = await readAdminToken(dataDir)
+  const natsPid = await readNatsPid(dataDir)
   const http = await httpIngest(node.api, token, [node.child.pid, natsPid])
   const [nodeCpuMs, natsCpuMs] = http.cpuMs
   const stored = await storedTelemetry(node.api, token, dataDir)
@@ -181,57 +179,27 @@ export async function ingestSuite(scope: Scope): Promise<SuiteResult> {
   }
 }
 
-async function ensureBinary(): Promise<void> {
-  if (existsSync(BINARY)) return
-  log(`${BINARY} is missing: building it`)
-  await run(process.execPath, [join(root, 'scripts', 'build.ts')])
-}
-
 // ---------------------------------------------------------------------------------------------
 // The node
 
-async function startNode(scope: Scope, dataDir: string, logFile: string): Promise<RunningNode> {
-  const apiFile = join(dataDir, 'api')
-  // A node that was killed leaves its URL behind; only a URL written by this run counts.
-  await rm(apiFile, { force: true })
-  const child = scope.spawn(
-    'oe-node',
-    BINARY,
-    ['--data-dir', dataDir, 'start', '--api', '127.0.0.1:0', '--listen', '/ip4/127.0.0.1/tcp/0'],
-    { logFile },
-  )
-  let api: string | undefined
-  for (;;) {
-    if (!child.running) {
-      throw new Error(`oe-node exited during start (${JSON.stringify(child.exit)}):\n${child.tail()}`)
-    }
-    if (performance.now() - child.spawnedAt > READY_TIMEOUT_MS) {
-      throw new Error(`oe-node was not ready after ${READY_TIMEOUT_MS} ms:\n${child.tail()}`)
-    }
-    if (api === undefined) {
-      const text = await readFile(apiFile, 'utf8').catch(() => '')
-      // Written as `<url>\n`: without the newline it may be half written.
-      if (text.endsWith('\n')) api = text.trim()
-    }
-    if (api !== undefined) {
-      try {
-        const response = await fetch(`${api}/readyz`)
-        await response.arrayBuffer()
-        if (response.status === 200) return { child, api, readyMs: performance.now() - child.spawnedAt }
-      } catch {
-        // Not listening yet.
-      }
-    }
-    await Bun.sleep(READY_POLL_MS)
-  }
+function startNode(scope: Scope, dataDir: string, logFile: string): Promise<LaunchedNode> {
+  return launchNode(scope, {
+    label: 'oe-node',
+    command: NODE_BINARY,
+    args: startArgs(dataDir),
+    dataDir,
+    logFile,
+    pollMs: READY_POLL_MS,
+    timeoutMs: READY_TIMEOUT_MS,
+  })
 }
 
 /** SIGTERM and wait; returns how long the node took to exit. */
-async function stopNode(node: RunningNode): Promise<number> {
+async function stopNode(node: LaunchedNode): Promise<number> {
   const started = performance.now()
   const exit = await node.child.stop()
   const elapsed = performance.now() - started
-  if (exit.code !== 0) log(`warning: oe-node exited with ${JSON.stringify(exit)} after SIGTERM`)
+  warnUncleanExit('oe-node', exit)
   return elapsed
 }
 
@@ -245,18 +213,6 @@ interface HttpIngestResult {
   /** CPU time of the watched processes during the measured run. */
   cpuMs: number[]
   clientCpuMs: number
-}
-
-/** User + system CPU time of a process so far, from /proc (0 when unreadable). */
-function processCpuMs(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS
-  } catch {
-    return 0
-  }
 }
 
 function buildBodies(batches: number, firstIndex: number): { bodies: Uint8Array[]; bytes: number } {
@@ -279,7 +235,7 @@ function buildBodies(batches: number, firstIndex: number): { bodies: Uint8Array[
 
 async function httpIngest(api: string, token: string, watched: number[]): Promise<HttpIngestResult> {
   const url = `${api}/v1/telemetry`
-  const headers = { 'content-type': 'application/json', authorization: `Bearer ${token}` }
+  const headers = { 'content-type': 'application/json', ...bearer(token) }
   const warmup = buildBodies(WARMUP_RECORDS / BATCH, 0)
   const measured = buildBodies(RECORDS / BATCH, WARMUP_RECORDS)
 
@@ -333,7 +289,7 @@ async function httpIngest(api: string, token: string, watched: number[]): Promis
 
 /** How many messages the node's OE_TEL stream holds (read over its own NATS). */
 async function storedTelemetry(api: string, token: string, dataDir: string): Promise<number> {
-  const response = await fetch(`${api}/v1/status`, { headers: { authorization: `Bearer ${token}` } })
+  const response = await fetch(`${api}/v1/status`, { headers: bearer(token) })
   const status = (await response.json()) as { nats?: { url?: string } }
   const servers = status.nats?.url
   if (!servers) throw new Error(`/v1/status has no nats.url: ${JSON.stringify(status)}`)

@@ -19,8 +19,8 @@
  * sustained p99 at that step.
  */
 import { type ChildProcess, spawn } from 'node:child_process'
-import { closeSync, existsSync, openSync, readdirSync, readFileSync } from 'node:fs'
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { closeSync, openSync, readdirSync } from 'node:fs'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { loadavg } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -28,23 +28,30 @@ import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/nats-core'
 import { connect } from '@nats-io/transport-node'
 import {
+  bearer,
   type Child,
+  processCpuMs as cpuMs,
+  ensureBinary,
   freePort,
+  launchNode,
   log,
   machine,
   markdownTable,
+  NODE_BINARY,
   type Numbers,
   percentile,
+  readNatsPid,
   root,
   round,
-  run,
+  rssKiB,
   type Scope,
   type SuiteResult,
   show,
+  startArgs,
   type TableRow,
+  tailFile as tail,
 } from './common.ts'
 
-const BINARY = join(root, 'dist', 'oe-node')
 const WORKER_SCRIPT = join(import.meta.dir, 'ocpp-stations.ts')
 const STEPS = [500, 1_000, 2_000]
 const WORKERS = 4
@@ -62,8 +69,6 @@ const GAP_MS = 1_000
 const READY_POLL_MS = 20
 const READY_TIMEOUT_MS = 30_000
 const WORKER_TIMEOUT_MS = 120_000
-/** USER_HZ: the unit of /proc/<pid>/stat CPU times. */
-const CLOCK_TICKS = 100
 /** Raise the soft fd limit to the hard one (a non-root container cannot go further). */
 const WITH_FD_LIMIT = 'ulimit -n hard 2>/dev/null; exec "$0" "$@"'
 const TARGETS = { stations: 2_000, p99_ms: 50, rss_kib_per_connection: 100 }
@@ -208,14 +213,6 @@ class StationWorker {
   }
 }
 
-function tail(file: string, lines = 15): string {
-  try {
-    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n')
-  } catch {
-    return ''
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The node
 
@@ -226,72 +223,35 @@ interface RunningNode {
   natsPid: number
 }
 
-async function ensureBinary(): Promise<void> {
-  if (existsSync(BINARY)) return
-  log(`${BINARY} is missing: building it`)
-  await run(process.execPath, [join(root, 'scripts', 'build.ts')])
-}
-
 async function startNode(scope: Scope, dataDir: string, logFile: string): Promise<RunningNode> {
-  const apiFile = join(dataDir, 'api')
-  await rm(apiFile, { force: true })
-  const child = scope.spawn(
-    'oe-node',
-    'bash',
-    [
-      '-c',
-      WITH_FD_LIMIT,
-      BINARY,
-      '--data-dir',
-      dataDir,
-      'start',
-      '--api',
-      '127.0.0.1:0',
-      '--listen',
-      '/ip4/127.0.0.1/tcp/0',
-    ],
-    { logFile },
-  )
-  let api: string | undefined
   let token: string | undefined
-  for (;;) {
-    if (!child.running) {
-      throw new Error(`oe-node exited during start (${JSON.stringify(child.exit)}):\n${child.tail()}`)
-    }
-    if (performance.now() - child.spawnedAt > READY_TIMEOUT_MS) {
-      throw new Error(`oe-node was not ready after ${READY_TIMEOUT_MS} ms:\n${child.tail()}`)
-    }
-    if (api === undefined) {
-      const text = await readFile(apiFile, 'utf8').catch(() => '')
-      if (text.endsWith('\n')) api = text.trim()
-    }
-    if (api !== undefined && token === undefined) {
-      token = (await readFile(join(dataDir, 'admin.token'), 'utf8').catch(() => '')).trim() || undefined
-    }
-    if (api !== undefined && token !== undefined) {
-      try {
-        // Ready once the OCPP plugin says so (it listens by then).
-        const response = await fetch(`${api}/v1/plugins`, { headers: { authorization: `Bearer ${token}` } })
-        if (response.status === 200) {
-          const plugins = (await response.json()) as { id: string; ready?: boolean }[]
-          if (plugins.find((plugin) => plugin.id === 'ocpp')?.ready) {
-            const natsPid = Number((await readFile(join(dataDir, 'nats', 'nats-server.pid'), 'utf8')).trim())
-            return { child, api, token, natsPid }
-          }
-        } else {
-          await response.arrayBuffer()
-        }
-      } catch {
-        // Not listening yet.
+  const { child, api } = await launchNode(scope, {
+    label: 'oe-node',
+    command: 'bash',
+    args: ['-c', WITH_FD_LIMIT, NODE_BINARY, ...startArgs(dataDir)],
+    dataDir,
+    logFile,
+    pollMs: READY_POLL_MS,
+    timeoutMs: READY_TIMEOUT_MS,
+    ready: async (url) => {
+      token ??= (await readFile(join(dataDir, 'admin.token'), 'utf8').catch(() => '')).trim() || undefined
+      if (token === undefined) return false
+      // Ready once the OCPP plugin says so (it listens by then).
+      const response = await fetch(`${url}/v1/plugins`, { headers: bearer(token) })
+      if (response.status !== 200) {
+        await response.arrayBuffer()
+        return false
       }
-    }
-    await Bun.sleep(READY_POLL_MS)
-  }
+      const plugins = (await response.json()) as { id: string; ready?: boolean }[]
+      return plugins.find((plugin) => plugin.id === 'ocpp')?.ready === true
+    },
+  })
+  return { child, api, token: token!, natsPid: await readNatsPid(dataDir) }
 }
 
 async function connectNodeNats(node: RunningNode, dataDir: string): Promise<NatsConnection> {
   const response = await fetch(`${node.api}/v1/status`, {
-    headers: { authorization: `Bearer ${node.token}` },
+    headers: bearer(node.token),
   })
   const status = (await response.json()) as { nats?: { url?: string } }
   const servers = status.nats?.url
@@ -305,27 +265,6 @@ async function connectNodeNats(node: RunningNode, dataDir: string): Promise<Nats
 
 // ---------------------------------------------------------------------------------------------
 // /proc
-
-/** VmRSS of a process in KiB (0 when it is gone). */
-function rssKiB(pid: number): number {
-  try {
-    const match = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
-    return match ? Number(match[1]) : 0
-  } catch {
-    return 0
-  }
-}
-
-/** User + system CPU time of a process so far, in ms (0 when unreadable). */
-function cpuMs(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS
-  } catch {
-    return 0
-  }
-}
 
 /** Open file descriptors of a process (0 when unreadable). */
 function fdCount(pid: number): number {
