@@ -1,6 +1,7 @@
 import { createHash, createPublicKey, generateKeyPairSync, verify } from 'node:crypto'
 import * as ed from '@noble/ed25519'
 import { describe, expect, it, test } from 'vitest'
+import { thrown } from '../test/helpers/check.ts'
 import {
   type AgreementBody,
   type AgreementDocument,
@@ -48,16 +49,6 @@ function makeIdentity(org: string): TestIdentity {
     signer: { publicKey: raw, sign: (message) => ed.sign(message, seed) },
     publicKeyObject: publicKey,
   }
-}
-
-/** The error `fn` throws (the test fails when it throws nothing). */
-function thrown(fn: () => unknown): Error & { path?: string } {
-  try {
-    fn()
-  } catch (error) {
-    return error as Error & { path?: string }
-  }
-  throw new Error('expected a throw, got a value')
 }
 
 const provider = makeIdentity('Acme Charging')

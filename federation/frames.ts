@@ -20,10 +20,11 @@ export function encodeVarint(value: number): Uint8Array {
   return new Uint8Array(bytes)
 }
 
-export function encodeFrame(message: unknown): Uint8Array {
+export function encodeFrame(message: unknown, maxBytes = MAX_FRAME_BYTES): Uint8Array {
   const payload = encodeCanonical(message)
-  if (payload.length > MAX_FRAME_BYTES)
-    throw new FrameError(`a frame of ${payload.length} bytes is over the limit of ${MAX_FRAME_BYTES}`)
+  if (payload.length > maxBytes) {
+    throw new FrameError(`a frame of ${payload.length} bytes is over the limit of ${maxBytes}`)
+  }
   const prefix = encodeVarint(payload.length)
   const frame = new Uint8Array(prefix.length + payload.length)
   frame.set(prefix)

@@ -1,16 +1,7 @@
 import { describe, expect, it, test } from 'vitest'
+import { thrown } from '../test/helpers/check.ts'
 import { type Grant, parseGrant } from './agreement.ts'
 import { describeGrant, parseGrantSpec } from './grant-spec.ts'
-
-/** The error `fn` throws (the test fails when it throws nothing). */
-function thrown(fn: () => unknown): Error & { path?: string } {
-  try {
-    fn()
-  } catch (error) {
-    return error as Error & { path?: string }
-  }
-  throw new Error('expected a throw, got a value')
-}
 
 const EXAMPLE = 'telemetry:kinds=evse;quantities=power,energy_import;minInterval=60s'
 

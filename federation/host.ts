@@ -201,10 +201,9 @@ export class FederationHost {
         if (link.state === 'connecting' || link.nextDial > now) continue
         dials.push(this.dial(peer, link))
       }
-      const pings =
-        now - this.lastPing >= (this.init.pingIntervalMs ?? 2_000) ? this.pingAll() : Promise.resolve()
-      if (now - this.lastPing >= (this.init.pingIntervalMs ?? 2_000)) this.lastPing = now
-      await Promise.all([...dials, pings])
+      const pingDue = now - this.lastPing >= (this.init.pingIntervalMs ?? 2_000)
+      if (pingDue) this.lastPing = now
+      await Promise.all([...dials, pingDue ? this.pingAll() : undefined])
     } finally {
       this.ticking = false
     }

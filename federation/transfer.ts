@@ -38,7 +38,7 @@ import {
 import { type AgreementDocument, agreementState, keyBytes, type Termination } from './agreement.ts'
 import { decodeFederationCbor, encodeCanonical } from './canonical-cbor.ts'
 import { FederationError, FrameError } from './errors.ts'
-import { decodeFramePayload, encodeFrame, FrameDecoder } from './frames.ts'
+import { decodeFramePayload, encodeFrame, FrameDecoder, writeFrame } from './frames.ts'
 import {
   AREA_STREAM,
   type CompiledScope,
@@ -205,8 +205,8 @@ class Channel {
     return value
   }
 
-  async send(message: unknown): Promise<void> {
-    if (!this.stream.send(encodeFrame(message))) await this.stream.onDrain()
+  send(message: unknown): Promise<void> {
+    return writeFrame(this.stream, message)
   }
 
   async sendEncoded(frame: Uint8Array): Promise<void> {
@@ -216,23 +216,6 @@ class Channel {
   abort(reason: Error): void {
     if (this.stream.status === 'open') this.stream.abort(reason)
   }
-}
-
-function encodeLargeFrame(message: unknown, limit: number): Uint8Array {
-  const payload = encodeCanonical(message)
-  if (payload.length > limit)
-    throw new FrameError(`a frame of ${payload.length} bytes is over the limit of ${limit}`)
-  const prefix: number[] = []
-  let rest = payload.length
-  while (rest >= 0x80) {
-    prefix.push((rest & 0x7f) | 0x80)
-    rest = Math.floor(rest / 128)
-  }
-  prefix.push(rest)
-  const frame = new Uint8Array(prefix.length + payload.length)
-  frame.set(prefix)
-  frame.set(payload, prefix.length)
-  return frame
 }
 
 const NOT_YET: unique symbol = Symbol('not yet')
@@ -504,7 +487,7 @@ export class ProviderSession {
     const last = messages[messages.length - 1]!
     const body = encodeCanonical({ id: this.view.id, n, a: area, upTo: last.seq, r: records })
     const sig = cryptoSign(null, createHash('sha256').update(body).digest(), this.components.privateKey)
-    const frame = encodeLargeFrame({ t: 'batch', body, sig: new Uint8Array(sig) }, MAX_BATCH_FRAME_BYTES)
+    const frame = encodeFrame({ t: 'batch', body, sig: new Uint8Array(sig) }, MAX_BATCH_FRAME_BYTES)
     this.inFlight.set(n, { n, area, last, records: records.length })
     stats.lagRecords += records.length
     await this.channel.sendEncoded(frame)

@@ -10,6 +10,7 @@ import { createIdentityKey, loadIdentity, type NodeIdentity } from './identity.t
 export interface InitResult {
   created: { key: boolean; config: boolean }
   identity: NodeIdentity
+  adminToken: string
 }
 
 export function defaultOrgName(): string {
@@ -21,6 +22,6 @@ export async function initDataDir(paths: DataDirPaths, org: string = defaultOrgN
   await ensureDataDir(paths)
   const key = await createIdentityKey(paths.key)
   const config = await writeIfAbsent(paths.config, initialConfigText(name), 0o600)
-  await loadOrCreateAdminToken(paths.adminToken)
-  return { created: { key, config }, identity: await loadIdentity(paths.key) }
+  const adminToken = await loadOrCreateAdminToken(paths.adminToken)
+  return { created: { key, config }, identity: await loadIdentity(paths.key), adminToken }
 }

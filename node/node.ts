@@ -27,7 +27,6 @@ import {
   DataDirLock,
   type DataDirPaths,
   dataDirPaths,
-  loadOrCreateAdminToken,
   writeApiFile,
 } from './data-dir.ts'
 import { ConfigError } from './errors.ts'
@@ -144,9 +143,8 @@ export class OeNode {
       }
       await this.lock.acquire()
       this.stopSteps.push(() => this.lock.release())
-      const { identity } = await initDataDir(this.paths, this.org)
+      const { identity, adminToken } = await initDataDir(this.paths, this.org)
       this.identityValue = identity
-      const adminToken = await loadOrCreateAdminToken(this.paths.adminToken)
       options.signal?.throwIfAborted()
 
       if (config.nats.url) {

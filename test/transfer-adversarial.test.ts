@@ -245,10 +245,8 @@ describe('records and batches from a provider with a valid agreement', () => {
     await victimStillServes()
   })
 
-  // Product bug (see the report): the consumer's re-check (grantAllows in federation/scope.ts)
-  // takes any rid token when the grant has no `rids`, and ConsumerSession.onFrame
-  // (federation/transfer.ts) publishes `oe.peer.<alias>.<rest>` as given, so `*` and `>` become
-  // literal tokens of subjects stored in OE_PEER.
+  // Regression: the consumer's re-check once took any rid token when the grant had no `rids`,
+  // so `*` and `>` became literal tokens of subjects stored in OE_PEER.
   test('records whose rid token is a NATS wildcard are not published', async () => {
     const { id } = await agreement()
     const { link } = await session(id)
@@ -340,10 +338,8 @@ describe('records and batches from a provider with a valid agreement', () => {
     await victimStillServes()
   })
 
-  // Product bug (see the report): ConsumerSession.onFrame (federation/transfer.ts) compares each
-  // record's source sequence with the high-water mark read once before the batch
-  // (`const hw = this.state.hw[area]` … `if (seq <= hw)`), so one record repeated inside a single
-  // batch is published once per copy.
+  // Regression: source sequences were once compared only with the high-water mark read before
+  // the batch, so one record repeated inside a batch was published once per copy.
   test('one record repeated inside a batch is published once', async () => {
     const { id } = await agreement()
     const tag = 'twice'
@@ -404,10 +400,8 @@ describe('frames and flow control', () => {
     await victimStillServes()
   })
 
-  // Product bug (see the report): ConsumerSession.onFrame (federation/transfer.ts) takes a credit
-  // when it *processes* a frame and gives it back as soon as it has acked that frame, so the count
-  // never drops below credit - 1 and a provider that ignores its credit is never caught; meanwhile
-  // Channel.pump reads and queues every frame without bound, and each one is published.
+  // Regression: credit was once counted when a frame was processed rather than when it arrived,
+  // so a provider ignoring its credit was never caught and frames queued without bound.
   test('batches beyond the credit close the session; no more than the credited batches are published', async () => {
     const { id } = await agreement()
     const tag = 'flood-b'

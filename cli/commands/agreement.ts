@@ -1,14 +1,10 @@
-import { readFile } from 'node:fs/promises'
 import type { Command } from 'commander'
 import { type AgreementDetail, type AgreementSummary, describeGrant } from '../../federation/index.ts'
-import { NodeClient, resolveDataDir } from '../../node/index.ts'
 import { UsageError } from '../errors.ts'
+import { clientFor, collect, readTextInput } from '../input.ts'
 import { type GlobalOptions, printLines, report } from '../output.ts'
 
-const client = (command: Command) =>
-  NodeClient.fromDataDir(resolveDataDir(command.optsWithGlobals<GlobalOptions>().dataDir))
-
-const collect = (value: string, previous: string[]): string[] => [...previous, value]
+const client = (command: Command) => clientFor(command.optsWithGlobals<GlobalOptions>())
 
 function isoTime(value: string, flag: string): string {
   const ms = Date.parse(value)
@@ -20,15 +16,6 @@ function isoTime(value: string, flag: string): string {
 function summaryLine(a: AgreementSummary): string {
   const pending = a.awaitingUs ? '  ← awaits your accept/reject' : ''
   return `${a.id.slice(0, 12)}  ${a.state.padEnd(9)} ${a.role.padEnd(8)} ${a.peer.padEnd(14)} until ${a.validUntil}${pending}`
-}
-
-async function readInput(source: string): Promise<string> {
-  if (source === '-') {
-    const chunks: Buffer[] = []
-    for await (const chunk of process.stdin) chunks.push(chunk as Buffer)
-    return Buffer.concat(chunks).toString('utf8')
-  }
-  return readFile(source, 'utf8')
 }
 
 /** Agreement ids may be given in full or as a unique prefix (as `list` prints them). */
@@ -185,7 +172,7 @@ types commands minInterval. Examples:
     .action(async (file: string, _options: unknown, command: Command) => {
       const globals = command.optsWithGlobals<GlobalOptions>()
       const response = await (await client(command)).request('POST', '/v1/agreements/import', {
-        body: await readInput(file),
+        body: await readTextInput(file),
         contentType: 'text/plain',
       })
       const result = (await response.json()) as { id: string; state: string; created: boolean }

@@ -1,17 +1,8 @@
-import { readFile } from 'node:fs/promises'
 import type { Command } from 'commander'
-import { type IngestResult, NodeClient, resolveDataDir } from '../../node/index.ts'
+import type { IngestResult } from '../../node/index.ts'
 import { CommandFailedError, UsageError } from '../errors.ts'
+import { clientFor, readTextInput } from '../input.ts'
 import { type GlobalOptions, report } from '../output.ts'
-
-async function readInput(source: string): Promise<string> {
-  if (source === '-') {
-    const chunks: Buffer[] = []
-    for await (const chunk of process.stdin) chunks.push(chunk as Buffer)
-    return Buffer.concat(chunks).toString('utf8')
-  }
-  return readFile(source, 'utf8')
-}
 
 /** Records from a JSON array or NDJSON text; unparsable lines become errors at their index. */
 export function splitRecords(text: string): { records: unknown[]; errors: IngestResult['errors'] } {
@@ -53,8 +44,8 @@ export function registerIngest(program: Command): void {
       const globals = command.optsWithGlobals<GlobalOptions>()
       const batch = Number(options.batch)
       if (!Number.isInteger(batch) || batch < 1) throw new UsageError('--batch takes a whole number above 0')
-      const client = await NodeClient.fromDataDir(resolveDataDir(globals.dataDir))
-      const { records, errors: parseErrors } = splitRecords(await readInput(file))
+      const client = await clientFor(globals)
+      const { records, errors: parseErrors } = splitRecords(await readTextInput(file))
       const unparsable = new Set(parseErrors.map((error) => error.index))
       const total: IngestResult = { accepted: 0, rejected: parseErrors.length, errors: [...parseErrors] }
       for (let start = 0; start < records.length; start += batch) {

@@ -1,6 +1,6 @@
 import { type Command, Option } from 'commander'
-import { NodeClient, resolveDataDir } from '../../node/index.ts'
 import { UsageError } from '../errors.ts'
+import { clientFor, collect } from '../input.ts'
 import { type GlobalOptions, report } from '../output.ts'
 
 /** What an OCPP action answers: the station's response to the call the node made. */
@@ -28,7 +28,7 @@ interface StationOptions {
 
 async function runAction<T>(command: Command, name: string, input: Record<string, unknown>): Promise<T> {
   const globals = command.optsWithGlobals<GlobalOptions>()
-  const client = await NodeClient.fromDataDir(resolveDataDir(globals.dataDir))
+  const client = await clientFor(globals)
   const response = await client.request('POST', `/v1/plugins/ocpp/actions/${name}`, {
     body: JSON.stringify(input),
     contentType: 'application/json',
@@ -145,12 +145,7 @@ export function registerOcpp(program: Command): void {
     'get-configuration',
     'read configuration keys of an OCPP 1.6 station (all when no --key)',
     'oe-node ocpp get-configuration --station CS1 --key HeartbeatInterval',
-    (command) =>
-      command.option(
-        '--key <key>',
-        'a configuration key (repeatable)',
-        (value: string, previous: string[] = []) => [...previous, value],
-      ),
+    (command) => command.option('--key <key>', 'a configuration key (repeatable)', collect),
     (options) => ({ keys: options.key }),
   )
 
@@ -160,11 +155,7 @@ export function registerOcpp(program: Command): void {
     'read device-model variables of an OCPP 2.0.1 station',
     'oe-node ocpp get-variables --station CS2 --variable OCPPCommCtrlr.HeartbeatInterval',
     (command) =>
-      command.requiredOption(
-        '--variable <Component.Variable>',
-        'a variable (repeatable)',
-        (value: string, previous: string[] = []) => [...previous, value],
-      ),
+      command.requiredOption('--variable <Component.Variable>', 'a variable (repeatable)', collect),
     (options) => ({ variables: options.variable }),
   )
 

@@ -1,10 +1,9 @@
 import type { Command } from 'commander'
 import type { PeerView } from '../../federation/index.ts'
-import { NodeClient, resolveDataDir } from '../../node/index.ts'
+import { clientFor } from '../input.ts'
 import { type GlobalOptions, report } from '../output.ts'
 
-const client = (command: Command) =>
-  NodeClient.fromDataDir(resolveDataDir(command.optsWithGlobals<GlobalOptions>().dataDir))
+const client = (command: Command) => clientFor(command.optsWithGlobals<GlobalOptions>())
 
 export function peerLine(peer: PeerView): string {
   const rtt = peer.rttMs === null ? '' : ` ${peer.rttMs} ms`

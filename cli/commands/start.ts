@@ -8,6 +8,7 @@ import {
   OeNode,
   resolveDataDir,
 } from '../../node/index.ts'
+import { collect } from '../input.ts'
 import { type GlobalOptions, printJson, printLines } from '../output.ts'
 
 interface StartOptions {
@@ -19,8 +20,6 @@ interface StartOptions {
   config?: string
   logFormat?: string
 }
-
-const collect = (value: string, previous: string[]): string[] => [...previous, value]
 
 export function registerStart(program: Command): void {
   program

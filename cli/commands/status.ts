@@ -1,5 +1,6 @@
 import type { Command } from 'commander'
-import { NodeClient, type NodeStatus, resolveDataDir } from '../../node/index.ts'
+import type { NodeStatus } from '../../node/index.ts'
+import { clientFor } from '../input.ts'
 import { formatDuration, type GlobalOptions, report } from '../output.ts'
 
 export function registerStatus(program: Command): void {
@@ -9,7 +10,7 @@ export function registerStatus(program: Command): void {
     .addHelpText('after', '\nExamples:\n  oe-node status\n  oe-node status --json | jq .nats')
     .action(async (_options: unknown, command: Command) => {
       const globals = command.optsWithGlobals<GlobalOptions>()
-      const client = await NodeClient.fromDataDir(resolveDataDir(globals.dataDir))
+      const client = await clientFor(globals)
       const status = await client.getJson<NodeStatus>('/v1/status')
       report(globals, status, (s) => [
         `org         ${s.org}`,

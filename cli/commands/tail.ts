@@ -1,6 +1,6 @@
 import type { Command } from 'commander'
-import { NodeClient, resolveDataDir } from '../../node/index.ts'
 import { CommandFailedError, UsageError } from '../errors.ts'
+import { clientFor } from '../input.ts'
 import type { GlobalOptions } from '../output.ts'
 
 interface TailOptions {
@@ -29,7 +29,7 @@ export function registerTail(program: Command): void {
       const timeout = options.timeout === undefined ? undefined : Number(options.timeout)
       if (timeout !== undefined && !(timeout > 0))
         throw new UsageError('--timeout takes a number of seconds above 0')
-      const client = await NodeClient.fromDataDir(resolveDataDir(globals.dataDir))
+      const client = await clientFor(globals)
 
       const controller = new AbortController()
       const signals = [controller.signal, ...(timeout ? [AbortSignal.timeout(timeout * 1000)] : [])]

@@ -77,6 +77,19 @@ export function defined<T extends Record<string, unknown>>(
 
 export const iso = (ms: number): string => new Date(ms).toISOString()
 
+/** Handlers both versions answer alike. */
+export const commonHandlers = {
+  Heartbeat: async () => ({ currentTime: iso(Date.now()) }),
+  // No vendor extensions are implemented.
+  DataTransfer: async (params: { vendorId: string; messageId?: string }, link: StationLink) => {
+    link.logger.debug(
+      { station: link.id, vendorId: params.vendorId, messageId: params.messageId },
+      'DataTransfer',
+    )
+    return { status: 'UnknownVendorId' }
+  },
+} satisfies Record<string, InboundHandler>
+
 /** Seconds from now until `until`, at least 1 (a schedule duration). */
 export const secondsUntil = (until: number, now: number): number =>
   Math.max(1, Math.ceil((until - now) / 1000))

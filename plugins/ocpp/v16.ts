@@ -6,6 +6,7 @@
  * GetConfiguration.
  */
 import {
+  commonHandlers,
   defined,
   type InboundHandler,
   iso,
@@ -185,21 +186,13 @@ async function meterValues(
 
 const handlers: Record<string, InboundHandler> = {
   BootNotification: bootNotification,
-  Heartbeat: async () => ({ currentTime: iso(Date.now()) }),
+  ...commonHandlers,
   StatusNotification: statusNotification,
   // Tokens are not checked against a list (no OCPI / local list here): every token is accepted.
   Authorize: async () => ({ idTagInfo: accepted }),
   StartTransaction: startTransaction,
   StopTransaction: stopTransaction,
   MeterValues: meterValues,
-  // No vendor extensions are implemented.
-  DataTransfer: async (params: { vendorId: string; messageId?: string }, link) => {
-    link.logger.debug(
-      { station: link.id, vendorId: params.vendorId, messageId: params.messageId },
-      'DataTransfer',
-    )
-    return { status: 'UnknownVendorId' }
-  },
 }
 
 export const ocpp16: VersionCodec = {

@@ -5,6 +5,7 @@
  * RequestStartTransaction, RequestStopTransaction, Reset, TriggerMessage, GetVariables.
  */
 import {
+  commonHandlers,
   defined,
   type InboundHandler,
   iso,
@@ -214,20 +215,13 @@ async function notifyReport(
 
 const handlers: Record<string, InboundHandler> = {
   BootNotification: bootNotification,
-  Heartbeat: async () => ({ currentTime: iso(Date.now()) }),
+  ...commonHandlers,
   StatusNotification: statusNotification,
   // Tokens are not checked against a list (no OCPI / local list here): every token is accepted.
   Authorize: async () => ({ idTokenInfo: accepted }),
   TransactionEvent: transactionEvent,
   MeterValues: meterValues,
   NotifyReport: notifyReport,
-  DataTransfer: async (params: { vendorId: string; messageId?: string }, link) => {
-    link.logger.debug(
-      { station: link.id, vendorId: params.vendorId, messageId: params.messageId },
-      'DataTransfer',
-    )
-    return { status: 'UnknownVendorId' }
-  },
 }
 
 export const ocpp201: VersionCodec = {
