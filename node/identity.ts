@@ -41,7 +41,13 @@ export async function ensureKeyDir(keyPath: string): Promise<void> {
 export async function createIdentityKey(keyPath: string): Promise<boolean> {
   await ensureKeyDir(keyPath)
   // Every start calls this; only generate a key when there is none.
-  if (await stat(keyPath).then(() => true, () => false)) return false
+  if (
+    await stat(keyPath).then(
+      () => true,
+      () => false,
+    )
+  )
+    return false
   const { privateKey } = generateKeyPairSync('ed25519')
   const pem = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string
   let handle: Awaited<ReturnType<typeof open>>

@@ -23,12 +23,7 @@ import {
 } from '../plugins/index.ts'
 import { createCard, type NodeCard } from './card.ts'
 import type { NodeConfig } from './config.ts'
-import {
-  DataDirLock,
-  type DataDirPaths,
-  dataDirPaths,
-  writeApiFile,
-} from './data-dir.ts'
+import { DataDirLock, type DataDirPaths, dataDirPaths, writeApiFile } from './data-dir.ts'
 import { ConfigError } from './errors.ts'
 import { type HealthReport, HttpApi } from './http-api.ts'
 import type { NodeIdentity } from './identity.ts'
