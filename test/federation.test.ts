@@ -19,7 +19,7 @@ import {
   waitAgreementState,
   waitPeerState,
 } from './helpers/federation.ts'
-import { cleanupAll, runCli, startNode, tempDir } from './helpers/node-process.ts'
+import { cleanupAll, runCli, startNode, tempDir, waitFor } from './helpers/node-process.ts'
 
 afterEach(cleanupAll)
 
@@ -240,6 +240,15 @@ describe('agreement lifecycle', () => {
     expect(await agreementState(a2, pending)).toBe('proposed')
     await waitPeerState(a2, 'bee', 'connected')
     await waitPeerState(b, 'ay', 'connected')
+    // Both came up on new ports (port 0): B finds A again only through the address A announced
+    // after the restart, which B keeps once identify has run.
+    const a2Addr = (await api<{ addrs: string[] }>(a2, 'GET', '/v1/status')).addrs[0]!
+    await waitFor(
+      async () =>
+        (await api<{ alias: string; addrs: string[] }[]>(b, 'GET', '/v1/peers'))[0]!.addrs.includes(a2Addr),
+      10_000,
+      'B to learn A’s new address',
+    )
     expect(await b.stop()).toBe(0)
     const b2 = await startNode({ dataDir: b.dataDir })
     expect(await agreementState(b2, active)).toBe('active')
