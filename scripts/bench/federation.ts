@@ -33,7 +33,7 @@ import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Stream } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
-import { jetstreamManager } from '@nats-io/jetstream'
+import { AckPolicy, DeliverPolicy, type JsMsg, jetstream, jetstreamManager } from '@nats-io/jetstream'
 import type { Msg, NatsConnection } from '@nats-io/nats-core'
 import { connect } from '@nats-io/transport-node'
 import { decodeCbor, encodeCbor } from '../../data-plane/index.ts'
@@ -606,6 +606,7 @@ export async function federationSuite(scope: Scope): Promise<SuiteResult> {
   const natsPubsub = await natsPubsubBaseline(scope, work, pool)
   const libp2pStream = await libp2pBaseline(scope, work, pool)
   const leafnode = await leafnodeBaseline(scope, work, pool)
+  const jetstreamBridge = await jetstreamBridgeBaseline(scope, work, pool)
 
   const batches = flowAfter.batchesOut - flowBefore.batchesOut
   const firstSecond = timeline[0] ?? 0
@@ -659,11 +660,13 @@ export async function federationSuite(scope: Scope): Promise<SuiteResult> {
     nats_pubsub_records_per_s: natsPubsub,
     libp2p_stream_records_per_s: libp2pStream,
     leafnode_records_per_s: leafnode,
+    jetstream_bridge_records_per_s: jetstreamBridge,
   }
   const ratios = {
     vs_nats_pubsub: recordsPerS / natsPubsub,
     vs_leafnode: recordsPerS / leafnode,
     vs_libp2p: recordsPerS / libp2pStream,
+    vs_jetstream_bridge: recordsPerS / jetstreamBridge,
   }
   const mark = (ok: boolean): string => (ok ? 'ok' : 'MISSED')
   const ms = (value: number): string => show(value, 'ms')
@@ -779,7 +782,18 @@ export async function federationSuite(scope: Scope): Promise<SuiteResult> {
         value: show(leafnode, 'records/s'),
         reference: 'baseline',
       },
+      {
+        metric:
+          'JetStream store-and-forward floor (stream → durable consumer → confirmed publish into a stream on a 2nd nats-server → subscriber; one process, no policy, signing or libp2p)',
+        value: show(jetstreamBridge, 'records/s'),
+        reference: `baseline: ${show(jetstreamBridge / natsPubsub)}× pub/sub is the most any design that stores on both ends reaches here`,
+      },
       ratioRow,
+      {
+        metric: 'ratio vs_jetstream_bridge',
+        value: `${show(ratios.vs_jetstream_bridge)}×`,
+        reference: 'federated / the JetStream store-and-forward floor',
+      },
       {
         metric: 'ratio vs_leafnode',
         value: `${show(ratios.vs_leafnode)}×`,
@@ -888,6 +902,107 @@ async function leafnodeBaseline(scope: Scope, work: string, pool: Uint8Array[]):
     await hub.stop()
   }
 }
+
+/**
+ * What the federated path costs in NATS alone: the records are stored in a stream on one
+ * nats-server (as OE_TEL), read by a durable AckAll consumer, published into a stream on a second
+ * nats-server (as OE_PEER) with every store confirmed before the source is acked, and counted by
+ * a core subscriber there. No policy, signing, libp2p or second process: an upper bound for any
+ * design that keeps the §7 guarantees (stored on both ends, acked only once the consumer holds it).
+ */
+async function jetstreamBridgeBaseline(scope: Scope, work: string, pool: Uint8Array[]): Promise<number> {
+  const [sourcePort, sinkPort] = [await freePort(), await freePort()]
+  const server = (name: string, port: number): Child =>
+    scope.spawn(
+      `nats-server (${name})`,
+      natsServer(),
+      ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', join(work, `js-${name}`)],
+      { logFile: join(work, `js-${name}-nats.log`) },
+    )
+  const source = server('source', sourcePort)
+  const sink = server('sink', sinkPort)
+  const pub = await connectWhenUp(`nats://127.0.0.1:${sourcePort}`, source, 'oe-bench-js-pub')
+  const reader = await connectWhenUp(`nats://127.0.0.1:${sourcePort}`, source, 'oe-bench-js-reader')
+  const writer = await connectWhenUp(`nats://127.0.0.1:${sinkPort}`, sink, 'oe-bench-js-writer')
+  const sub = await connectWhenUp(`nats://127.0.0.1:${sinkPort}`, sink, 'oe-bench-js-sub')
+  let stopped = false
+  try {
+    await (await jetstreamManager(pub)).streams.add({ name: 'SRC', subjects: ['bench.oe.tel.>'] })
+    await (await jetstreamManager(writer)).streams.add({ name: 'DST', subjects: ['peer.>'] })
+    const jsm = await jetstreamManager(reader)
+    await jsm.consumers.add('SRC', {
+      durable_name: 'bridge',
+      filter_subject: 'bench.oe.tel.>',
+      ack_policy: AckPolicy.All,
+      max_ack_pending: 100_000,
+      deliver_policy: DeliverPolicy.All,
+    })
+    const messages = await (await jetstream(reader).consumers.get('SRC', 'bridge')).consume({
+      max_messages: 1_000,
+    })
+    // Confirmations come back on one reply subject per batch.
+    const waiting = new Map<string, { left: number; done: () => void }>()
+    writer.subscribe('_bridge.>', {
+      callback: (_error, msg) => {
+        const batch = waiting.get(msg.subject)
+        if (batch && --batch.left === 0) {
+          waiting.delete(msg.subject)
+          batch.done()
+        }
+      },
+    })
+    const forward = async (batch: JsMsg[], id: number): Promise<void> => {
+      const reply = `_bridge.${id}`
+      const confirmed = new Promise<void>((done) => waiting.set(reply, { left: batch.length, done }))
+      for (const msg of batch) writer.publish(`peer.a.${msg.subject.slice(6)}`, msg.data, { reply })
+      await confirmed
+      batch[batch.length - 1]!.ack()
+    }
+    const forwarding = (async () => {
+      const iterator = messages[Symbol.asyncIterator]()
+      let pending: Promise<IteratorResult<JsMsg>> | undefined
+      let id = 0
+      while (!stopped) {
+        pending ??= iterator.next()
+        const first = await pending
+        pending = undefined
+        if (first.done) return
+        const batch = [first.value]
+        while (batch.length < 500) {
+          pending = iterator.next()
+          const next = await Promise.race([pending, nextTurn()])
+          if (next === NEXT_TURN) break
+          pending = undefined
+          if (next.done) break
+          batch.push(next.value)
+        }
+        await forward(batch, ++id)
+      }
+    })()
+    const receiver = new Receiver(sub, 'peer.>')
+    await sub.flush()
+    await burst(pub, pool, WARMUP_RECORDS, 'bench.')
+    await receiver.waitCount(WARMUP_RECORDS, 'JetStream bridge warm-up')
+    const started = performance.now()
+    await burst(pub, pool, RECORDS, 'bench.')
+    await receiver.waitCount(WARMUP_RECORDS + RECORDS, 'JetStream bridge')
+    const perS = RECORDS / ((receiver.lastAt - started) / 1000)
+    log(`baseline: JetStream store-and-forward ${Math.round(perS).toLocaleString('en-US')} records/s`)
+    stopped = true
+    messages.stop()
+    await Promise.race([forwarding, Bun.sleep(1_000)])
+    return perS
+  } finally {
+    stopped = true
+    await Promise.all([pub.close(), reader.close(), writer.close(), sub.close()])
+    await sink.stop()
+    await source.stop()
+  }
+}
+
+const NEXT_TURN = Symbol('next turn')
+const nextTurn = (): Promise<typeof NEXT_TURN> =>
+  new Promise((resolve) => setImmediate(() => resolve(NEXT_TURN)))
 
 /** The receiver is a child process (scripts/bench/libp2p-peer.ts); this process sends. */
 async function libp2pBaseline(scope: Scope, work: string, pool: Uint8Array[]): Promise<number> {
