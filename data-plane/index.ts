@@ -21,6 +21,7 @@ export {
   type SubjectMessage,
 } from './data-plane.ts'
 export * from './errors.ts'
+export { FixedHeader } from './fixed-header.ts'
 export * from './model.ts'
 export {
   EmbeddedNatsServer,

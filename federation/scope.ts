@@ -70,38 +70,64 @@ function grantAllows(
 
 export function compileScope(body: AgreementBody): CompiledScope {
   const granted = new Set(body.grants.map((grant) => grant.data))
+  // Decisions that do not ask for a resource's site depend on the subject alone: remembered.
+  const bySites = body.grants.some((grant) => grant.sites !== undefined)
+  const remembered = new Map<string, Decision>()
+  const decide = (
+    subject: string,
+    siteOf: ((kind: string, rid: string) => string | undefined) | undefined,
+    ignoreSites?: boolean,
+  ): Decision => {
+    if (bySites && !ignoreSites) return check(subject, siteOf, ignoreSites)
+    let decision = remembered.get(subject)
+    if (decision === undefined) {
+      if (remembered.size >= REMEMBERED_DECISIONS) remembered.clear()
+      decision = check(subject, siteOf, ignoreSites)
+      remembered.set(subject, decision)
+    }
+    return decision
+  }
   return {
     areas: SOURCE_AREAS.filter((area) => granted.has(AREA_DATA[area])),
-    check(subject, siteOf, ignoreSites) {
-      const tokens = subject.split('.')
-      const area = tokens[1] as SourceArea
-      if (tokens[0] !== 'oe' || !Object.hasOwn(AREA_DATA, area) || tokens.length < 4) {
-        return { ok: false, reason: 'bad_subject' }
-      }
-      // Every token must be what the model allows: no wildcards, no empty or odd ids.
-      if (!isResourceKind(tokens[2]) || !isResourceId(tokens[3])) return { ok: false, reason: 'bad_subject' }
-      if (area === 'tel' && (tokens.length !== 5 || !isQuantity(tokens[4])))
-        return { ok: false, reason: 'bad_subject' }
-      if (area === 'evt' && (tokens.length !== 5 || !/^[a-z][a-z0-9_]{0,63}$/.test(tokens[4]!))) {
-        return { ok: false, reason: 'bad_subject' }
-      }
-      if (area === 'std' && tokens.length !== 4) return { ok: false, reason: 'bad_subject' }
-      const data = AREA_DATA[area]
-      let siteRefused = false
-      let best: Grant | undefined
-      for (const grant of body.grants) {
-        if (grant.data !== data) continue
-        const allowed = grantAllows(grant, tokens, siteOf, ignoreSites)
-        if (allowed === 'site') siteRefused = true
-        if (allowed !== true) continue
-        // Of several grants, the one with the shortest interval (the most generous) applies.
-        if (!best || minInterval(grant) < minInterval(best)) best = grant
-      }
-      if (best) return { ok: true, grant: best }
-      return { ok: false, reason: siteRefused ? 'site' : 'not_granted' }
-    },
+    check: decide,
+  }
+
+  function check(
+    subject: string,
+    siteOf: ((kind: string, rid: string) => string | undefined) | undefined,
+    ignoreSites?: boolean,
+  ): Decision {
+    const tokens = subject.split('.')
+    const area = tokens[1] as SourceArea
+    if (tokens[0] !== 'oe' || !Object.hasOwn(AREA_DATA, area) || tokens.length < 4) {
+      return { ok: false, reason: 'bad_subject' }
+    }
+    // Every token must be what the model allows: no wildcards, no empty or odd ids.
+    if (!isResourceKind(tokens[2]) || !isResourceId(tokens[3])) return { ok: false, reason: 'bad_subject' }
+    if (area === 'tel' && (tokens.length !== 5 || !isQuantity(tokens[4])))
+      return { ok: false, reason: 'bad_subject' }
+    if (area === 'evt' && (tokens.length !== 5 || !/^[a-z][a-z0-9_]{0,63}$/.test(tokens[4]!))) {
+      return { ok: false, reason: 'bad_subject' }
+    }
+    if (area === 'std' && tokens.length !== 4) return { ok: false, reason: 'bad_subject' }
+    const data = AREA_DATA[area]
+    let siteRefused = false
+    let best: Grant | undefined
+    for (const grant of body.grants) {
+      if (grant.data !== data) continue
+      const allowed = grantAllows(grant, tokens, siteOf, ignoreSites)
+      if (allowed === 'site') siteRefused = true
+      if (allowed !== true) continue
+      // Of several grants, the one with the shortest interval (the most generous) applies.
+      if (!best || minInterval(grant) < minInterval(best)) best = grant
+    }
+    if (best) return { ok: true, grant: best }
+    return { ok: false, reason: siteRefused ? 'site' : 'not_granted' }
   }
 }
+
+/** How many subjects' decisions a compiled scope remembers before it starts afresh. */
+const REMEMBERED_DECISIONS = 100_000
 
 export const minInterval = (grant: Grant): number =>
   grant.data === 'telemetry' ? (grant.minIntervalMs ?? 0) : 0

@@ -25,20 +25,22 @@ import {
 } from 'node:crypto'
 import type { Stream } from '@libp2p/interface'
 import { AckPolicy, DeliverPolicy, type JsMsg } from '@nats-io/jetstream'
-import { nanos, headers as natsHeaders } from '@nats-io/nats-core'
+import { nanos } from '@nats-io/nats-core'
 import {
   closeConsumerMessages,
   type DataPlane,
   decodeCbor,
   encodeCbor,
+  FixedHeader,
   type Logger,
   type OutgoingMessage,
   type Resource,
 } from '../data-plane/index.ts'
 import { type AgreementDocument, agreementState, keyBytes, type Termination } from './agreement.ts'
-import { decodeFederationCbor, encodeCanonical } from './canonical-cbor.ts'
+import { decodeBatchBody, encodeBatchFrame, streamSequence, telemetryTime } from './batch-codec.ts'
+import { decodeFederationCbor } from './canonical-cbor.ts'
 import { FederationError, FrameError } from './errors.ts'
-import { decodeFramePayload, encodeFrame, FrameDecoder, writeFrame } from './frames.ts'
+import { decodeFramePayload, FrameDecoder, writeFrame } from './frames.ts'
 import {
   AREA_STREAM,
   type CompiledScope,
@@ -443,15 +445,11 @@ export class ProviderSession {
     const rest = msg.subject.slice(3)
     if (area === 'tel') {
       const interval = minInterval(decision.grant)
-      let t: number
-      try {
-        t = (decodeCbor(msg.data) as { t: number }).t
-      } catch {
-        return 'payload'
-      }
-      if (typeof t !== 'number' || t >= cut) return typeof t !== 'number' ? 'payload' : 'time'
+      const t = telemetryTime(msg.data)
+      if (t === undefined) return 'payload'
+      if (t >= cut) return 'time'
       if (interval > 0 && !this.gate.pass(rest, t, interval)) return 'min_interval'
-      return [rest, msg.data, msg.seq]
+      return [rest, msg.data, streamSequence(msg)]
     }
     if (area === 'std') {
       let resource: Resource
@@ -460,9 +458,12 @@ export class ProviderSession {
       } catch {
         return 'payload'
       }
-      return [rest, encodeCbor(projectResource(resource, decision.grant)), msg.seq]
+      // Anything may be published on oe.std.…: a payload that is not a resource is not sent.
+      if (typeof resource !== 'object' || resource === null || resource instanceof Uint8Array)
+        return 'payload'
+      return [rest, encodeCbor(projectResource(resource, decision.grant)), streamSequence(msg)]
     }
-    return [rest, msg.data, msg.seq]
+    return [rest, msg.data, streamSequence(msg)]
   }
 
   private async sendBatch(area: SourceArea, messages: JsMsg[]): Promise<void> {
@@ -485,9 +486,11 @@ export class ProviderSession {
     this.credit -= 1
     const n = ++this.batchNumber
     const last = messages[messages.length - 1]!
-    const body = encodeCanonical({ id: this.view.id, n, a: area, upTo: last.seq, r: records })
-    const sig = cryptoSign(null, createHash('sha256').update(body).digest(), this.components.privateKey)
-    const frame = encodeFrame({ t: 'batch', body, sig: new Uint8Array(sig) }, MAX_BATCH_FRAME_BYTES)
+    const { frame } = encodeBatchFrame(
+      { id: this.view.id, n, a: area, upTo: streamSequence(last), r: records },
+      (body) => cryptoSign(null, createHash('sha256').update(body).digest(), this.components.privateKey),
+      MAX_BATCH_FRAME_BYTES,
+    )
     this.inFlight.set(n, { n, area, last, records: records.length })
     stats.lagRecords += records.length
     await this.channel.sendEncoded(frame)
@@ -516,6 +519,9 @@ export interface ConsumerSessionComponents {
 
 const emptyHw = (): HighWater => ({ tel: 0, std: 0, evt: 0 })
 
+/** How often a busy consumer session stores its high-water mark (see `saveState`). */
+const STATE_SAVE_MS = 250
+
 /** The consumer side of one transfer session. */
 export class ConsumerSession {
   private readonly scope: CompiledScope
@@ -525,6 +531,8 @@ export class ConsumerSession {
   private expectedBatch = 1
   private outstanding = 0
   private stopped = false
+  private unsaved = false
+  private savedAt = 0
 
   constructor(
     private readonly view: AgreementView,
@@ -567,7 +575,20 @@ export class ConsumerSession {
         else this.components.logger.warn({ id: this.view.id, err: message }, 'transfer session ended')
       }
       this.channel.abort(error as Error)
+    } finally {
+      if (this.unsaved) await this.saveState().catch(() => {})
     }
+  }
+
+  /**
+   * Store the high-water mark, at most every STATE_SAVE_MS while batches flow. It only shortens
+   * the next start: what OE_PEER holds beyond the stored mark is found again from the records'
+   * `Oe-Src` headers (see `recover`), so a mark a little behind never lets a record in twice.
+   */
+  private async saveState(): Promise<void> {
+    this.unsaved = false
+    this.savedAt = Date.now()
+    await this.components.states.put(this.view.id, { hw: { ...this.state.hw }, peerSeq: this.state.peerSeq })
   }
 
   /** The stored high-water mark, raised by anything already published after it (a crash gap). */
@@ -633,7 +654,8 @@ export class ConsumerSession {
     if (!cryptoVerify(null, digest, this.providerKey, raw.sig)) {
       throw this.violation('a batch signature does not verify against the provider key')
     }
-    const body = decodeFederationCbor(raw.body) as {
+    // The provider's own shape decodes fast; anything else the general way, record by record.
+    const body = (decodeBatchBody(raw.body) ?? decodeFederationCbor(raw.body)) as {
       id?: unknown
       n?: unknown
       a?: unknown
@@ -673,6 +695,8 @@ export class ConsumerSession {
     // Source sequences must rise strictly, within a batch too: anything at or below is a repeat.
     let floor = this.state.hw[area]
     let duplicates = 0
+    const sourcePrefix = `${this.view.id.slice(0, 24)}.${area}.`
+    const subjectPrefix = `oe.peer.${view.peer}.`
     for (const item of body.r as unknown[]) {
       if (!Array.isArray(item) || item.length !== 3) {
         drop('payload')
@@ -703,39 +727,48 @@ export class ConsumerSession {
         drop(decision.reason)
         continue
       }
-      let decoded: { t?: unknown } & Partial<Resource>
-      try {
-        decoded = decodeCbor(payload) as typeof decoded
-      } catch {
-        drop('payload')
-        continue
-      }
       if (area === 'tel') {
-        if (typeof decoded.t !== 'number') {
+        const t = telemetryTime(payload)
+        if (t === undefined) {
           drop('payload')
           continue
         }
-        if (decoded.t >= cut) {
+        if (t >= cut) {
           drop('after_cutoff')
           continue
         }
-        if (!this.gate.pass(rest, decoded.t, minInterval(decision.grant))) {
+        if (!this.gate.pass(rest, t, minInterval(decision.grant))) {
           drop('min_interval')
           continue
         }
-      } else if (area === 'std' && !withinProjection(decoded as Resource, decision.grant)) {
-        drop('attrs')
-        continue
+      } else {
+        let decoded: unknown
+        try {
+          decoded = decodeCbor(payload)
+        } catch {
+          drop('payload')
+          continue
+        }
+        if (area === 'std') {
+          if (typeof decoded !== 'object' || decoded === null || decoded instanceof Uint8Array) {
+            drop('payload')
+            continue
+          }
+          if (!withinProjection(decoded as Resource, decision.grant)) {
+            drop('attrs')
+            continue
+          }
+        }
       }
-      const headers = natsHeaders()
-      headers.set(SOURCE_HEADER, `${this.view.id.slice(0, 24)}.${area}.${seq}`)
-      messages.push({ subject: `oe.peer.${view.peer}.${rest}`, payload, headers })
+      const headers = new FixedHeader(SOURCE_HEADER, `${sourcePrefix}${seq}`)
+      messages.push({ subject: `${subjectPrefix}${rest}`, payload, headers })
     }
     let peerSeq = 0
     if (messages.length > 0) peerSeq = await this.components.dataPlane.publishConfirmed(messages)
     if (body.upTo > this.state.hw[area]) this.state.hw[area] = body.upTo
     if (peerSeq > this.state.peerSeq) this.state.peerSeq = peerSeq
-    await this.components.states.put(this.view.id, this.state)
+    this.unsaved = true
+    if (Date.now() - this.savedAt >= STATE_SAVE_MS) await this.saveState()
     stats.batchesIn += 1
     stats.recordsIn += messages.length
     stats.bytesIn += raw.body.length

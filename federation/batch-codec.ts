@@ -1,0 +1,382 @@
+/**
+ * The transfer hot path's codecs. Every function here has a general twin elsewhere and gives the
+ * same answer, only faster on the inputs the hot path sees; on anything else it defers to the
+ * twin, so unusual input is judged exactly as before. The fuzz tests hold each pair together.
+ *
+ * - `encodeBatchBody`: `encodeCanonical` of a batch body, the same bytes, in one pass.
+ * - `decodeBatchBody`: `decodeFederationCbor` of a batch body in the shape the provider writes
+ *   (ASCII text, definite lengths, the keys in canonical order); anything else comes back
+ *   undefined and the caller decodes it the general way.
+ * - `telemetryTime`: `decodeCbor(payload).t` without building the object, and with non-maps
+ *   answered as "no time" rather than a TypeError.
+ * - `streamSequence`: `JsMsg.seq` without parsing the rest of the delivery info.
+ */
+import type { JsMsg } from '@nats-io/jetstream'
+import { decodeCbor } from '../data-plane/index.ts'
+import { FrameError } from './errors.ts'
+
+/** A transfer batch body (see transfer.ts): records are [subject after `oe.`, payload, source seq]. */
+export interface BatchBody {
+  id: string
+  n: number
+  a: string
+  upTo: number
+  r: [string, Uint8Array, number][]
+}
+
+// ── encoding ────────────────────────────────────────────────────────────────────────────────────
+
+const textEncoder = new TextEncoder()
+/** Most bytes a CBOR head takes. */
+const HEAD_MAX = 9
+
+class Out {
+  length = 0
+  readonly view: DataView
+  constructor(readonly buffer: Uint8Array) {
+    this.view = new DataView(buffer.buffer, buffer.byteOffset, buffer.byteLength)
+  }
+
+  head(major: number, value: number): void {
+    const type = major << 5
+    const buffer = this.buffer
+    if (value < 24) buffer[this.length++] = type | value
+    else if (value < 0x100) {
+      buffer[this.length++] = type | 24
+      buffer[this.length++] = value
+    } else if (value < 0x10000) {
+      buffer[this.length++] = type | 25
+      this.view.setUint16(this.length, value)
+      this.length += 2
+    } else if (value < 0x100000000) {
+      buffer[this.length++] = type | 26
+      this.view.setUint32(this.length, value)
+      this.length += 4
+    } else {
+      buffer[this.length++] = type | 27
+      this.view.setBigUint64(this.length, BigInt(value))
+      this.length += 8
+    }
+  }
+
+  text(value: string): void {
+    const length = value.length
+    let ascii = true
+    for (let i = 0; i < length; i++) {
+      if (value.charCodeAt(i) > 0x7f) {
+        ascii = false
+        break
+      }
+    }
+    if (!ascii) {
+      const bytes = textEncoder.encode(value)
+      this.head(3, bytes.length)
+      this.bytes(bytes)
+      return
+    }
+    this.head(3, length)
+    const buffer = this.buffer
+    let at = this.length
+    for (let i = 0; i < length; i++) buffer[at++] = value.charCodeAt(i)
+    this.length = at
+  }
+
+  bytes(value: Uint8Array): void {
+    this.buffer.set(value, this.length)
+    this.length += value.length
+  }
+}
+
+function uint(value: number, what: string): number {
+  if (!Number.isSafeInteger(value) || value < 0) throw new RangeError(`${what} must be a whole number ≥ 0`)
+  return value
+}
+
+/**
+ * `encodeCanonical(body)`, byte for byte: a map whose keys sort as `a`, `n`, `r`, `id`, `upTo`
+ * (shorter encodings first), records as 3-arrays, integers in their shortest form.
+ */
+export function encodeBatchBody(body: BatchBody): Uint8Array {
+  const out = new Out(new Uint8Array(bodyCapacity(body)))
+  writeBody(out, body)
+  return out.buffer.slice(0, out.length)
+}
+
+/** A bound on the encoded size, not the size: a UTF-16 code unit never takes over 3 UTF-8 bytes. */
+function bodyCapacity(body: BatchBody): number {
+  let capacity = 64 + HEAD_MAX * 4 + 3 * (body.id.length + body.a.length)
+  for (const [subject, payload] of body.r) capacity += 1 + 3 * HEAD_MAX + 3 * subject.length + payload.length
+  return capacity
+}
+
+/** Room for a batch frame's length prefix and `{t:'batch', sig:<64 bytes>, body:<head>}` before the body. */
+const FRAME_HEAD_ROOM = 5 + 1 + 6 + 4 + 2 + 64 + 5 + HEAD_MAX
+
+/**
+ * A whole transfer batch frame: `encodeFrame({ t: 'batch', body, sig })` where body is
+ * `encodeCanonical(batch)` and sig is `sign(body)`, written with the body in place (no copies).
+ * Throws FrameError, as encodeFrame does, when the frame's payload would be over `maxBytes`.
+ */
+export function encodeBatchFrame(
+  batch: BatchBody,
+  sign: (body: Uint8Array) => Uint8Array,
+  maxBytes: number,
+): { frame: Uint8Array; bodyBytes: number } {
+  const buffer = new Uint8Array(FRAME_HEAD_ROOM + bodyCapacity(batch))
+  const out = new Out(buffer)
+  out.length = FRAME_HEAD_ROOM
+  writeBody(out, batch)
+  const body = buffer.subarray(FRAME_HEAD_ROOM, out.length)
+  const sig = sign(body)
+  if (sig.length !== 64) throw new RangeError('a batch signature is 64 bytes')
+  // The map head and the two small keys, then the body's byte-string head, in front of the body.
+  const head = new Out(new Uint8Array(FRAME_HEAD_ROOM))
+  head.head(5, 3)
+  head.text('t')
+  head.text('batch')
+  head.text('sig')
+  head.head(2, 64)
+  head.bytes(sig)
+  head.text('body')
+  head.head(2, body.length)
+  const payloadLength = head.length + body.length
+  if (payloadLength > maxBytes) {
+    throw new FrameError(`a frame of ${payloadLength} bytes is over the limit of ${maxBytes}`)
+  }
+  let prefixLength = 1
+  for (let rest = payloadLength; rest >= 0x80; rest = Math.floor(rest / 128)) prefixLength += 1
+  const start = FRAME_HEAD_ROOM - head.length - prefixLength
+  let at = start
+  for (let rest = payloadLength; ; rest = Math.floor(rest / 128)) {
+    if (rest < 0x80) {
+      buffer[at++] = rest
+      break
+    }
+    buffer[at++] = (rest & 0x7f) | 0x80
+  }
+  buffer.set(head.buffer.subarray(0, head.length), at)
+  return { frame: buffer.subarray(start, out.length), bodyBytes: body.length }
+}
+
+function writeBody(out: Out, body: BatchBody): void {
+  out.head(5, 5)
+  out.text('a')
+  out.text(body.a)
+  out.text('n')
+  out.head(0, uint(body.n, 'n'))
+  out.text('r')
+  out.head(4, body.r.length)
+  for (const [subject, payload, seq] of body.r) {
+    out.head(4, 3)
+    out.text(subject)
+    out.head(2, payload.length)
+    out.bytes(payload)
+    out.head(0, uint(seq, 'a record sequence'))
+  }
+  out.text('id')
+  out.text(body.id)
+  out.text('upTo')
+  out.head(0, uint(body.upTo, 'upTo'))
+}
+
+// ── decoding ────────────────────────────────────────────────────────────────────────────────────
+
+/** Thrown inside the fast readers when the input leaves the fast path; never escapes them. */
+const OFF_PATH = Symbol('off the fast path')
+const latin1 = new TextDecoder('latin1')
+
+class In {
+  at = 0
+  constructor(readonly bytes: Uint8Array) {}
+
+  /** The head of the next item: [major type, argument]; indefinite lengths and bad sizes leave. */
+  head(): [number, number] {
+    const bytes = this.bytes
+    if (this.at >= bytes.length) throw OFF_PATH
+    const initial = bytes[this.at++]!
+    const major = initial >> 5
+    const info = initial & 0x1f
+    if (info < 24) return [major, info]
+    let size: number
+    if (info === 24) size = 1
+    else if (info === 25) size = 2
+    else if (info === 26) size = 4
+    else if (info === 27) size = 8
+    else throw OFF_PATH
+    if (this.at + size > bytes.length) throw OFF_PATH
+    let value = 0
+    for (let i = 0; i < size; i++) value = value * 256 + bytes[this.at++]!
+    if (!Number.isSafeInteger(value)) throw OFF_PATH
+    return [major, value]
+  }
+
+  uint(): number {
+    const [major, value] = this.head()
+    if (major !== 0) throw OFF_PATH
+    return value
+  }
+
+  /** An ASCII text string (anything else leaves the fast path). */
+  text(): string {
+    const [major, length] = this.head()
+    if (major !== 3 || this.at + length > this.bytes.length) throw OFF_PATH
+    const bytes = this.bytes
+    const end = this.at + length
+    for (let i = this.at; i < end; i++) if (bytes[i]! > 0x7f) throw OFF_PATH
+    const part = bytes.subarray(this.at, end)
+    this.at = end
+    return length <= 1024 ? String.fromCharCode.apply(null, part as unknown as number[]) : latin1.decode(part)
+  }
+
+  byteString(): Uint8Array {
+    const [major, length] = this.head()
+    if (major !== 2 || this.at + length > this.bytes.length) throw OFF_PATH
+    const value = this.bytes.slice(this.at, this.at + length)
+    this.at += length
+    return value
+  }
+
+  key(expected: string): void {
+    if (this.text() !== expected) throw OFF_PATH
+  }
+}
+
+/**
+ * A batch body as `decodeFederationCbor` would return it, when it has the shape the provider
+ * writes; undefined when it has not (decode it the general way then: it may still be a batch,
+ * with records to drop one by one, or not CBOR at all).
+ */
+export function decodeBatchBody(bytes: Uint8Array): BatchBody | undefined {
+  const input = new In(bytes)
+  try {
+    const [major, entries] = input.head()
+    if (major !== 5 || entries !== 5) return undefined
+    input.key('a')
+    const a = input.text()
+    input.key('n')
+    const n = input.uint()
+    input.key('r')
+    const [arrayMajor, count] = input.head()
+    // Each record takes at least 4 bytes: no count the body cannot hold is believed.
+    if (arrayMajor !== 4 || count * 4 > bytes.length) return undefined
+    const r: [string, Uint8Array, number][] = new Array(count)
+    for (let i = 0; i < count; i++) {
+      const [recordMajor, fields] = input.head()
+      if (recordMajor !== 4 || fields !== 3) return undefined
+      r[i] = [input.text(), input.byteString(), input.uint()]
+    }
+    input.key('id')
+    const id = input.text()
+    input.key('upTo')
+    const upTo = input.uint()
+    if (input.at !== bytes.length) return undefined
+    return { id, n, a, upTo, r }
+  } catch (error) {
+    if (error === OFF_PATH) return undefined
+    throw error
+  }
+}
+
+/** The record's time from a telemetry payload `{v,t,…}`: `t` when it is a number, else undefined. */
+export function telemetryTime(payload: Uint8Array): number | undefined {
+  const fast = fastTelemetryTime(payload)
+  if (fast !== OFF_PATH) return fast
+  let decoded: unknown
+  try {
+    decoded = decodeCbor(payload)
+  } catch {
+    return undefined
+  }
+  if (typeof decoded !== 'object' || decoded === null || decoded instanceof Uint8Array) return undefined
+  const t = (decoded as { t?: unknown }).t
+  return typeof t === 'number' ? t : undefined
+}
+
+function fastTelemetryTime(payload: Uint8Array): number | undefined | typeof OFF_PATH {
+  const input = new In(payload)
+  try {
+    const [major, entries] = input.head()
+    if (major !== 5) return OFF_PATH
+    let t: number | undefined
+    let seen = false
+    for (let i = 0; i < entries; i++) {
+      const key = input.text()
+      if (key === 't') {
+        if (seen) return OFF_PATH
+        seen = true
+        const at = input.at
+        // cbor-x reads 8-byte integers as bigint (no number t then): the general path says so.
+        if ((payload[at]! & 0x1f) === 27) return OFF_PATH
+        const [valueMajor, value] = input.head()
+        if (valueMajor === 0) t = value
+        else if (valueMajor === 1) t = -1 - value
+        else {
+          // Not an integer: floats and the rest are for the general decoder to judge.
+          input.at = at
+          return OFF_PATH
+        }
+      } else if (key === '__proto__') {
+        return OFF_PATH
+      } else skipValue(input)
+    }
+    if (input.at !== payload.length) return OFF_PATH
+    return t
+  } catch (error) {
+    if (error === OFF_PATH) return OFF_PATH
+    throw error
+  }
+}
+
+/** Skip one value: integers, ASCII text, byte strings, floats, false/true/null; else leave. */
+function skipValue(input: In, depth = 0): void {
+  if (depth > 8) throw OFF_PATH
+  const bytes = input.bytes
+  if (input.at >= bytes.length) throw OFF_PATH
+  const initial = bytes[input.at]!
+  const major = initial >> 5
+  if (major === 7) {
+    input.at += 1
+    const info = initial & 0x1f
+    if (info >= 20 && info <= 22) return
+    const size = info === 25 ? 2 : info === 26 ? 4 : info === 27 ? 8 : 0
+    if (size === 0 || input.at + size > bytes.length) throw OFF_PATH
+    input.at += size
+    return
+  }
+  if (major === 6) throw OFF_PATH
+  const [, value] = input.head()
+  if (major === 2) {
+    if (input.at + value > bytes.length) throw OFF_PATH
+    input.at += value
+  } else if (major === 3) {
+    if (input.at + value > bytes.length) throw OFF_PATH
+    for (let i = input.at; i < input.at + value; i++) if (bytes[i]! > 0x7f) throw OFF_PATH
+    input.at += value
+  } else if (major === 4) {
+    for (let i = 0; i < value; i++) skipValue(input, depth + 1)
+  } else if (major === 5) {
+    for (let i = 0; i < value; i++) {
+      input.text()
+      skipValue(input, depth + 1)
+    }
+  }
+}
+
+// ── JetStream ───────────────────────────────────────────────────────────────────────────────────
+
+/**
+ * `msg.seq` (the stream sequence) read straight from the delivery subject: the 6th token of
+ * `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>`, or the 8th of the form
+ * with domain and account hash. Anything else asks nats.js.
+ */
+export function streamSequence(msg: JsMsg): number {
+  // JsMsgImpl keeps the core message as `msg`; should that ever change, nats.js answers.
+  const reply = (msg as unknown as { msg?: { reply?: unknown } }).msg?.reply
+  if (typeof reply === 'string' && reply.startsWith('$JS.ACK.')) {
+    const tokens = reply.split('.')
+    const token = tokens.length === 9 ? tokens[5] : tokens.length >= 11 ? tokens[7] : undefined
+    const value = token === undefined ? Number.NaN : Number(token)
+    if (Number.isSafeInteger(value) && value > 0) return value
+  }
+  return msg.seq
+}
