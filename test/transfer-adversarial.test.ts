@@ -185,6 +185,9 @@ describe('records and batches from a provider with a valid agreement', () => {
       [`tel.meter.${tag}-8.power`, reading(tag, validUntil + 1_000), 8],
       [`tel.meter.${tag}-9.power`, new Uint8Array([0xff, 0xfe]), 9],
       [`tel.meter.${tag}-10.power`, reading(tag), 99],
+      // Well-formed CBOR that is not a reading: null and a text.
+      [`tel.meter.${tag}-12.power`, encodeCbor(null), 12],
+      [`tel.meter.${tag}-13.power`, encodeCbor('soon'), 13],
     ]
     await link.send(signedBatch(rogue.identity, batch(id, 1, records, 20)))
     expect(await link.next()).toEqual({ t: 'ack', n: 1, credit: 1 })
@@ -209,7 +212,7 @@ describe('records and batches from a provider with a valid agreement', () => {
     ])
     const dropped = await waitAudit('transfer.dropped', id, 2)
     expect(dropped.map((entry) => entry.data.counts)).toEqual([
-      { not_granted: 4, bad_subject: 1, after_cutoff: 1, payload: 2 },
+      { not_granted: 4, bad_subject: 1, after_cutoff: 1, payload: 4 },
       { not_granted: 1 },
     ])
     expect(dropped.every((entry) => entry.data.peer === 'rogue')).toBe(true)

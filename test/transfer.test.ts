@@ -11,6 +11,7 @@ import { encode as encodeCbor } from 'cbor-x'
 import { afterEach, describe, expect, test } from 'vitest'
 import { api, auditEntries, peer, waitAgreementState } from './helpers/federation.ts'
 import { cleanupAll, type RunningNode, readSubject, startNode, waitFor } from './helpers/node-process.ts'
+import { natsOf } from './helpers/transfer.ts'
 
 afterEach(cleanupAll)
 
@@ -163,6 +164,63 @@ describe('scope', () => {
       await api<{ flow: { drops: Record<string, number> } }>(provider, 'GET', `/v1/agreements/${id}`)
     ).flow.drops
     expect(drops.min_interval).toBe(480 - 8)
+  })
+})
+
+describe('payloads that are not readings', () => {
+  test("null, text and broken CBOR on the provider's oe.tel and oe.std are dropped as 'payload'; the flow goes on", async () => {
+    const { provider, consumer, id } = await setup([
+      'telemetry:kinds=meter;quantities=power',
+      'standing:kinds=meter;attrs=vendor',
+    ])
+    const t0 = Date.now() - 60_000
+    const readingsFrom = (from: number) =>
+      Array.from({ length: 5 }, (_, i) => ({
+        kind: 'meter',
+        rid: 'M1',
+        q: 'power',
+        v: from + i,
+        t: t0 + from + i,
+      }))
+    // Both streams flowing first, so that what follows reaches live sessions.
+    await api(provider, 'PUT', '/v1/resources/meter/M1', { attrs: { vendor: 'ACME', serial: 'S-1' } })
+    await ingest(provider, readingsFrom(0))
+    await waitFor(
+      async () => (await flowIn(consumer, id)) >= 6,
+      20_000,
+      'the first readings and the resource',
+    )
+    const nc = await natsOf(provider)
+    try {
+      // Any local client may publish anything on these subjects (ARCHITECTURE §5).
+      for (const payload of [encodeCbor(null), encodeCbor('soon'), Uint8Array.of(0xff), encodeCbor({ v: 1 })])
+        nc.publish('oe.tel.meter.M1.power', payload)
+      for (const payload of [encodeCbor(null), encodeCbor('soon')]) nc.publish('oe.std.meter.M1', payload)
+      await nc.flush()
+    } finally {
+      await nc.close()
+    }
+    await ingest(provider, readingsFrom(5))
+    await api(provider, 'PUT', '/v1/resources/meter/M1', { attrs: { vendor: 'ACME 2', serial: 'S-1' } })
+    await waitFor(async () => (await flowIn(consumer, id)) >= 12, 20_000, 'the later readings and the update')
+    const readings = await readSubject(consumer, 'oe.peer.prov.tel.>', 1_000)
+    expect(readings.map((m) => m.data.v)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    const resources = await readSubject(consumer, 'oe.peer.prov.std.>', 1_000)
+    expect(resources.map((m) => m.data)).toMatchObject([
+      { rid: 'M1', attrs: { vendor: 'ACME' } },
+      { rid: 'M1', attrs: { vendor: 'ACME 2' } },
+    ])
+    expect(JSON.stringify(resources)).not.toContain('S-1')
+    const flow = (
+      await api<{ flow: { drops: Record<string, number>; sessions: number } }>(
+        provider,
+        'GET',
+        `/v1/agreements/${id}`,
+      )
+    ).flow
+    expect(flow.drops.payload).toBe(6)
+    // One session per stream carried it all: no payload ended one.
+    expect(flow.sessions).toBe(1)
   })
 })
 
