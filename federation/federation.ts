@@ -883,6 +883,9 @@ export class Federation {
         onDropped: (counts) => {
           void this.components.audit.append('transfer.dropped', { id, peer: peer.alias, counts })
         },
+        onReceipt: (receipt) => {
+          void this.components.audit.append('transfer.received', { id, peer: peer.alias, ...receipt })
+        },
       })
       this.consumerSessions.set(id, session)
       this.components.logger.info({ id, peer: peer.alias }, 'transfer session started (consumer)')

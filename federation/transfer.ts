@@ -515,7 +515,26 @@ export interface ConsumerSessionComponents {
   onViolation: (reason: string) => void
   /** Records dropped for being out of scope: audited with counts. */
   onDropped: (counts: Record<string, number>) => void
+  /** The receipt for the batches taken since the last one (at most every RECEIPT_MS): audited. */
+  onReceipt?: (receipt: TransferReceipt) => void
 }
+
+/**
+ * What the consumer took from the provider over a stretch of batches: their numbers, counts, a
+ * chain of their body digests (sha256(previous ‖ digest), starting from 32 zero bytes) and the
+ * provider's signature over the last one, which ties the receipt to a batch the provider signed.
+ */
+export interface TransferReceipt {
+  batches: [number, number]
+  records: number
+  bytes: number
+  chain: string
+  lastDigest: string
+  lastSig: string
+}
+
+/** How often a flowing consumer session writes a receipt into the audit log. */
+const RECEIPT_MS = 1_000
 
 const emptyHw = (): HighWater => ({ tel: 0, std: 0, evt: 0 })
 
@@ -533,6 +552,7 @@ export class ConsumerSession {
   private stopped = false
   private unsaved = false
   private savedAt = 0
+  private receipt: (TransferReceipt & { chainBytes: Uint8Array; startedAt: number }) | undefined
 
   constructor(
     private readonly view: AgreementView,
@@ -576,8 +596,38 @@ export class ConsumerSession {
       }
       this.channel.abort(error as Error)
     } finally {
+      this.flushReceipt()
       if (this.unsaved) await this.saveState().catch(() => {})
     }
+  }
+
+  /** Add a batch taken to the running receipt; hand the receipt over once it is RECEIPT_MS old. */
+  private noteReceipt(n: number, records: number, bytes: number, digest: Uint8Array, sig: Uint8Array): void {
+    const receipt = (this.receipt ??= {
+      batches: [n, n],
+      records: 0,
+      bytes: 0,
+      chain: '',
+      chainBytes: new Uint8Array(32),
+      lastDigest: '',
+      lastSig: '',
+      startedAt: Date.now(),
+    })
+    receipt.batches[1] = n
+    receipt.records += records
+    receipt.bytes += bytes
+    receipt.chainBytes = createHash('sha256').update(receipt.chainBytes).update(digest).digest()
+    receipt.lastDigest = Buffer.from(digest).toString('hex')
+    receipt.lastSig = Buffer.from(sig).toString('base64url')
+    if (Date.now() - receipt.startedAt >= RECEIPT_MS) this.flushReceipt()
+  }
+
+  private flushReceipt(): void {
+    const receipt = this.receipt
+    this.receipt = undefined
+    if (!receipt) return
+    const { chainBytes, startedAt: _, ...rest } = receipt
+    this.components.onReceipt?.({ ...rest, chain: Buffer.from(chainBytes).toString('hex') })
   }
 
   /**
@@ -769,6 +819,7 @@ export class ConsumerSession {
     if (peerSeq > this.state.peerSeq) this.state.peerSeq = peerSeq
     this.unsaved = true
     if (Date.now() - this.savedAt >= STATE_SAVE_MS) await this.saveState()
+    this.noteReceipt(body.n, messages.length, raw.body.length, digest, raw.sig)
     stats.batchesIn += 1
     stats.recordsIn += messages.length
     stats.bytesIn += raw.body.length

@@ -10,7 +10,14 @@ import { connect } from '@nats-io/transport-node'
 import { encode as encodeCbor } from 'cbor-x'
 import { afterEach, describe, expect, test } from 'vitest'
 import { api, auditEntries, peer, waitAgreementState } from './helpers/federation.ts'
-import { cleanupAll, type RunningNode, readSubject, startNode, waitFor } from './helpers/node-process.ts'
+import {
+  cleanupAll,
+  type RunningNode,
+  readSubject,
+  runCli,
+  startNode,
+  waitFor,
+} from './helpers/node-process.ts'
 import { natsOf } from './helpers/transfer.ts'
 
 afterEach(cleanupAll)
@@ -102,6 +109,25 @@ describe('scope', () => {
       `oe_federation_records{agreement="${id.slice(0, 16)}",direction="in"} 10000`,
     )
     expect(consumerMetrics).toMatch(/^oe_federation_peers_connected 1$/m)
+
+    // Receipts: the audit log accounts for every batch taken, once the session ends.
+    await api(consumer, 'POST', `/v1/agreements/${id}/revoke`, { reason: 'test over' })
+    let receipts: { batches: [number, number]; records: number }[] = []
+    await waitFor(
+      async () => {
+        receipts = (await auditEntries(consumer))
+          .filter((entry) => entry.type === 'transfer.received' && entry.data.id === id)
+          .map((entry) => entry.data as unknown as (typeof receipts)[number])
+        return receipts.reduce((sum, receipt) => sum + receipt.records, 0) >= 10_000
+      },
+      10_000,
+      'receipts for 10,000 records',
+    )
+    expect(receipts.reduce((sum, receipt) => sum + receipt.records, 0)).toBe(10_000)
+    expect(receipts[0]!.batches[0]).toBe(1)
+    for (let i = 1; i < receipts.length; i++)
+      expect(receipts[i]!.batches[0]).toBe(receipts[i - 1]!.batches[1] + 1)
+    expect((await runCli(['--data-dir', consumer.dataDir, 'audit', 'verify'])).code).toBe(0)
   })
 
   test('standing data is projected: an attribute not granted appears nowhere on the consumer', async () => {
