@@ -62,11 +62,16 @@ export const SOURCE_HEADER = 'Oe-Src'
 export interface TransferTuning {
   /** Records per batch at most. */
   maxBatchRecords: number
+  /**
+   * How long a batch may wait for more records after its first, unless it fills first. 0: send
+   * what has arrived at once (batches still grow with the load, as records queue while one goes).
+   */
+  batchWaitMs: number
   /** Batches a consumer lets the provider have in flight. */
   credit: number
 }
 
-export const DEFAULT_TUNING: TransferTuning = { maxBatchRecords: 500, credit: 8 }
+export const DEFAULT_TUNING: TransferTuning = { maxBatchRecords: 500, batchWaitMs: 0, credit: 8 }
 
 export type HighWater = Record<SourceArea, number>
 
@@ -422,10 +427,13 @@ export class ProviderSession {
       if (first.done) return
       const batch: JsMsg[] = [first.value]
       let ended = false
+      // With a wait, one timer per batch; without, the next turn of the event loop ends it.
+      const timeUp =
+        tuning.batchWaitMs > 0 ? Bun.sleep(tuning.batchWaitMs).then((): typeof NOT_YET => NOT_YET) : undefined
       while (batch.length < tuning.maxBatchRecords) {
         pending = iterator.next()
         // A buffered message resolves within microtasks; setImmediate fires only after them.
-        const result = await Promise.race([pending, nextTurn()])
+        const result = await Promise.race([pending, timeUp ?? nextTurn()])
         if (result === NOT_YET) break
         pending = undefined
         if (result.done) {

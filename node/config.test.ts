@@ -240,6 +240,25 @@ describe('durations and sizes', () => {
   })
 })
 
+describe('federation batching', () => {
+  test('defaults: 500 records, no wait, 8 batches of credit; the file and OE_NODE_* set them', async () => {
+    const defaults = await loadConfig({})
+    expect(defaults.federation).toMatchObject({ batch_records: 500, batch_wait: 0, credit: 8 })
+    const file = await configFile('[federation]\nbatch_records = 2000\nbatch_wait = "20ms"\n')
+    const config = await loadConfig({ file, env: { OE_NODE_FEDERATION_CREDIT: '16' } })
+    expect(config.federation).toMatchObject({ batch_records: 2000, batch_wait: 20, credit: 16 })
+  })
+
+  test('out-of-range batching is refused with the key path and the range', async () => {
+    const file = await configFile('[federation]\nbatch_records = 0\nbatch_wait = "1m"\ncredit = 1000\n')
+    const error = await loadError({ file })
+    const byPath = Object.fromEntries(error.issues.map((issue) => [issue.path, issue.message]))
+    expect(byPath['federation.batch_records']).toMatch(/at least 1 record/)
+    expect(byPath['federation.batch_wait']).toMatch(/at most 10s/)
+    expect(byPath['federation.credit']).toMatch(/at most 256 batches/)
+  })
+})
+
 describe('loadConfig errors', () => {
   test('every problem from file, env and flags is reported at once, each with its key path', async () => {
     const file = await configFile(

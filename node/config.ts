@@ -87,7 +87,26 @@ export const configSchema = z.strictObject({
     })
     .prefault({}),
   federation: z
-    .strictObject({ listen: z.array(multiaddr).min(1).default(['/ip4/0.0.0.0/tcp/7400']) })
+    .strictObject({
+      listen: z.array(multiaddr).min(1).default(['/ip4/0.0.0.0/tcp/7400']),
+      // A provider's batches: up to batch_records records, or what has come within batch_wait.
+      batch_records: z.coerce
+        .number({ error: 'must be a number of records (1-10000)' })
+        .int('must be a whole number of records')
+        .min(1, 'must be at least 1 record')
+        .max(10_000, 'must be at most 10000 records')
+        .default(500),
+      batch_wait: duration
+        .prefault('0ms')
+        .refine((value) => value <= 10_000, 'must be at most 10s: records wait this long at most'),
+      // Batches a consumer lets a provider have in flight.
+      credit: z.coerce
+        .number({ error: 'must be a number of batches (1-256)' })
+        .int('must be a whole number of batches')
+        .min(1, 'must be at least 1 batch')
+        .max(256, 'must be at most 256 batches')
+        .default(8),
+    })
     .prefault({}),
   nats: z
     .strictObject({
@@ -132,6 +151,9 @@ const SETTINGS: Record<string, 'string' | 'list' | 'number'> = {
   'api.max_body_bytes': 'string',
   'api.ingest_tokens': 'list',
   'federation.listen': 'list',
+  'federation.batch_records': 'number',
+  'federation.batch_wait': 'string',
+  'federation.credit': 'number',
   'nats.url': 'string',
   'nats.creds': 'string',
   'nats.port': 'number',

@@ -206,7 +206,15 @@ export class OeNode {
       this.stopSteps.push(() => audit.stop())
 
       const federation = new Federation(
-        { org: this.org, listen: config.federation.listen },
+        {
+          org: this.org,
+          listen: config.federation.listen,
+          transfer: {
+            maxBatchRecords: config.federation.batch_records,
+            batchWaitMs: config.federation.batch_wait,
+            credit: config.federation.credit,
+          },
+        },
         { dataPlane, signer, logger: log.child({ component: 'federation' }), audit },
       )
       await federation.start()

@@ -46,6 +46,18 @@ const DOCS: Record<string, KeyDoc> = {
     meaning: 'libp2p listen addresses (`--listen`, repeatable)',
     type: 'list of multiaddrs',
   },
+  'federation.batch_records': {
+    meaning: 'as a provider: records per signed batch at most (1–10000)',
+  },
+  'federation.batch_wait': {
+    meaning:
+      'as a provider: how long a batch may wait for more records after its first, unless it fills; `0ms` sends what has arrived at once (batches still grow with the load)',
+    type: 'duration',
+  },
+  'federation.credit': {
+    meaning:
+      'as a consumer: batches a provider may have in flight before an ack (1–256); bounds memory per link',
+  },
   'nats.url': {
     meaning: 'external NATS (`--nats-url`); unset runs the embedded nats-server',
     type: 'NATS URL',

@@ -26,9 +26,10 @@ afterEach(cleanupAll)
 async function setup(
   grants: string[],
   extra: Record<string, unknown> = {},
+  providerConfig = '',
 ): Promise<{ provider: RunningNode; consumer: RunningNode; id: string }> {
   const [provider, consumer] = await Promise.all([
-    startNode({ config: 'org = "Provider"\n' }),
+    startNode({ config: `org = "Provider"\n${providerConfig}` }),
     startNode({ config: 'org = "Consumer"\n' }),
   ])
   await peer(consumer, 'prov', provider, 'cons')
@@ -272,6 +273,42 @@ describe('limits', () => {
     expect(await flowIn(consumer, id)).toBeLessThanOrEqual(1_300)
     await waitFor(async () => (await flowIn(consumer, id)) === 2_000, 15_000, 'all 2,000 records')
     expect(Date.now() - started).toBeGreaterThanOrEqual(3_000)
+  })
+
+  test('batching follows federation.batch_records and batch_wait', async () => {
+    const { provider, consumer, id } = await setup(
+      ['telemetry:kinds=meter;quantities=power'],
+      {},
+      '[federation]\nbatch_records = 4\nbatch_wait = "1500ms"\n',
+    )
+    const flowOut = async () =>
+      (
+        await api<{ flow: { recordsOut: number; batchesOut: number } }>(
+          provider,
+          'GET',
+          `/v1/agreements/${id}`,
+        )
+      ).flow
+    const t0 = Date.now() - 60_000
+    const reading = (v: number) => ({ kind: 'meter', rid: 'M1', q: 'power', v, t: t0 + v })
+    // Three readings a little apart: one batch that waits for more, then goes when its time is up.
+    for (const v of [0, 1, 2]) {
+      await ingest(provider, [reading(v)])
+      await Bun.sleep(100)
+    }
+    expect((await flowOut()).batchesOut).toBe(0)
+    await waitFor(async () => (await flowIn(consumer, id)) === 3, 10_000, 'the first three readings')
+    expect(await flowOut()).toMatchObject({ recordsOut: 3, batchesOut: 1 })
+    // Ten at once: full batches of four go without waiting, the last two wait their time.
+    await ingest(
+      provider,
+      Array.from({ length: 10 }, (_, i) => reading(3 + i)),
+    )
+    await waitFor(async () => (await flowOut()).batchesOut >= 3, 1_000, 'two full batches at once')
+    await waitFor(async () => (await flowIn(consumer, id)) === 13, 10_000, 'all 13 readings')
+    expect(await flowOut()).toMatchObject({ recordsOut: 13, batchesOut: 4 })
+    const received = await readSubject(consumer, 'oe.peer.>', 1_000)
+    expect(received.map((m) => m.data.v)).toEqual(Array.from({ length: 13 }, (_, i) => i))
   })
 })
 
