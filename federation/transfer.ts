@@ -427,13 +427,15 @@ export class ProviderSession {
       if (first.done) return
       const batch: JsMsg[] = [first.value]
       let ended = false
-      // With a wait, one timer per batch; without, the next turn of the event loop ends it.
+      // With a wait, one timer per batch ends it; without, the next turn of the event loop: a
+      // buffered message resolves within microtasks, and setImmediate fires only after them all.
       const timeUp =
-        tuning.batchWaitMs > 0 ? Bun.sleep(tuning.batchWaitMs).then((): typeof NOT_YET => NOT_YET) : undefined
+        tuning.batchWaitMs > 0
+          ? Bun.sleep(tuning.batchWaitMs).then((): typeof NOT_YET => NOT_YET)
+          : nextTurn()
       while (batch.length < tuning.maxBatchRecords) {
         pending = iterator.next()
-        // A buffered message resolves within microtasks; setImmediate fires only after them.
-        const result = await Promise.race([pending, timeUp ?? nextTurn()])
+        const result = await Promise.race([pending, timeUp])
         if (result === NOT_YET) break
         pending = undefined
         if (result.done) {
