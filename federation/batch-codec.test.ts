@@ -1,12 +1,13 @@
 import type { JsMsg } from '@nats-io/jetstream'
 import { describe, expect, it } from 'vitest'
-import { decodeCbor, encodeCbor } from '../data-plane/index.ts'
+import { decodeCbor, encodeCbor, encodeTelemetryPayload } from '../data-plane/index.ts'
 import { prng } from '../test/helpers/check.ts'
 import {
   type BatchBody,
   decodeBatchBody,
   encodeBatchBody,
   encodeBatchFrame,
+  fastTelemetryTime,
   streamSequence,
   telemetryTime,
 } from './batch-codec.ts'
@@ -185,6 +186,20 @@ describe('telemetryTime', () => {
       const payload = encodeCbor({ v: random() * 100, t, u: 'W', ql: random() < 0.5 ? 'good' : undefined })
       expect(telemetryTime(payload)).toBe(t)
     }
+  })
+
+  it('takes the fast path for what ingest and plugins write (epoch ms as float64, integers, fractions)', () => {
+    const now = Date.now()
+    for (const record of [
+      { kind: 'meter', rid: 'M1', q: 'power', v: 1500.25, t: now, u: 'W', ql: 'good' },
+      { kind: 'meter', rid: 'M1', q: 'power', v: -3, t: 1_000 },
+      { kind: 'meter', rid: 'M1', q: 'power', v: 0, t: now + 0.5 },
+    ] as const) {
+      expect(fastTelemetryTime(encodeTelemetryPayload(record))).toBe(record.t)
+    }
+    expect(
+      fastTelemetryTime(encodeCbor({ v: 1, t: now, u: 'W', ql: 'good', s: 12.5, pad: 'x'.repeat(60) })),
+    ).toBe(now)
   })
 
   it('answers undefined for payloads without a numeric t, and for things that are not maps', () => {

@@ -292,7 +292,8 @@ export function telemetryTime(payload: Uint8Array): number | undefined {
   return typeof t === 'number' ? t : undefined
 }
 
-function fastTelemetryTime(payload: Uint8Array): number | undefined | typeof OFF_PATH {
+/** The fast half of `telemetryTime`: the time, undefined (no t), or OFF_PATH (ask cbor-x). Exported for tests. */
+export function fastTelemetryTime(payload: Uint8Array): number | undefined | typeof OFF_PATH {
   const input = new In(payload)
   try {
     const [major, entries] = input.head()
@@ -305,16 +306,19 @@ function fastTelemetryTime(payload: Uint8Array): number | undefined | typeof OFF
         if (seen) return OFF_PATH
         seen = true
         const at = input.at
-        // cbor-x reads 8-byte integers as bigint (no number t then): the general path says so.
-        if ((payload[at]! & 0x1f) === 27) return OFF_PATH
-        const [valueMajor, value] = input.head()
-        if (valueMajor === 0) t = value
-        else if (valueMajor === 1) t = -1 - value
-        else {
-          // Not an integer: floats and the rest are for the general decoder to judge.
-          input.at = at
-          return OFF_PATH
+        const initial = payload[at]
+        if (initial === 0xfb) {
+          // A float64, as cbor-x writes epoch milliseconds (over 2^32) and fractions.
+          if (at + 9 > payload.length) return OFF_PATH
+          t = new DataView(payload.buffer, payload.byteOffset + at + 1, 8).getFloat64(0)
+          input.at = at + 9
+          continue
         }
+        // cbor-x reads 8-byte integers as bigint (no number t then) and rounds float32 and
+        // float16 its own way: the general path judges those, and anything else.
+        if (initial === undefined || (initial & 0x1f) === 27 || initial >> 5 > 1) return OFF_PATH
+        const [valueMajor, value] = input.head()
+        t = valueMajor === 0 ? value : -1 - value
       } else if (key === '__proto__') {
         return OFF_PATH
       } else skipValue(input)
