@@ -71,7 +71,7 @@ export interface TransferTuning {
   credit: number
 }
 
-export const DEFAULT_TUNING: TransferTuning = { maxBatchRecords: 500, batchWaitMs: 0, credit: 8 }
+export const DEFAULT_TUNING: TransferTuning = { maxBatchRecords: 500, batchWaitMs: 5, credit: 8 }
 
 export type HighWater = Record<SourceArea, number>
 

@@ -241,9 +241,9 @@ describe('durations and sizes', () => {
 })
 
 describe('federation batching', () => {
-  test('defaults: 500 records, no wait, 8 batches of credit; the file and OE_NODE_* set them', async () => {
+  test('defaults: 500 records, 5 ms wait, 8 batches of credit; the file and OE_NODE_* set them', async () => {
     const defaults = await loadConfig({})
-    expect(defaults.federation).toMatchObject({ batch_records: 500, batch_wait: 0, credit: 8 })
+    expect(defaults.federation).toMatchObject({ batch_records: 500, batch_wait: 5, credit: 8 })
     const file = await configFile('[federation]\nbatch_records = 2000\nbatch_wait = "20ms"\n')
     const config = await loadConfig({ file, env: { OE_NODE_FEDERATION_CREDIT: '16' } })
     expect(config.federation).toMatchObject({ batch_records: 2000, batch_wait: 20, credit: 16 })

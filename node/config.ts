@@ -97,7 +97,7 @@ export const configSchema = z.strictObject({
         .max(10_000, 'must be at most 10000 records')
         .default(500),
       batch_wait: duration
-        .prefault('0ms')
+        .prefault('5ms')
         .refine((value) => value <= 10_000, 'must be at most 10s: records wait this long at most'),
       // Batches a consumer lets a provider have in flight.
       credit: z.coerce
