@@ -613,7 +613,7 @@ export class ConsumerSession {
 
   /** Add a batch taken to the running receipt; hand the receipt over once it is RECEIPT_MS old. */
   private noteReceipt(n: number, records: number, bytes: number, digest: Uint8Array, sig: Uint8Array): void {
-    const receipt = (this.receipt ??= {
+    this.receipt ??= {
       batches: [n, n],
       records: 0,
       bytes: 0,
@@ -622,7 +622,8 @@ export class ConsumerSession {
       lastDigest: '',
       lastSig: '',
       startedAt: Date.now(),
-    })
+    }
+    const receipt = this.receipt
     receipt.batches[1] = n
     receipt.records += records
     receipt.bytes += bytes
