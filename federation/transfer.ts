@@ -225,8 +225,60 @@ class Channel {
   }
 }
 
-const NOT_YET: unique symbol = Symbol('not yet')
-const nextTurn = (): Promise<typeof NOT_YET> => new Promise((resolve) => setImmediate(() => resolve(NOT_YET)))
+/** How long the provider waits for a message before it asks whether its consumer stalled. */
+const STALL_CHECK_MS = 5_000
+
+/** Messages per JetStream pull request. */
+const pullSize = (tuning: TransferTuning): number => tuning.maxBatchRecords * 2
+
+/** JetStream messages as nats.js delivers them, taken a batch at a time. */
+class Inbox {
+  private items: JsMsg[] = []
+  private waiter: (() => void) | undefined
+  private wanted = 1
+  ended = false
+
+  readonly push = (msg: JsMsg): void => {
+    this.items.push(msg)
+    if (this.items.length >= this.wanted) this.wake()
+  }
+
+  get size(): number {
+    return this.items.length
+  }
+
+  end(): void {
+    this.ended = true
+    this.wake()
+  }
+
+  /** Resolves once `count` messages are here, the inbox has ended, or `ms` have passed. */
+  wait(count: number, ms: number): Promise<void> {
+    if (this.items.length >= count || this.ended) return Promise.resolve()
+    this.wanted = count
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.waiter = undefined
+        resolve()
+      }, ms)
+      this.waiter = () => {
+        clearTimeout(timer)
+        resolve()
+      }
+    })
+  }
+
+  take(max: number): JsMsg[] {
+    return this.items.splice(0, max)
+  }
+
+  private wake(): void {
+    const waiter = this.waiter
+    this.waiter = undefined
+    this.wanted = 1
+    waiter?.()
+  }
+}
 
 // ── provider ─────────────────────────────────────────────────────────────────────────────────
 
@@ -368,7 +420,8 @@ export class ProviderSession {
 
   /** Recreate the durable consumer so delivery starts right after what the consumer holds. */
   private async prepareConsumer(area: SourceArea, hw: number): Promise<string> {
-    const jsm = this.components.dataPlane.manager
+    const { dataPlane, tuning } = this.components
+    const jsm = dataPlane.manager
     const stream = AREA_STREAM[area]
     const name = this.durableName(area)
     await jsm.consumers.delete(stream, name).catch(() => {})
@@ -388,7 +441,8 @@ export class ProviderSession {
       filter_subject: `oe.${area}.>`,
       ack_policy: AckPolicy.All,
       ack_wait: nanos(60_000),
-      max_ack_pending: 100_000,
+      // What may be delivered and not yet acked: the batches in flight, and a pull or two more.
+      max_ack_pending: Math.min(100_000, tuning.credit * tuning.maxBatchRecords + 2 * pullSize(tuning)),
       inactive_threshold: nanos(7 * 86_400_000),
       ...start,
     })
@@ -400,52 +454,41 @@ export class ProviderSession {
     const stream = AREA_STREAM[area]
     const name = await this.prepareConsumer(area, hw)
     const consumer = await dataPlane.jetstream.consumers.get(stream, name)
-    const messages = await consumer.consume({ max_messages: tuning.maxBatchRecords * 2 })
+    // nats.js hands each message to a callback (cheaper than its async iterator); the inbox holds
+    // them until they go. JetStream stops delivering at the consumer's max_ack_pending, which
+    // bounds the inbox (see prepareConsumer).
+    const inbox = new Inbox()
+    const messages = await consumer.consume({ max_messages: pullSize(tuning), callback: inbox.push })
+    void messages.closed().then(
+      () => inbox.end(),
+      () => inbox.end(),
+    )
     this.closing.push(
       new Promise<void>((resolve) => {
         this.abort.signal.addEventListener('abort', () => {
+          inbox.end()
           void closeConsumerMessages(messages).finally(resolve)
         })
       }),
     )
-    const iterator = messages[Symbol.asyncIterator]()
-    let pending: Promise<IteratorResult<JsMsg>> | undefined
     while (!this.closed) {
-      // Wait for one message, then take whatever is already buffered (up to a batch) and send:
-      // batches grow with the load, and nothing waits on a timer when the flow is light.
-      pending ??= iterator.next()
-      const first = await Promise.race([pending, Bun.sleep(5_000).then((): typeof NOT_YET => NOT_YET)])
-      if (first === NOT_YET) {
-        // Quiet for a while: fine, unless the stream has data the consumer is not delivering
-        // (it can stall after a server restart); then end the session and start afresh.
-        const info = await consumer.info().catch(() => undefined)
-        if (info && info.num_pending > 0 && !this.closed)
-          throw new FederationError('the JetStream consumer stalled')
-        continue
-      }
-      pending = undefined
-      if (first.done) return
-      const batch: JsMsg[] = [first.value]
-      let ended = false
-      // With a wait, one timer per batch ends it; without, the next turn of the event loop: a
-      // buffered message resolves within microtasks, and setImmediate fires only after them all.
-      const timeUp =
-        tuning.batchWaitMs > 0
-          ? Bun.sleep(tuning.batchWaitMs).then((): typeof NOT_YET => NOT_YET)
-          : nextTurn()
-      while (batch.length < tuning.maxBatchRecords) {
-        pending = iterator.next()
-        const result = await Promise.race([pending, timeUp])
-        if (result === NOT_YET) break
-        pending = undefined
-        if (result.done) {
-          ended = true
-          break
+      if (inbox.size === 0) {
+        await inbox.wait(1, STALL_CHECK_MS)
+        if (this.closed) return
+        if (inbox.size === 0) {
+          if (inbox.ended) return
+          // Quiet for a while: fine, unless the stream has data the consumer is not delivering
+          // (it can stall after a server restart); then end the session and start afresh.
+          const info = await consumer.info().catch(() => undefined)
+          if (info && info.num_pending > 0 && !this.closed)
+            throw new FederationError('the JetStream consumer stalled')
+          continue
         }
-        batch.push(result.value)
       }
-      await this.sendBatch(area, batch)
-      if (ended) return
+      // Whatever has come (a whole socket read's worth arrives at once), or, with a batch wait,
+      // up to a full batch within it.
+      if (tuning.batchWaitMs > 0) await inbox.wait(tuning.maxBatchRecords, tuning.batchWaitMs)
+      await this.sendBatch(area, inbox.take(tuning.maxBatchRecords))
     }
   }
 
