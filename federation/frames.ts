@@ -37,15 +37,16 @@ export function encodeFrame(message: unknown, maxBytes = MAX_FRAME_BYTES): Uint8
  * Throws FrameError as soon as a declared length is over the limit, before buffering it.
  */
 export class FrameDecoder {
-  private buffer = new Uint8Array(0)
+  /** Bytes received and not yet taken, as they came (copied together only to make a frame). */
+  private chunks: Uint8Array[] = []
+  private length = 0
 
   constructor(private readonly maxBytes = MAX_FRAME_BYTES) {}
 
   push(chunk: Uint8Array): void {
-    const next = new Uint8Array(this.buffer.length + chunk.length)
-    next.set(this.buffer)
-    next.set(chunk, this.buffer.length)
-    this.buffer = next
+    if (chunk.length === 0) return
+    this.chunks.push(chunk)
+    this.length += chunk.length
   }
 
   /** The next complete payload, or undefined when more bytes are needed. */
@@ -54,9 +55,9 @@ export class FrameDecoder {
     let shift = 1
     let index = 0
     for (; ; index++) {
-      if (index >= this.buffer.length) return undefined
+      if (index >= this.length) return undefined
       if (index >= 4) throw new FrameError('the frame length prefix is malformed')
-      const byte = this.buffer[index]!
+      const byte = this.byteAt(index)
       length += (byte & 0x7f) * shift
       shift *= 128
       if ((byte & 0x80) === 0) break
@@ -64,14 +65,51 @@ export class FrameDecoder {
     if (length > this.maxBytes)
       throw new FrameError(`a frame of ${length} bytes is over the limit of ${this.maxBytes}`)
     const start = index + 1
-    if (this.buffer.length < start + length) return undefined
-    const payload = this.buffer.slice(start, start + length)
-    this.buffer = this.buffer.slice(start + length)
-    return payload
+    if (this.length < start + length) return undefined
+    this.skip(start)
+    return this.read(length)
   }
 
   get pending(): number {
-    return this.buffer.length
+    return this.length
+  }
+
+  private byteAt(index: number): number {
+    for (const chunk of this.chunks) {
+      if (index < chunk.length) return chunk[index]!
+      index -= chunk.length
+    }
+    throw new RangeError('past the buffered bytes')
+  }
+
+  private skip(count: number): void {
+    while (count > 0) {
+      const first = this.chunks[0]!
+      if (first.length > count) {
+        this.chunks[0] = first.subarray(count)
+        this.length -= count
+        return
+      }
+      this.chunks.shift()
+      this.length -= first.length
+      count -= first.length
+    }
+  }
+
+  /** The next `count` buffered bytes as a copy of their own (callers may keep them). */
+  private read(count: number): Uint8Array {
+    const out = new Uint8Array(count)
+    let filled = 0
+    while (filled < count) {
+      const first = this.chunks[0]!
+      const part = Math.min(first.length, count - filled)
+      out.set(part === first.length ? first : first.subarray(0, part), filled)
+      filled += part
+      if (part === first.length) this.chunks.shift()
+      else this.chunks[0] = first.subarray(part)
+      this.length -= part
+    }
+    return out
   }
 }
 
