@@ -266,6 +266,27 @@ describe('streamSequence', () => {
     ).toBe(4712)
   })
 
+  it("reads a real nats.js JsMsg without asking nats.js (the installed version keeps the core message as 'msg')", async () => {
+    // Not exported by the package: a path import, to hold the fast path to this nats.js version.
+    const { toJsMsg } = (await import('../node_modules/@nats-io/jetstream/lib/jsmsg.js')) as {
+      toJsMsg: (msg: unknown) => JsMsg
+    }
+    const core = {
+      subject: 'oe.tel.meter.M1.power',
+      reply: '$JS.ACK.OE_TEL.oe-agr-x-tel.1.4713.9.1700000000000000000.12',
+      data: new Uint8Array(),
+      sid: 1,
+    }
+    const msg = toJsMsg(core)
+    expect(msg.seq).toBe(4713)
+    Object.defineProperty(msg, 'seq', {
+      get() {
+        throw new Error('streamSequence fell back to nats.js')
+      },
+    })
+    expect(streamSequence(msg)).toBe(4713)
+  })
+
   it('asks nats.js for anything else', () => {
     expect(streamSequence(fake('_INBOX.x', 99))).toBe(99)
     expect(streamSequence(fake('$JS.ACK.a.b.c', 98))).toBe(98)

@@ -884,7 +884,15 @@ export class Federation {
           void this.components.audit.append('transfer.dropped', { id, peer: peer.alias, counts })
         },
         onReceipt: (receipt) => {
-          void this.components.audit.append('transfer.received', { id, peer: peer.alias, ...receipt })
+          // The last receipt of a session may come as the node stops and its audit log closes.
+          this.components.audit
+            .append('transfer.received', { id, peer: peer.alias, ...receipt })
+            .catch((error) => {
+              this.components.logger.warn(
+                { id, err: (error as Error).message },
+                'transfer receipt not audited',
+              )
+            })
         },
       })
       this.consumerSessions.set(id, session)

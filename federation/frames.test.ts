@@ -113,6 +113,25 @@ describe('encodeFrame and FrameDecoder', () => {
     },
   )
 
+  it('takes a large frame sent a byte at a time, holding a few dozen pieces at most', () => {
+    const body = Uint8Array.from({ length: 300_000 }, (_, i) => (i * 7) % 251)
+    const frame = encodeFrame({ t: 'batch', body }, 1 << 20)
+    const next = encodeFrame({ ok: true })
+    const decoder = new FrameDecoder(1 << 20)
+    let most = 0
+    for (let i = 0; i < frame.length; i++) {
+      decoder.push(frame.subarray(i, i + 1))
+      most = Math.max(most, decoder.pieces)
+      if (i < frame.length - 1 && i % 997 === 0) expect(decoder.take()).toBeUndefined()
+    }
+    decoder.push(next)
+    expect(most).toBeLessThan(64)
+    const payload = decoder.take()!
+    expect(hex(payload)).toBe(hex(encodeCanonical({ t: 'batch', body })))
+    expect(decodeFramePayload(decoder.take()!)).toEqual({ ok: true })
+    expect(decoder.pending).toBe(0)
+  })
+
   it('prefixes the payload with its length as a varint', () => {
     const frame = encodeFrame('x'.repeat(300))
     const payload = encodeCanonical('x'.repeat(300))

@@ -36,8 +36,11 @@ export function encodeFrame(message: unknown, maxBytes = MAX_FRAME_BYTES): Uint8
  * Split bytes into frames. Push chunks in; `take()` returns each complete frame's payload.
  * Throws FrameError as soon as a declared length is over the limit, before buffering it.
  */
+/** Received pieces under this size are joined as they come (see `push`). */
+const SMALL_CHUNK = 16 * 1024
+
 export class FrameDecoder {
-  /** Bytes received and not yet taken, as they came (copied together only to make a frame). */
+  /** Bytes received and not yet taken, in the pieces they came in (copied once, into a frame). */
   private chunks: Uint8Array[] = []
   private length = 0
 
@@ -45,8 +48,21 @@ export class FrameDecoder {
 
   push(chunk: Uint8Array): void {
     if (chunk.length === 0) return
-    this.chunks.push(chunk)
+    const chunks = this.chunks
+    chunks.push(chunk)
     this.length += chunk.length
+    // A peer may send a byte at a time. Small pieces are joined like a binary counter (a piece
+    // no smaller than the one before it merges with it), so there are never more than a few
+    // dozen pieces per frame and each byte is copied O(log n) times.
+    for (let n = chunks.length; n >= 2; n = chunks.length) {
+      const last = chunks[n - 1]!
+      const previous = chunks[n - 2]!
+      if (last.length >= SMALL_CHUNK || last.length < previous.length) break
+      const joined = new Uint8Array(previous.length + last.length)
+      joined.set(previous)
+      joined.set(last, previous.length)
+      chunks.splice(n - 2, 2, joined)
+    }
   }
 
   /** The next complete payload, or undefined when more bytes are needed. */
@@ -66,12 +82,17 @@ export class FrameDecoder {
       throw new FrameError(`a frame of ${length} bytes is over the limit of ${this.maxBytes}`)
     const start = index + 1
     if (this.length < start + length) return undefined
-    this.skip(start)
+    this.read(start)
     return this.read(length)
   }
 
   get pending(): number {
     return this.length
+  }
+
+  /** How many pieces the pending bytes are held in. */
+  get pieces(): number {
+    return this.chunks.length
   }
 
   private byteAt(index: number): number {
@@ -82,33 +103,21 @@ export class FrameDecoder {
     throw new RangeError('past the buffered bytes')
   }
 
-  private skip(count: number): void {
-    while (count > 0) {
-      const first = this.chunks[0]!
-      if (first.length > count) {
-        this.chunks[0] = first.subarray(count)
-        this.length -= count
-        return
-      }
-      this.chunks.shift()
-      this.length -= first.length
-      count -= first.length
-    }
-  }
-
   /** The next `count` buffered bytes as a copy of their own (callers may keep them). */
   private read(count: number): Uint8Array {
     const out = new Uint8Array(count)
     let filled = 0
+    let used = 0
     while (filled < count) {
-      const first = this.chunks[0]!
-      const part = Math.min(first.length, count - filled)
-      out.set(part === first.length ? first : first.subarray(0, part), filled)
+      const chunk = this.chunks[used]!
+      const part = Math.min(chunk.length, count - filled)
+      out.set(part === chunk.length ? chunk : chunk.subarray(0, part), filled)
       filled += part
-      if (part === first.length) this.chunks.shift()
-      else this.chunks[0] = first.subarray(part)
-      this.length -= part
+      if (part === chunk.length) used += 1
+      else this.chunks[used] = chunk.subarray(part)
     }
+    this.chunks.splice(0, used)
+    this.length -= count
     return out
   }
 }

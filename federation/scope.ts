@@ -22,6 +22,7 @@ export type DropReason =
   | 'attrs'
   | 'time'
   | 'payload'
+  | 'oversize'
 
 export interface CompiledScope {
   /** The provider streams the grants read from. */

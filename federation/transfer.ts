@@ -227,6 +227,15 @@ class Channel {
 
 /** How long the provider waits for a message before it asks whether its consumer stalled. */
 const STALL_CHECK_MS = 5_000
+/** Room kept in a batch frame for everything but the records (keys, id, numbers, signature). */
+const BATCH_FRAME_SLACK = 1_024
+
+/** The most bytes a prepared record takes in a batch body (UTF-8 subject at 3 bytes a code unit). */
+const recordBound = ([subject, payload]: [string, Uint8Array, number]): number =>
+  1 + 9 + 3 * subject.length + 9 + payload.length + 9
+
+/** JetStream's redelivery timer for the provider's consumers: far beyond any session. */
+const ACK_WAIT_MS = 24 * 3_600_000
 
 /** Messages per JetStream pull request. */
 const pullSize = (tuning: TransferTuning): number => tuning.maxBatchRecords * 2
@@ -305,6 +314,10 @@ export class ProviderSession {
   private readonly abort = new AbortController()
   private readonly inFlight = new Map<number, PendingBatch>()
   private credit = 0
+  /** The credit the consumer granted at the start of the session: batches it lets be in flight. */
+  private grantedCredit = 1
+  /** Per stream, the highest source sequence taken for sending (a redelivery is at or below). */
+  private readonly taken: Record<SourceArea, number> = { tel: 0, std: 0, evt: 0 }
   private creditWaiters: (() => void)[] = []
   private batchNumber = 0
   private closedReason: string | undefined
@@ -351,6 +364,7 @@ export class ProviderSession {
       if (ready?.t !== 'ready' || typeof ready.credit !== 'number')
         throw new FrameError('expected a ready frame')
       this.credit = Math.min(Math.max(0, Math.trunc(ready.credit)), 256)
+      this.grantedCredit = Math.max(1, this.credit)
       const hw = ready.hw ?? {}
       const readers = this.scope.areas.map((area) => this.readArea(area, Number(hw[area] ?? 0)))
       await Promise.race([Promise.all(readers), this.readAcks()])
@@ -440,9 +454,12 @@ export class ProviderSession {
       // wildcard filter several times slower than from none once the consumer is behind.
       filter_subject: `oe.${area}.>`,
       ack_policy: AckPolicy.All,
-      ack_wait: nanos(60_000),
-      // What may be delivered and not yet acked: the batches in flight, and a pull or two more.
-      max_ack_pending: Math.min(100_000, tuning.credit * tuning.maxBatchRecords + 2 * pullSize(tuning)),
+      // Each session recreates the consumer from the consumer's high-water mark, so JetStream's
+      // own redelivery is never needed: a delivery waits for credit as long as it must.
+      ack_wait: nanos(ACK_WAIT_MS),
+      // What may be delivered and not yet acked: the batches the consumer lets be in flight,
+      // and two pulls more. This bounds what waits in the inbox.
+      max_ack_pending: this.grantedCredit * tuning.maxBatchRecords + 2 * pullSize(tuning),
       inactive_threshold: nanos(7 * 86_400_000),
       ...start,
     })
@@ -463,12 +480,19 @@ export class ProviderSession {
       () => inbox.end(),
       () => inbox.end(),
     )
+    // Closed with the session, also when it ended while the consume was being set up: a consume
+    // left open would go on taking messages from the durable consumer the next session recreates.
+    const close = (): Promise<void> => {
+      inbox.end()
+      return closeConsumerMessages(messages)
+    }
+    if (this.abort.signal.aborted) {
+      await close()
+      return
+    }
     this.closing.push(
       new Promise<void>((resolve) => {
-        this.abort.signal.addEventListener('abort', () => {
-          inbox.end()
-          void closeConsumerMessages(messages).finally(resolve)
-        })
+        this.abort.signal.addEventListener('abort', () => void close().finally(resolve), { once: true })
       }),
     )
     while (!this.closed) {
@@ -480,7 +504,13 @@ export class ProviderSession {
           // Quiet for a while: fine, unless the stream has data the consumer is not delivering
           // (it can stall after a server restart); then end the session and start afresh.
           const info = await consumer.info().catch(() => undefined)
-          if (info && info.num_pending > 0 && !this.closed)
+          // Deliveries held at max_ack_pending wait on the consumer's acks, not on JetStream.
+          if (
+            info &&
+            info.num_pending > 0 &&
+            info.num_ack_pending < info.config.max_ack_pending! &&
+            !this.closed
+          )
             throw new FederationError('the JetStream consumer stalled')
           continue
         }
@@ -488,7 +518,14 @@ export class ProviderSession {
       // Whatever has come (a whole socket read's worth arrives at once), or, with a batch wait,
       // up to a full batch within it.
       if (tuning.batchWaitMs > 0) await inbox.wait(tuning.maxBatchRecords, tuning.batchWaitMs)
-      await this.sendBatch(area, inbox.take(tuning.maxBatchRecords))
+      // Anything at or below what was taken already is a redelivery: it went, or goes, once.
+      const batch = inbox.take(tuning.maxBatchRecords).filter((msg) => {
+        const seq = streamSequence(msg)
+        if (seq <= this.taken[area]) return false
+        this.taken[area] = seq
+        return true
+      })
+      if (batch.length > 0) await this.sendFitting(area, batch)
     }
   }
 
@@ -519,16 +556,52 @@ export class ProviderSession {
     return [rest, msg.data, streamSequence(msg)]
   }
 
-  private async sendBatch(area: SourceArea, messages: JsMsg[]): Promise<void> {
+  /**
+   * Check and prepare `messages`, then send them in as many batches as it takes to keep each
+   * frame under MAX_BATCH_FRAME_BYTES. A record too big for a frame of its own is dropped
+   * ('oversize'): sent, it would end every session at the same place.
+   */
+  private async sendFitting(area: SourceArea, messages: JsMsg[]): Promise<void> {
     const { stats } = this.components
-    const records: [string, Uint8Array, number][] = []
+    const drop = (reason: DropReason): void => {
+      stats.drops[reason] = (stats.drops[reason] ?? 0) + 1
+    }
     const cut = cutoff(this.view)
+    const limit = MAX_BATCH_FRAME_BYTES - BATCH_FRAME_SLACK
+    let records: [string, Uint8Array, number][] = []
+    let size = 0
+    let last: JsMsg | undefined
     for (const msg of messages) {
       const prepared = this.prepare(area, msg, cut)
-      if (typeof prepared !== 'string') records.push(prepared)
       // Outside the grants is simply not this agreement's data; other reasons are drops.
-      else if (prepared !== 'not_granted') stats.drops[prepared] = (stats.drops[prepared] ?? 0) + 1
+      if (typeof prepared === 'string') {
+        if (prepared !== 'not_granted') drop(prepared)
+      } else {
+        const bytes = recordBound(prepared)
+        if (bytes > limit) drop('oversize')
+        else {
+          if (size + bytes > limit && records.length > 0) {
+            await this.sendBatch(area, last!, records)
+            if (this.closed) return
+            records = []
+            size = 0
+          }
+          records.push(prepared)
+          size += bytes
+        }
+      }
+      last = msg
     }
+    if (last) await this.sendBatch(area, last, records)
+  }
+
+  /** One signed batch: `records`, covering the stream up to `last` (which JetStream acks later). */
+  private async sendBatch(
+    area: SourceArea,
+    last: JsMsg,
+    records: [string, Uint8Array, number][],
+  ): Promise<void> {
+    const { stats } = this.components
     await this.throttle(records.length)
     await this.waitCredit()
     if (this.closed) return
@@ -538,7 +611,6 @@ export class ProviderSession {
     }
     this.credit -= 1
     const n = ++this.batchNumber
-    const last = messages[messages.length - 1]!
     const { frame } = encodeBatchFrame(
       { id: this.view.id, n, a: area, upTo: streamSequence(last), r: records },
       (body) => cryptoSign(null, createHash('sha256').update(body).digest(), this.components.privateKey),
@@ -568,14 +640,15 @@ export interface ConsumerSessionComponents {
   onViolation: (reason: string) => void
   /** Records dropped for being out of scope: audited with counts. */
   onDropped: (counts: Record<string, number>) => void
-  /** The receipt for the batches taken since the last one (at most every RECEIPT_MS): audited. */
+  /** The receipt for the batches taken since the last one (every RECEIPT_MS while they come): audited. */
   onReceipt?: (receipt: TransferReceipt) => void
 }
 
 /**
  * What the consumer took from the provider over a stretch of batches: their numbers, counts, a
- * chain of their body digests (sha256(previous ‖ digest), starting from 32 zero bytes) and the
- * provider's signature over the last one, which ties the receipt to a batch the provider signed.
+ * chain of their body digests (sha256(previous ‖ digest), from 32 zero bytes at the start of the
+ * session and running on through its receipts) and the provider's signature over the last one,
+ * which ties the receipt to a batch the provider signed.
  */
 export interface TransferReceipt {
   batches: [number, number]
@@ -591,7 +664,7 @@ const RECEIPT_MS = 1_000
 
 const emptyHw = (): HighWater => ({ tel: 0, std: 0, evt: 0 })
 
-/** How often a busy consumer session stores its high-water mark (see `saveState`). */
+/** How soon after a batch a consumer session stores its high-water mark, at most (see `saveState`). */
 const STATE_SAVE_MS = 250
 
 /** The consumer side of one transfer session. */
@@ -605,7 +678,13 @@ export class ConsumerSession {
   private stopped = false
   private unsaved = false
   private savedAt = 0
-  private receipt: (TransferReceipt & { chainBytes: Uint8Array; startedAt: number }) | undefined
+  /** Saves in the order they were asked for: an older mark never lands after a newer one. */
+  private saving: Promise<void> = Promise.resolve()
+  private saveTimer: ReturnType<typeof setTimeout> | undefined
+  private receipt: Omit<TransferReceipt, 'chain'> | undefined
+  private receiptTimer: ReturnType<typeof setTimeout> | undefined
+  /** The receipts' digest chain, running through the session. */
+  private chain: Uint8Array = new Uint8Array(32)
 
   constructor(
     private readonly view: AgreementView,
@@ -650,49 +729,61 @@ export class ConsumerSession {
       this.channel.abort(error as Error)
     } finally {
       this.flushReceipt()
+      clearTimeout(this.saveTimer)
       if (this.unsaved) await this.saveState().catch(() => {})
     }
   }
 
-  /** Add a batch taken to the running receipt; hand the receipt over once it is RECEIPT_MS old. */
+  /** Add a batch taken to the running receipt, which is handed over RECEIPT_MS after it began. */
   private noteReceipt(n: number, records: number, bytes: number, digest: Uint8Array, sig: Uint8Array): void {
-    this.receipt ??= {
-      batches: [n, n],
-      records: 0,
-      bytes: 0,
-      chain: '',
-      chainBytes: new Uint8Array(32),
-      lastDigest: '',
-      lastSig: '',
-      startedAt: Date.now(),
+    if (!this.receipt) {
+      this.receipt = { batches: [n, n], records: 0, bytes: 0, lastDigest: '', lastSig: '' }
+      this.receiptTimer = setTimeout(() => this.flushReceipt(), RECEIPT_MS)
     }
     const receipt = this.receipt
     receipt.batches[1] = n
     receipt.records += records
     receipt.bytes += bytes
-    receipt.chainBytes = createHash('sha256').update(receipt.chainBytes).update(digest).digest()
+    this.chain = createHash('sha256').update(this.chain).update(digest).digest()
     receipt.lastDigest = Buffer.from(digest).toString('hex')
     receipt.lastSig = Buffer.from(sig).toString('base64url')
-    if (Date.now() - receipt.startedAt >= RECEIPT_MS) this.flushReceipt()
   }
 
   private flushReceipt(): void {
+    clearTimeout(this.receiptTimer)
     const receipt = this.receipt
     this.receipt = undefined
-    if (!receipt) return
-    const { chainBytes, startedAt: _, ...rest } = receipt
-    this.components.onReceipt?.({ ...rest, chain: Buffer.from(chainBytes).toString('hex') })
+    if (receipt) this.components.onReceipt?.({ ...receipt, chain: Buffer.from(this.chain).toString('hex') })
+  }
+
+  /** After a batch: store the high-water mark now, or within STATE_SAVE_MS of the last store. */
+  private async markTaken(): Promise<void> {
+    this.unsaved = true
+    const due = this.savedAt + STATE_SAVE_MS - Date.now()
+    if (due <= 0) {
+      clearTimeout(this.saveTimer)
+      this.saveTimer = undefined
+      await this.saveState()
+    } else {
+      this.saveTimer ??= setTimeout(() => {
+        this.saveTimer = undefined
+        if (this.unsaved) void this.saveState().catch(() => {})
+      }, due)
+    }
   }
 
   /**
-   * Store the high-water mark, at most every STATE_SAVE_MS while batches flow. It only shortens
-   * the next start: what OE_PEER holds beyond the stored mark is found again from the records'
-   * `Oe-Src` headers (see `recover`), so a mark a little behind never lets a record in twice.
+   * Store the high-water mark, at most every STATE_SAVE_MS while batches flow and never later
+   * than that after the last one. A mark a little behind only lengthens the next start: what
+   * OE_PEER holds beyond it is found again from the records' `Oe-Src` headers (see `recover`),
+   * so it never lets a record in twice.
    */
-  private async saveState(): Promise<void> {
+  private saveState(): Promise<void> {
     this.unsaved = false
     this.savedAt = Date.now()
-    await this.components.states.put(this.view.id, { hw: { ...this.state.hw }, peerSeq: this.state.peerSeq })
+    const snapshot: TransferState = { hw: { ...this.state.hw }, peerSeq: this.state.peerSeq }
+    this.saving = this.saving.catch(() => {}).then(() => this.components.states.put(this.view.id, snapshot))
+    return this.saving
   }
 
   /** The stored high-water mark, raised by anything already published after it (a crash gap). */
@@ -871,8 +962,7 @@ export class ConsumerSession {
     if (messages.length > 0) peerSeq = await this.components.dataPlane.publishConfirmed(messages)
     if (body.upTo > this.state.hw[area]) this.state.hw[area] = body.upTo
     if (peerSeq > this.state.peerSeq) this.state.peerSeq = peerSeq
-    this.unsaved = true
-    if (Date.now() - this.savedAt >= STATE_SAVE_MS) await this.saveState()
+    await this.markTaken()
     this.noteReceipt(body.n, messages.length, raw.body.length, digest, raw.sig)
     stats.batchesIn += 1
     stats.recordsIn += messages.length

@@ -275,6 +275,40 @@ describe('limits', () => {
     expect(Date.now() - started).toBeGreaterThanOrEqual(3_000)
   })
 
+  test('batches stay under the 1 MiB frame limit: big ones are split, a record too big for any frame is dropped', async () => {
+    const { provider, consumer, id } = await setup(
+      ['telemetry:kinds=meter;quantities=power'],
+      {},
+      '[federation]\nbatch_records = 10000\nbatch_wait = "1s"\n',
+    )
+    const nc = await natsOf(provider)
+    const t0 = Date.now() - 60_000
+    try {
+      // 8,000 readings of about 230 bytes (about 1.8 MiB in all) waiting together, one reading
+      // of 1,048,000 bytes in the middle, and a last small one.
+      const pad = 'p'.repeat(200)
+      for (let i = 0; i < 8_000; i++) {
+        nc.publish(`oe.tel.meter.m${i % 50}.power`, encodeCbor({ v: i, t: t0 + i, pad }))
+        if (i === 4_000)
+          nc.publish('oe.tel.meter.big.power', encodeCbor({ v: -1, t: t0, pad: 'x'.repeat(1_048_000) }))
+      }
+      nc.publish('oe.tel.meter.last.power', encodeCbor({ v: 8_000, t: t0 + 8_000 }))
+      await nc.flush()
+    } finally {
+      await nc.close()
+    }
+    await waitFor(async () => (await flowIn(consumer, id)) >= 8_001, 30_000, '8,001 readings')
+    const flow = (
+      await api<{
+        flow: { recordsOut: number; batchesOut: number; drops: Record<string, number>; sessions: number }
+      }>(provider, 'GET', `/v1/agreements/${id}`)
+    ).flow
+    expect(flow).toMatchObject({ recordsOut: 8_001, drops: { oversize: 1 }, sessions: 1 })
+    expect(flow.batchesOut).toBeGreaterThanOrEqual(2)
+    const received = await readSubject(consumer, 'oe.peer.>', 2_000)
+    expect(received.map((m) => m.data.v)).toEqual(Array.from({ length: 8_001 }, (_, i) => i))
+  })
+
   test('batching follows federation.batch_records and batch_wait', async () => {
     const { provider, consumer, id } = await setup(
       ['telemetry:kinds=meter;quantities=power'],
@@ -304,7 +338,7 @@ describe('limits', () => {
       provider,
       Array.from({ length: 10 }, (_, i) => reading(3 + i)),
     )
-    await waitFor(async () => (await flowOut()).batchesOut >= 3, 1_000, 'two full batches at once')
+    await waitFor(async () => (await flowOut()).batchesOut >= 3, 1_200, 'two full batches at once')
     await waitFor(async () => (await flowIn(consumer, id)) === 13, 10_000, 'all 13 readings')
     expect(await flowOut()).toMatchObject({ recordsOut: 13, batchesOut: 4 })
     const received = await readSubject(consumer, 'oe.peer.>', 1_000)
