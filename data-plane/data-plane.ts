@@ -90,6 +90,7 @@ export class DataPlane {
   private readonly pending = new Map<string, PendingBatch>()
   private batchSequence = 0
   private started = false
+  private readonly reconnectListeners = new Set<() => void>()
 
   constructor(
     private readonly init: DataPlaneInit,
@@ -154,8 +155,18 @@ export class DataPlane {
       } else if (status.type === 'reconnect') {
         this.connected = true
         this.components.logger.info({ server: status.server }, 'data plane reconnected')
+        for (const listener of this.reconnectListeners) listener()
       }
     }
+  }
+
+  /**
+   * Call `listener` each time the connection to NATS comes back after a loss (a restarted
+   * nats-server, say). Returns the function that removes it.
+   */
+  onReconnect(listener: () => void): () => void {
+    this.reconnectListeners.add(listener)
+    return () => this.reconnectListeners.delete(listener)
   }
 
   /** Publish telemetry records to `oe.tel.…`; resolves once JetStream has stored every one. */

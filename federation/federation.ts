@@ -180,6 +180,7 @@ export class Federation {
   private readonly providerSessions = new Map<string, ProviderSession>()
   private readonly consumerSessions = new Map<string, ConsumerSession>()
   private readonly sessionRetryAt = new Map<string, number>()
+  private offReconnect: (() => void) | undefined
   private tuning: TransferTuning = DEFAULT_TUNING
   private controlLoop: { stop(err?: Error): void; close(): Promise<unknown> } | undefined
 
@@ -253,6 +254,16 @@ export class Federation {
     await this.startControlLoop()
     this.timer = setInterval(() => this.housekeeping(), 500)
     this.housekeeping()
+    // JetStream acks sent while NATS was away are lost, and a consumer whose deliveries wait on
+    // them would stall until the provider's stall check; new sessions start from what the
+    // consumers hold at once.
+    this.offReconnect = this.components.dataPlane.onReconnect(() => {
+      for (const id of [...this.providerSessions.keys()]) {
+        this.stopSessions(id, 'NATS reconnected')
+        this.sessionRetryAt.delete(id)
+      }
+      this.housekeeping()
+    })
     this.components.logger.info(
       { addrs: host.addresses(), peers: this.peersByAlias.size },
       'federation started',
@@ -262,6 +273,7 @@ export class Federation {
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer)
     this.timer = undefined
+    this.offReconnect?.()
     for (const id of new Set([...this.providerSessions.keys(), ...this.consumerSessions.keys()])) {
       this.stopSessions(id, 'node stopping')
     }
