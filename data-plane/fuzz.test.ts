@@ -4,6 +4,7 @@
  * reproduces exactly.
  */
 import { describe, expect, test } from 'vitest'
+import { prng, SPEC_NOT_ELECTRICAL, SPEC_UNITS } from '../test/helpers/check.ts'
 import { decodeCbor, decodeForDisplay, encodeCbor } from './codec.ts'
 import { parseTelemetryRecord, RESOURCE_ID_PATTERN, RESOURCE_KINDS } from './model.ts'
 
@@ -13,18 +14,6 @@ const NOW = 1_700_000_000_000
 const HANG_GUARD_MS = 20_000
 
 type Random = () => number
-
-/** mulberry32: a tiny 32-bit PRNG, good enough to spread inputs and fully reproducible. */
-function mulberry32(seed: number): Random {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let z = state
-    z = Math.imul(z ^ (z >>> 15), z | 1)
-    z ^= z + Math.imul(z ^ (z >>> 7), z | 61)
-    return ((z ^ (z >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 const int = (random: Random, max: number): number => Math.floor(random() * max)
 const pick = <T>(random: Random, items: readonly T[]): T => items[int(random, items.length)]!
@@ -155,7 +144,7 @@ describe('fuzz: decodeCbor', () => {
   test(
     'random bytes either decode or throw DecodeError',
     () => {
-      const random = mulberry32(0x0e0e0001)
+      const random = prng(0x0e0e0001)
       const problems: string[] = []
       for (let i = 0; i < ITERATIONS; i++) {
         const problem = checkDecode(randomBytes(random, int(random, 48)))
@@ -169,7 +158,7 @@ describe('fuzz: decodeCbor', () => {
   test(
     'mutated valid encodings either decode or throw DecodeError',
     () => {
-      const random = mulberry32(0x0e0e0002)
+      const random = prng(0x0e0e0002)
       const problems: string[] = []
       let decodedIntact = 0
       for (let i = 0; i < ITERATIONS; i++) {
@@ -187,25 +176,10 @@ describe('fuzz: decodeCbor', () => {
   )
 })
 
-const UNITS: Record<string, string> = {
-  power: 'W',
-  reactive_power: 'var',
-  apparent_power: 'VA',
-  power_factor: '1',
-  energy_import: 'Wh',
-  energy_export: 'Wh',
-  voltage: 'V',
-  current: 'A',
-  frequency: 'Hz',
-  soc: '%',
-  temperature: '°C',
-  power_limit: 'W',
-  power_offered: 'W',
-}
 /** Every quantity of ARCHITECTURE §5 and its unit, phase-suffixed electrical ones included. */
-const QUANTITY_UNIT = new Map<string, string>(Object.entries(UNITS))
-for (const [quantity, unit] of Object.entries(UNITS)) {
-  if (quantity === 'soc' || quantity === 'temperature') continue
+const QUANTITY_UNIT = new Map<string, string>(Object.entries(SPEC_UNITS))
+for (const [quantity, unit] of Object.entries(SPEC_UNITS)) {
+  if (SPEC_NOT_ELECTRICAL.has(quantity)) continue
   for (const phase of ['_l1', '_l2', '_l3']) QUANTITY_UNIT.set(quantity + phase, unit)
 }
 const QUANTITIES = [...QUANTITY_UNIT.keys()]
@@ -245,7 +219,7 @@ const FIELD_POOLS: Record<string, (random: Random) => unknown> = {
     chance(random, 0.5)
       ? NOW - int(random, 1e9)
       : pick(random, [...EDGE_NUMBERS, NOW + 0.5, -NOW, '2024-01-01', BigInt(NOW)]),
-  u: (random) => pick(random, [...Object.values(UNITS), 'kW', 'kWh', '', 1]),
+  u: (random) => pick(random, [...Object.values(SPEC_UNITS), 'kW', 'kWh', '', 1]),
   ql: (random) => pick(random, [...QUALITIES, 'bad', 'GOOD', 0]),
 }
 
@@ -323,7 +297,7 @@ describe('fuzz: parseTelemetryRecord', () => {
   test(
     'random values either give a sound record or throw ValidationError',
     () => {
-      const random = mulberry32(0x0e0e0003)
+      const random = prng(0x0e0e0003)
       const problems: string[] = []
       let accepted = 0
       for (let i = 0; i < ITERATIONS; i++) {
@@ -342,7 +316,7 @@ describe('fuzz: parseTelemetryRecord', () => {
   test(
     'records that went through CBOR either give a sound record or throw ValidationError',
     () => {
-      const random = mulberry32(0x0e0e0004)
+      const random = prng(0x0e0e0004)
       const problems: string[] = []
       let accepted = 0
       for (let i = 0; i < ITERATIONS / 4; i++) {

@@ -1,27 +1,13 @@
 import { describe, expect, test } from 'vitest'
+import { SPEC_NOT_ELECTRICAL, SPEC_UNITS } from '../test/helpers/check.ts'
 import { decodeCbor } from './codec.ts'
 import { parseResource, parseTelemetryRecord } from './model.ts'
 
 const NOW = 1_700_000_000_000
 const FIVE_MINUTES = 5 * 60 * 1000
 
-/** The quantities and canonical units of ARCHITECTURE §5, written out so the test does not echo the code. */
-const UNITS: Record<string, string> = {
-  power: 'W',
-  reactive_power: 'var',
-  apparent_power: 'VA',
-  power_factor: '1',
-  energy_import: 'Wh',
-  energy_export: 'Wh',
-  voltage: 'V',
-  current: 'A',
-  frequency: 'Hz',
-  soc: '%',
-  temperature: '°C',
-  power_limit: 'W',
-  power_offered: 'W',
-}
-const NOT_ELECTRICAL = new Set(['soc', 'temperature'])
+const UNITS = SPEC_UNITS
+const NOT_ELECTRICAL = SPEC_NOT_ELECTRICAL
 const ELECTRICAL = Object.keys(UNITS).filter((quantity) => !NOT_ELECTRICAL.has(quantity))
 const KINDS = ['site', 'meter', 'der', 'inverter', 'battery', 'pv', 'station', 'evse', 'load']
 

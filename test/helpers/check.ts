@@ -21,3 +21,26 @@ export function prng(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296
   }
 }
+
+/**
+ * The quantities and canonical units of ARCHITECTURE §5, written out here so that tests check the
+ * model against the document rather than against itself.
+ */
+export const SPEC_UNITS: Readonly<Record<string, string>> = {
+  power: 'W',
+  reactive_power: 'var',
+  apparent_power: 'VA',
+  power_factor: '1',
+  energy_import: 'Wh',
+  energy_export: 'Wh',
+  voltage: 'V',
+  current: 'A',
+  frequency: 'Hz',
+  soc: '%',
+  temperature: '°C',
+  power_limit: 'W',
+  power_offered: 'W',
+}
+
+/** The quantities of §5 that take no phase suffix (`_l1` `_l2` `_l3`). */
+export const SPEC_NOT_ELECTRICAL: ReadonlySet<string> = new Set(['soc', 'temperature'])
