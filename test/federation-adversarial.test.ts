@@ -14,9 +14,9 @@ import {
   signId,
   signTermination,
 } from '../federation/index.ts'
-import { api, auditEntries, peer, propose, waitAgreementState } from './helpers/federation.ts'
-import { cleanupAll, type RunningNode, runCli, startNode, waitFor } from './helpers/node-process.ts'
-import { newIdentity, type Rogue, startRogue } from './helpers/rogue-peer.ts'
+import { api, auditEntries, propose, waitAgreementState } from './helpers/federation.ts'
+import { cleanupAll, type RunningNode, runCli, waitFor } from './helpers/node-process.ts'
+import { newIdentity, type Rogue, startArena, startRogue } from './helpers/rogue-peer.ts'
 
 let victim: RunningNode
 let honest: RunningNode
@@ -25,17 +25,7 @@ let target: string
 let victimKey: string
 
 beforeAll(async () => {
-  ;[victim, honest] = await Promise.all([
-    startNode({ config: 'org = "Victim"\n' }),
-    startNode({ config: 'org = "Honest"\n' }),
-  ])
-  await peer(victim, 'honest', honest, 'victim')
-  rogue = await startRogue()
-  await api(victim, 'POST', '/v1/peers', { card: rogue.card, alias: 'rogue' })
-  const status = await api<{ addrs: string[]; peerId: string }>(victim, 'GET', '/v1/status')
-  target = status.addrs[0]!
-  const card = await api<{ card: { publicKey: string } }>(victim, 'GET', '/v1/card')
-  victimKey = card.card.publicKey
+  ;({ victim, honest, rogue, target, victimKey } = await startArena())
 })
 
 afterAll(async () => {

@@ -15,16 +15,15 @@ import {
   newAgreementBody,
   signId,
 } from '../federation/index.ts'
-import { type AuditLine, api, auditEntries, peer, propose, waitAgreementState } from './helpers/federation.ts'
+import { type AuditLine, api, auditEntries, propose, waitAgreementState } from './helpers/federation.ts'
 import {
   cleanupAll,
   type RunningNode,
   readSubject,
-  startNode,
   type TailMessage,
   waitFor,
 } from './helpers/node-process.ts'
-import { newIdentity, type Rogue, startRogue } from './helpers/rogue-peer.ts'
+import { newIdentity, type Rogue, startArena } from './helpers/rogue-peer.ts'
 import {
   type BatchBody,
   type BatchRecord,
@@ -42,16 +41,7 @@ let target: string
 let victimKey: string
 
 beforeAll(async () => {
-  ;[victim, honest] = await Promise.all([
-    startNode({ config: 'org = "Victim"\n' }),
-    startNode({ config: 'org = "Honest"\n' }),
-  ])
-  await peer(victim, 'honest', honest, 'victim')
-  rogue = await startRogue()
-  await api(victim, 'POST', '/v1/peers', { card: rogue.card, alias: 'rogue' })
-  const status = await api<{ addrs: string[] }>(victim, 'GET', '/v1/status')
-  target = status.addrs[0]!
-  victimKey = (await api<{ card: { publicKey: string } }>(victim, 'GET', '/v1/card')).card.publicKey
+  ;({ victim, honest, rogue, target, victimKey } = await startArena())
 })
 
 afterAll(async () => {

@@ -16,6 +16,8 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 import { AGREEMENT_PROTOCOL, decodeFramePayload, FrameDecoder } from '../../federation/index.ts'
 import { createCard, identityFromKeyObject, type NodeIdentity } from '../../node/index.ts'
+import { api, peer } from './federation.ts'
+import { type RunningNode, startNode } from './node-process.ts'
 
 export interface Rogue {
   identity: NodeIdentity
@@ -75,4 +77,29 @@ export async function startRogue(org = 'Rogue', identity = newIdentity()): Promi
       await node.stop()
     },
   }
+}
+
+/** A node under attack, an honest peer of it, and a rogue peer it knows as `rogue`. */
+export interface Arena {
+  victim: RunningNode
+  honest: RunningNode
+  rogue: Rogue
+  /** The victim's first listen address, with its peer id. */
+  target: string
+  /** The victim's public key (base64url), as its card gives it. */
+  victimKey: string
+}
+
+/** Start the victim and an honest peer (peered both ways as `honest`/`victim`) and a rogue the victim has added. */
+export async function startArena(): Promise<Arena> {
+  const [victim, honest] = await Promise.all([
+    startNode({ config: 'org = "Victim"\n' }),
+    startNode({ config: 'org = "Honest"\n' }),
+  ])
+  await peer(victim, 'honest', honest, 'victim')
+  const rogue = await startRogue()
+  await api(victim, 'POST', '/v1/peers', { card: rogue.card, alias: 'rogue' })
+  const status = await api<{ addrs: string[] }>(victim, 'GET', '/v1/status')
+  const card = await api<{ card: { publicKey: string } }>(victim, 'GET', '/v1/card')
+  return { victim, honest, rogue, target: status.addrs[0]!, victimKey: card.card.publicKey }
 }
