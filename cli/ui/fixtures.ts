@@ -3,7 +3,7 @@
  * plugins and some audit entries, as the API would answer them.
  */
 import type { AgreementDetail, AgreementSummary, AuditEntry, Grant } from '../../federation/index.ts'
-import { parseGrantSpec } from '../../federation/index.ts'
+import { emptyStats, parseGrantSpec } from '../../federation/index.ts'
 import type { NodeStatus } from '../../node/index.ts'
 import type { UiSnapshot } from './source.ts'
 
@@ -57,17 +57,9 @@ export function detail(
     revocation: null,
     outbox: { pending: 0, lastError: null },
     flow: {
-      recordsIn: 0,
-      bytesIn: 0,
-      recordsOut: 0,
-      bytesOut: 0,
-      batchesIn: 0,
-      batchesOut: 0,
-      drops: {},
+      ...emptyStats(),
       lastBatchAt: AT - 400,
-      lagRecords: 0,
       sessions: 1,
-      lastError: null,
       session: true,
       rttMs: 3,
       ...flow,
