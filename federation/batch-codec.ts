@@ -13,7 +13,9 @@
  */
 import type { JsMsg } from '@nats-io/jetstream'
 import { decodeCbor } from '../data-plane/index.ts'
+import { putHead } from './canonical-cbor.ts'
 import { FrameError } from './errors.ts'
+import { encodeVarint } from './frames.ts'
 
 /** A transfer batch body (see transfer.ts): records are [subject after `oe.`, payload, source seq]. */
 export interface BatchBody {
@@ -38,25 +40,7 @@ class Out {
   }
 
   head(major: number, value: number): void {
-    const type = major << 5
-    const buffer = this.buffer
-    if (value < 24) buffer[this.length++] = type | value
-    else if (value < 0x100) {
-      buffer[this.length++] = type | 24
-      buffer[this.length++] = value
-    } else if (value < 0x10000) {
-      buffer[this.length++] = type | 25
-      this.view.setUint16(this.length, value)
-      this.length += 2
-    } else if (value < 0x100000000) {
-      buffer[this.length++] = type | 26
-      this.view.setUint32(this.length, value)
-      this.length += 4
-    } else {
-      buffer[this.length++] = type | 27
-      this.view.setBigUint64(this.length, BigInt(value))
-      this.length += 8
-    }
+    this.length = putHead(this.buffer, this.view, this.length, major, value)
   }
 
   text(value: string): void {
@@ -105,9 +89,13 @@ export function encodeBatchBody(body: BatchBody): Uint8Array {
 /** A bound on the encoded size, not the size: a UTF-16 code unit never takes over 3 UTF-8 bytes. */
 function bodyCapacity(body: BatchBody): number {
   let capacity = 64 + HEAD_MAX * 4 + 3 * (body.id.length + body.a.length)
-  for (const [subject, payload] of body.r) capacity += 1 + 3 * HEAD_MAX + 3 * subject.length + payload.length
+  for (const record of body.r) capacity += recordCapacity(record)
   return capacity
 }
+
+/** The most bytes one record takes in a batch body (a UTF-16 code unit at 3 UTF-8 bytes at most). */
+export const recordCapacity = ([subject, payload]: [string, Uint8Array, number]): number =>
+  1 + 3 * HEAD_MAX + 3 * subject.length + payload.length
 
 /** Room for a batch frame's length prefix and `{t:'batch', sig:<64 bytes>, body:<head>}` before the body. */
 const FRAME_HEAD_ROOM = 5 + 1 + 6 + 4 + 2 + 64 + 5 + HEAD_MAX
@@ -143,18 +131,10 @@ export function encodeBatchFrame(
   if (payloadLength > maxBytes) {
     throw new FrameError(`a frame of ${payloadLength} bytes is over the limit of ${maxBytes}`)
   }
-  let prefixLength = 1
-  for (let rest = payloadLength; rest >= 0x80; rest = Math.floor(rest / 128)) prefixLength += 1
-  const start = FRAME_HEAD_ROOM - head.length - prefixLength
-  let at = start
-  for (let rest = payloadLength; ; rest = Math.floor(rest / 128)) {
-    if (rest < 0x80) {
-      buffer[at++] = rest
-      break
-    }
-    buffer[at++] = (rest & 0x7f) | 0x80
-  }
-  buffer.set(head.buffer.subarray(0, head.length), at)
+  const prefix = encodeVarint(payloadLength)
+  const start = FRAME_HEAD_ROOM - head.length - prefix.length
+  buffer.set(prefix, start)
+  buffer.set(head.buffer.subarray(0, head.length), start + prefix.length)
   return { frame: buffer.subarray(start, out.length), bodyBytes: body.length }
 }
 

@@ -34,27 +34,8 @@ class Writer {
   }
 
   head(major: number, value: number): void {
-    const type = major << 5
-    if (value < 24) this.byte(type | value)
-    else if (value < 0x100) {
-      this.byte(type | 24)
-      this.byte(value)
-    } else if (value < 0x10000) {
-      this.ensure(3)
-      this.buffer[this.length++] = type | 25
-      this.view.setUint16(this.length, value)
-      this.length += 2
-    } else if (value < 0x100000000) {
-      this.ensure(5)
-      this.buffer[this.length++] = type | 26
-      this.view.setUint32(this.length, value)
-      this.length += 4
-    } else {
-      this.ensure(9)
-      this.buffer[this.length++] = type | 27
-      this.view.setBigUint64(this.length, BigInt(value))
-      this.length += 8
-    }
+    this.ensure(9)
+    this.length = putHead(this.buffer, this.view, this.length, major, value)
   }
 
   float(value: number): void {
@@ -80,6 +61,42 @@ class Writer {
   result(): Uint8Array {
     return this.buffer.slice(0, this.length)
   }
+}
+
+/**
+ * Write a CBOR head (major type and argument, shortest form) at `at`; returns where it ends.
+ * The caller makes room: at most 9 bytes.
+ */
+export function putHead(
+  buffer: Uint8Array,
+  view: DataView,
+  at: number,
+  major: number,
+  value: number,
+): number {
+  const type = major << 5
+  if (value < 24) {
+    buffer[at] = type | value
+    return at + 1
+  }
+  if (value < 0x100) {
+    buffer[at] = type | 24
+    buffer[at + 1] = value
+    return at + 2
+  }
+  if (value < 0x10000) {
+    buffer[at] = type | 25
+    view.setUint16(at + 1, value)
+    return at + 3
+  }
+  if (value < 0x100000000) {
+    buffer[at] = type | 26
+    view.setUint32(at + 1, value)
+    return at + 5
+  }
+  buffer[at] = type | 27
+  view.setBigUint64(at + 1, BigInt(value))
+  return at + 9
 }
 
 /** The float16 bits of `value` when float16 holds it exactly, else undefined. */

@@ -37,7 +37,13 @@ import {
   type Resource,
 } from '../data-plane/index.ts'
 import { type AgreementDocument, agreementState, keyBytes, type Termination } from './agreement.ts'
-import { decodeBatchBody, encodeBatchFrame, streamSequence, telemetryTime } from './batch-codec.ts'
+import {
+  decodeBatchBody,
+  encodeBatchFrame,
+  recordCapacity,
+  streamSequence,
+  telemetryTime,
+} from './batch-codec.ts'
 import { decodeFederationCbor } from './canonical-cbor.ts'
 import { FederationError, FrameError } from './errors.ts'
 import { decodeFramePayload, FrameDecoder, writeFrame } from './frames.ts'
@@ -229,10 +235,6 @@ class Channel {
 const STALL_CHECK_MS = 5_000
 /** Room kept in a batch frame for everything but the records (keys, id, numbers, signature). */
 const BATCH_FRAME_SLACK = 1_024
-
-/** The most bytes a prepared record takes in a batch body (UTF-8 subject at 3 bytes a code unit). */
-const recordBound = ([subject, payload]: [string, Uint8Array, number]): number =>
-  1 + 9 + 3 * subject.length + 9 + payload.length + 9
 
 /** JetStream's redelivery timer for the provider's consumers: far beyond any session. */
 const ACK_WAIT_MS = 24 * 3_600_000
@@ -574,7 +576,7 @@ export class ProviderSession {
       if (typeof prepared === 'string') {
         if (prepared !== 'not_granted') drop(prepared)
       } else {
-        const bytes = recordBound(prepared)
+        const bytes = recordCapacity(prepared)
         if (bytes > limit) drop('oversize')
         else {
           if (size + bytes > limit && records.length > 0) {
