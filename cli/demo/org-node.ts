@@ -7,7 +7,6 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { closeSync, openSync } from 'node:fs'
 import { readdir, readFile, rm, writeFile } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { NodeClient } from '../../node/index.ts'
 import { DemoNodeStartError } from './errors.ts'
@@ -21,18 +20,7 @@ export function selfCommand(): string[] {
   return [process.execPath, process.argv[1] ?? main]
 }
 
-/** A free TCP port on loopback (closed again at once; the node binds it moments later). */
-export function freePort(host = '127.0.0.1'): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, host, () => {
-      const address = server.address()
-      const port = typeof address === 'object' && address !== null ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
-}
+export { freePort } from '../../data-plane/index.ts'
 
 /** The environment for the nodes: ours, without OE_NODE_* settings that would override the demo's. */
 function childEnv(): Record<string, string> {
