@@ -1,7 +1,7 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, describe, expect, test } from 'vitest'
+import { cleanupAll, tempDir } from '../test/helpers/node-process.ts'
 import {
   envName,
   initialConfigText,
@@ -17,17 +17,7 @@ const MiB = 1024 ** 2
 const GiB = 1024 ** 3
 const DAY = 86_400_000
 
-const tempDirs: string[] = []
-
-afterEach(async () => {
-  await Promise.all(tempDirs.splice(0).map((dir) => rm(dir, { recursive: true, force: true })))
-})
-
-async function tempDir(): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'oe-test-'))
-  tempDirs.push(dir)
-  return dir
-}
+afterEach(cleanupAll)
 
 /** Write a config file in a fresh temp dir and return its path. */
 async function configFile(text: string): Promise<string> {

@@ -1,9 +1,9 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { chmod, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { chmod, readdir, readFile, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, describe, expect, test } from 'vitest'
+import { cleanupAll, tempDir } from '../test/helpers/node-process.ts'
 import { loadConfig } from './config.ts'
 import {
   DataDirLock,
@@ -19,7 +19,6 @@ import type { DataDirLockedError } from './errors.ts'
 import { loadIdentity } from './identity.ts'
 import { initDataDir } from './init.ts'
 
-const tempDirs: string[] = []
 const children: ChildProcess[] = []
 const locks: DataDirLock[] = []
 
@@ -32,14 +31,8 @@ afterEach(async () => {
       await exited
     }
   }
-  await Promise.all(tempDirs.splice(0).map((dir) => rm(dir, { recursive: true, force: true })))
+  await cleanupAll()
 })
-
-async function tempDir(): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'oe-test-'))
-  tempDirs.push(dir)
-  return dir
-}
 
 async function dataDir(): Promise<DataDirPaths> {
   const paths = dataDirPaths(join(await tempDir(), 'data'))

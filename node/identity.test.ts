@@ -8,10 +8,10 @@ import {
   verify,
 } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, describe, expect, test } from 'vitest'
+import { cleanupAll, tempDir } from '../test/helpers/node-process.ts'
 import {
   base58btc,
   createIdentityKey,
@@ -21,17 +21,7 @@ import {
   verifySignature,
 } from './identity.ts'
 
-const tempDirs: string[] = []
-
-afterEach(async () => {
-  await Promise.all(tempDirs.splice(0).map((dir) => rm(dir, { recursive: true, force: true })))
-})
-
-async function tempDir(): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'oe-test-'))
-  tempDirs.push(dir)
-  return dir
-}
+afterEach(cleanupAll)
 
 async function keyPath(): Promise<string> {
   return join(await tempDir(), 'keys', 'node.key')
