@@ -21,6 +21,15 @@ describe('FixedHeader', () => {
     expect(() => fixed.set()).toThrow(/read-only/)
   })
 
+  it('numbered headers encode like single ones and check key and prefix once, up front', () => {
+    const numbered = FixedHeader.numbered('Oe-Src', 'abc.tel.')
+    const encode = (h: FixedHeader) => Buffer.from(h.encode()).toString()
+    expect(encode(numbered(4711))).toBe(encode(new FixedHeader('Oe-Src', 'abc.tel.4711')))
+    expect(numbered(7).get('Oe-Src')).toBe('abc.tel.7')
+    expect(() => numbered(1.5)).toThrow(/whole number/)
+    expect(() => FixedHeader.numbered('Oe-Src', 'x\r\n')).toThrow(/ASCII header value/)
+  })
+
   it('refuses names and values that would break the header block', () => {
     expect(() => new FixedHeader('Oe Src', 'x')).toThrow(/header name/)
     expect(() => new FixedHeader('Oe-Src', 'x\r\nEvil: 1')).toThrow(/ASCII header value/)

@@ -9,6 +9,14 @@ import { Match, type MsgHdrs } from '@nats-io/nats-core'
 
 const encoder = new TextEncoder()
 
+/** Passed by `numbered`, whose values are checked already. */
+const CHECKED = Symbol('checked')
+
+function checkHeader(key: string, value: string): void {
+  if (!/^[\x21-\x39\x3b-\x7e]+$/.test(key)) throw new TypeError(`'${key}' is not a header name`)
+  if (!/^[\x20-\x7e]*$/.test(value)) throw new TypeError(`'${value}' is not a plain ASCII header value`)
+}
+
 export class FixedHeader implements MsgHdrs {
   readonly hasError = false
   readonly status = ''
@@ -20,10 +28,22 @@ export class FixedHeader implements MsgHdrs {
   constructor(
     private readonly key: string,
     private readonly value: string,
+    checked?: typeof CHECKED,
   ) {
-    if (!/^[\x21-\x39\x3b-\x7e]+$/.test(key)) throw new TypeError(`'${key}' is not a header name`)
-    if (!/^[\x20-\x7e]*$/.test(value)) throw new TypeError(`'${value}' is not a plain ASCII header value`)
+    if (checked !== CHECKED) checkHeader(key, value)
     this.encoded = encoder.encode(`NATS/1.0\r\n${key}: ${value}\r\n\r\n`)
+  }
+
+  /**
+   * Headers `key: <prefix><n>` for whole numbers n, with key and prefix checked once (a hot path
+   * stamps one on every message; digits cannot break a header).
+   */
+  static numbered(key: string, prefix: string): (n: number) => FixedHeader {
+    checkHeader(key, prefix)
+    return (n) => {
+      if (!Number.isSafeInteger(n)) throw new TypeError(`${n} is not a whole number`)
+      return new FixedHeader(key, `${prefix}${n}`, CHECKED)
+    }
   }
 
   /** The wire form (`NATS/1.0` block), as nats.js sends it. */

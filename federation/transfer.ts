@@ -517,18 +517,16 @@ export class ProviderSession {
       // Whatever has come (a whole socket read's worth arrives at once), or, with a batch wait,
       // up to a full batch within it.
       if (tuning.batchWaitMs > 0) await inbox.wait(tuning.maxBatchRecords, tuning.batchWaitMs)
-      // Anything at or below what was taken already is a redelivery: it went, or goes, once.
-      const batch = inbox.take(tuning.maxBatchRecords).filter((msg) => {
-        const seq = streamSequence(msg)
-        if (seq <= this.taken[area]) return false
-        this.taken[area] = seq
-        return true
-      })
-      if (batch.length > 0) await this.sendFitting(area, batch)
+      await this.sendFitting(area, inbox.take(tuning.maxBatchRecords))
     }
   }
 
-  private prepare(area: SourceArea, msg: JsMsg, cut: number): [string, Uint8Array, number] | DropReason {
+  private prepare(
+    area: SourceArea,
+    msg: JsMsg,
+    seq: number,
+    cut: number,
+  ): [string, Uint8Array, number] | DropReason {
     const decision = this.scope.check(msg.subject, this.components.siteOf)
     if (!decision.ok) return decision.reason
     const rest = msg.subject.slice(3)
@@ -538,7 +536,7 @@ export class ProviderSession {
       if (t === undefined) return 'payload'
       if (t >= cut) return 'time'
       if (interval > 0 && !this.gate.pass(rest, t, interval)) return 'min_interval'
-      return [rest, msg.data, streamSequence(msg)]
+      return [rest, msg.data, seq]
     }
     if (area === 'std') {
       let resource: Resource
@@ -550,9 +548,9 @@ export class ProviderSession {
       // Anything may be published on oe.std.…: a payload that is not a resource is not sent.
       if (typeof resource !== 'object' || resource === null || resource instanceof Uint8Array)
         return 'payload'
-      return [rest, encodeCbor(projectResource(resource, decision.grant)), streamSequence(msg)]
+      return [rest, encodeCbor(projectResource(resource, decision.grant)), seq]
     }
-    return [rest, msg.data, streamSequence(msg)]
+    return [rest, msg.data, seq]
   }
 
   /**
@@ -570,8 +568,13 @@ export class ProviderSession {
     let records: [string, Uint8Array, number][] = []
     let size = 0
     let last: JsMsg | undefined
+    let lastSeq = 0
     for (const msg of messages) {
-      const prepared = this.prepare(area, msg, cut)
+      const seq = streamSequence(msg)
+      // At or below what was taken already is a redelivery: it went, or goes, once.
+      if (seq <= this.taken[area]) continue
+      this.taken[area] = seq
+      const prepared = this.prepare(area, msg, seq, cut)
       // Outside the grants is simply not this agreement's data; other reasons are drops.
       if (typeof prepared === 'string') {
         if (prepared !== 'not_granted') drop(prepared)
@@ -580,7 +583,7 @@ export class ProviderSession {
         if (bytes > limit) drop('oversize')
         else {
           if (size + bytes > limit && records.length > 0) {
-            await this.sendBatch(area, last!, records)
+            await this.sendBatch(area, last!, lastSeq, records)
             if (this.closed) return
             records = []
             size = 0
@@ -590,14 +593,16 @@ export class ProviderSession {
         }
       }
       last = msg
+      lastSeq = seq
     }
-    if (last) await this.sendBatch(area, last, records)
+    if (last) await this.sendBatch(area, last, lastSeq, records)
   }
 
-  /** One signed batch: `records`, covering the stream up to `last` (which JetStream acks later). */
+  /** One signed batch: `records`, covering the stream up to `last` at `upTo` (JetStream acks it later). */
   private async sendBatch(
     area: SourceArea,
     last: JsMsg,
+    upTo: number,
     records: [string, Uint8Array, number][],
   ): Promise<void> {
     const { stats } = this.components
@@ -611,7 +616,7 @@ export class ProviderSession {
     this.credit -= 1
     const n = ++this.batchNumber
     const { frame } = encodeBatchFrame(
-      { id: this.view.id, n, a: area, upTo: streamSequence(last), r: records },
+      { id: this.view.id, n, a: area, upTo, r: records },
       (body) => cryptoSign(null, createHash('sha256').update(body).digest(), this.components.privateKey),
       MAX_BATCH_FRAME_BYTES,
     )
@@ -889,7 +894,7 @@ export class ConsumerSession {
     // Source sequences must rise strictly, within a batch too: anything at or below is a repeat.
     let floor = this.state.hw[area]
     let duplicates = 0
-    const sourcePrefix = `${this.view.id.slice(0, 24)}.${area}.`
+    const sourceHeader = FixedHeader.numbered(SOURCE_HEADER, `${this.view.id.slice(0, 24)}.${area}.`)
     const subjectPrefix = `oe.peer.${view.peer}.`
     for (const item of body.r as unknown[]) {
       if (!Array.isArray(item) || item.length !== 3) {
@@ -954,8 +959,7 @@ export class ConsumerSession {
           }
         }
       }
-      const headers = new FixedHeader(SOURCE_HEADER, `${sourcePrefix}${seq}`)
-      messages.push({ subject: `${subjectPrefix}${rest}`, payload, headers })
+      messages.push({ subject: `${subjectPrefix}${rest}`, payload, headers: sourceHeader(seq) })
     }
     let peerSeq = 0
     if (messages.length > 0) peerSeq = await this.components.dataPlane.publishConfirmed(messages)
