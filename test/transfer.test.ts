@@ -6,9 +6,12 @@
 
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { jetstreamManager } from '@nats-io/jetstream'
+import { Kvm } from '@nats-io/kv'
 import { connect } from '@nats-io/transport-node'
 import { encode as encodeCbor } from 'cbor-x'
 import { afterEach, describe, expect, test } from 'vitest'
+import { decodeCbor } from '../data-plane/index.ts'
 import { api, auditEntries, peer, waitAgreementState } from './helpers/federation.ts'
 import {
   cleanupAll,
@@ -191,6 +194,44 @@ describe('scope', () => {
       await api<{ flow: { drops: Record<string, number> } }>(provider, 'GET', `/v1/agreements/${id}`)
     ).flow.drops
     expect(drops.min_interval).toBe(480 - 8)
+  })
+})
+
+describe("the consumer's high-water mark", () => {
+  test('is stored within a moment of the last batch, also when nothing follows it', async () => {
+    const { provider, consumer, id } = await setup(['telemetry:kinds=meter;quantities=power'])
+    const t0 = Date.now() - 60_000
+    // Two batches close together: the second comes within the store interval of the first.
+    for (const from of [0, 50]) {
+      await ingest(
+        provider,
+        Array.from({ length: 50 }, (_, i) => ({
+          kind: 'meter',
+          rid: 'M1',
+          q: 'power',
+          v: from + i,
+          t: t0 + from + i,
+        })),
+      )
+      await waitFor(async () => (await flowIn(consumer, id)) === from + 50, 10_000, `${from + 50} readings`)
+    }
+    const providerNc = await natsOf(provider)
+    const lastSeq = (await (await jetstreamManager(providerNc)).streams.info('OE_TEL')).state.last_seq
+    await providerNc.close()
+    const nc = await natsOf(consumer)
+    try {
+      const kv = await new Kvm(nc).open('oe-transfer')
+      await waitFor(
+        async () => {
+          const entry = await kv.get(id)
+          return entry !== null && (decodeCbor(entry.value) as { hw: { tel: number } }).hw.tel === lastSeq
+        },
+        2_000,
+        `the stored mark to reach OE_TEL's last sequence ${lastSeq}`,
+      )
+    } finally {
+      await nc.close()
+    }
   })
 })
 
