@@ -197,8 +197,8 @@ describe('scope', () => {
   })
 })
 
-describe("the consumer's high-water mark", () => {
-  test('is stored within a moment of the last batch, also when nothing follows it', async () => {
+describe("the consumer's high-water mark and receipts", () => {
+  test('are stored within a moment of the last batch, also when nothing follows it', async () => {
     const { provider, consumer, id } = await setup(['telemetry:kinds=meter;quantities=power'])
     const t0 = Date.now() - 60_000
     // Two batches close together: the second comes within the store interval of the first.
@@ -232,6 +232,15 @@ describe("the consumer's high-water mark", () => {
     } finally {
       await nc.close()
     }
+    // The receipt for those batches is written a second after it began, with no batch after it.
+    await waitFor(
+      async () =>
+        (await auditEntries(consumer))
+          .filter((entry) => entry.type === 'transfer.received' && entry.data.id === id)
+          .reduce((sum, entry) => sum + (entry.data.records as number), 0) === 100,
+      3_000,
+      'a receipt for the 100 readings',
+    )
   })
 })
 
