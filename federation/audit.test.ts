@@ -2,6 +2,8 @@ import { createHash } from 'node:crypto'
 import { appendFile, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { publicKeyFromRaw } from '@libp2p/crypto/keys'
+import { peerIdFromPublicKey } from '@libp2p/peer-id'
 import * as ed from '@noble/ed25519'
 import { afterEach, describe, expect, it, vi } from 'vitest'
 import { dataDirPaths, initDataDir, loadIdentity, resolveDataDir } from '../node/index.ts'
@@ -97,6 +99,7 @@ describe('AuditLog', () => {
       ok: true,
       entries: 5,
       checkpoints: 2,
+      receipts: 0,
       lastSeq: 5,
     })
   })
@@ -157,6 +160,7 @@ describe('AuditLog', () => {
       ok: true,
       entries: 10,
       checkpoints: 3,
+      receipts: 0,
       lastSeq: 10,
     })
   })
@@ -227,6 +231,7 @@ describe('AuditLog', () => {
       ok: true,
       entries: 3,
       checkpoints: 0,
+      receipts: 0,
       lastSeq: 3,
     })
   })
@@ -265,6 +270,7 @@ describe('verifyAuditLog', () => {
       ok: true,
       entries: 0,
       checkpoints: 0,
+      receipts: 0,
       lastSeq: 0,
     })
     await writeFile(join(dir, AUDIT_FILE), '')
@@ -438,6 +444,88 @@ describe('verifyAuditLog', () => {
   })
 })
 
+describe('transfer receipts, checked against the provider key', () => {
+  const provider = makeSigner()
+  const stranger = makeSigner()
+  const sha = (...parts: Uint8Array[]) => {
+    const hash = createHash('sha256')
+    for (const part of parts) hash.update(part)
+    return new Uint8Array(hash.digest())
+  }
+  const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString('hex')
+  const b64 = (bytes: Uint8Array) => Buffer.from(bytes).toString('base64url')
+
+  /** Receipts as a consumer writes them, for batches 1…n of one session, `per` batches each. */
+  function receipts(n: number, per: number, signer = provider) {
+    const out: Record<string, unknown>[] = []
+    let chain = new Uint8Array(32)
+    for (let first = 1; first <= n; first += per) {
+      const prev = hex(chain)
+      let digest = new Uint8Array(32)
+      const last = Math.min(n, first + per - 1)
+      for (let batch = first; batch <= last; batch++) {
+        digest = sha(new TextEncoder().encode(`batch body ${batch}`))
+        chain = sha(chain, digest)
+      }
+      out.push({
+        id: 'a'.repeat(64),
+        peer: 'prov',
+        batches: [first, last],
+        records: 10 * (last - first + 1),
+        bytes: 300 * (last - first + 1),
+        prev,
+        chain: hex(chain),
+        lastDigest: hex(digest),
+        lastSig: b64(signer.sign(digest)),
+      })
+    }
+    return out
+  }
+
+  async function logOf(entries: Record<string, unknown>[], peerAdded = true) {
+    const dir = await tempDir()
+    const node = makeSigner()
+    const log = new AuditLog({ dir }, { signer: node })
+    await log.start()
+    const peerId = peerIdFromPublicKey(publicKeyFromRaw(provider.publicKey)).toString()
+    if (peerAdded) await log.append('peer.added', { peer: 'prov', org: 'Provider', peerId })
+    for (const data of entries) await log.append('transfer.received', data)
+    await log.stop()
+    return verifyAuditLog(dir, node.publicKey)
+  }
+
+  it('verifies receipts of one batch and of several, across two sessions', async () => {
+    const result = await logOf([...receipts(3, 1), ...receipts(7, 3)])
+    expect(result).toMatchObject({ ok: true, receipts: 3 + 3 })
+  })
+
+  it('refuses a receipt whose signature is not the provider key', async () => {
+    const result = await logOf([...receipts(2, 1), ...receipts(1, 1, stranger)])
+    expect(result.ok).toBe(false)
+    expect(result.firstBad?.reason).toMatch(/signature does not verify against prov's key/)
+    expect(result.receipts).toBe(2)
+  })
+
+  it('refuses a receipt that does not continue the chain', async () => {
+    const [first, , third] = receipts(3, 1)
+    const result = await logOf([first!, third!])
+    expect(result.firstBad?.reason).toMatch(/does not continue the chain/)
+  })
+
+  it('refuses a one-batch receipt whose chain is not sha256(prev ‖ digest)', async () => {
+    const [first] = receipts(1, 1)
+    const result = await logOf([{ ...first!, chain: 'f'.repeat(64) }])
+    expect(result.firstBad?.reason).toMatch(/chain does not match its batch digest/)
+  })
+
+  it('refuses a receipt from a peer the log never added, and one with missing fields', async () => {
+    expect((await logOf(receipts(1, 1), false)).firstBad?.reason).toMatch(/no peer.added entry/)
+    const [first] = receipts(1, 1)
+    const { bytes: _bytes, ...withoutBytes } = first!
+    expect((await logOf([withoutBytes])).firstBad?.reason).toMatch(/transfer receipt is not/)
+  })
+})
+
 describe('recovery at start', () => {
   it('cuts off a torn last line, notes it in the log, and continues the chain', async () => {
     const dir = await tempDir()
@@ -464,6 +552,7 @@ describe('recovery at start', () => {
       ok: true,
       entries: 8,
       checkpoints: 2,
+      receipts: 0,
       lastSeq: 8,
     })
   })
@@ -506,7 +595,7 @@ describe('as `oe-node audit verify` runs it', () => {
     const cliPaths = dataDirPaths(resolveDataDir(root))
     const cliIdentity = await loadIdentity(cliPaths.key)
     const result = await verifyAuditLog(cliPaths.audit, cliIdentity.publicKey)
-    expect(result).toEqual({ ok: true, entries: 8, checkpoints: 2, lastSeq: 8 })
+    expect(result).toEqual({ ok: true, entries: 8, checkpoints: 2, receipts: 0, lastSeq: 8 })
     expect(JSON.parse(JSON.stringify(result))).toEqual(result)
 
     const lines = await readLines(cliPaths.audit)

@@ -36,6 +36,7 @@ import { createHash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
 import { chmod, type FileHandle, mkdir, open } from 'node:fs/promises'
 import { join } from 'node:path'
+import { peerIdFromString } from '@libp2p/peer-id'
 import * as ed from '@noble/ed25519'
 
 // @noble/ed25519 needs a synchronous SHA-512 for sign/verify; the runtime's is exact and fast.
@@ -78,6 +79,8 @@ export interface AuditVerifyResult {
   /** Entries (checkpoints included) that verified before the first bad one, or in all. */
   entries: number
   checkpoints: number
+  /** Transfer receipts whose provider signature (and chain, where it can be recomputed) verified. */
+  receipts: number
   /** Seq of the last entry that verified; 0 when none did. */
   lastSeq: number
   firstBad?: { file: string; line: number; seq?: number; reason: string }
@@ -564,7 +567,8 @@ export async function verifyAuditLog(
   options.signal?.throwIfAborted()
   const file = join(dir, AUDIT_FILE)
   const expectedKey = base64url(publicKey)
-  const result: AuditVerifyResult = { ok: true, entries: 0, checkpoints: 0, lastSeq: 0 }
+  const result: AuditVerifyResult = { ok: true, entries: 0, checkpoints: 0, receipts: 0, lastSeq: 0 }
+  const receipts = new ReceiptChecker()
   let lineNumber = 0
   let previous: AuditEntry | undefined
 
@@ -596,6 +600,9 @@ export async function verifyAuditLog(
       if (problem !== undefined) return { reason: problem, seq }
       result.checkpoints++
     }
+    const receiptProblem = receipts.check(entry)
+    if (receiptProblem !== undefined) return { reason: receiptProblem, seq }
+    if (entry.type === RECEIPT_TYPE) result.receipts++
     previous = entry
     result.entries++
     result.lastSeq = seq
@@ -637,6 +644,91 @@ export async function verifyAuditLog(
     )
   }
   return result
+}
+
+export const RECEIPT_TYPE = 'transfer.received'
+const ZERO_CHAIN = '0'.repeat(64)
+
+/**
+ * Transfer receipts (`transfer.received`, written by the consumer of an agreement) checked
+ * against the provider's key: the peer's ed25519 key comes from its PeerId in the log's own
+ * `peer.added` entry, so the check needs nothing but the log. Each receipt's `lastSig` must be
+ * the provider's signature over `lastDigest` (the SHA-256 of the last batch body it covers);
+ * `prev` must be where the agreement's last receipt left the chain, or the start of a session
+ * (64 zeros); and a receipt of one batch must have `chain = sha256(prev ‖ lastDigest)`. (A
+ * receipt of several batches holds only the last digest, so its chain cannot be recomputed.)
+ */
+class ReceiptChecker {
+  private readonly peerKeys = new Map<string, Uint8Array>()
+  private readonly chains = new Map<string, string>()
+
+  check(entry: AuditEntry): string | undefined {
+    const data = entry.data
+    if (entry.type === 'peer.added' && typeof data.peer === 'string' && typeof data.peerId === 'string') {
+      const key = peerKey(data.peerId)
+      if (key) this.peerKeys.set(data.peer, key)
+      return undefined
+    }
+    if (entry.type !== RECEIPT_TYPE) return undefined
+    const { id, peer, batches, records, bytes, prev, chain, lastDigest, lastSig } = data
+    if (
+      typeof id !== 'string' ||
+      typeof peer !== 'string' ||
+      !Array.isArray(batches) ||
+      batches.length !== 2 ||
+      !batches.every((n) => Number.isSafeInteger(n) && n >= 1) ||
+      (batches[0] as number) > (batches[1] as number) ||
+      !Number.isSafeInteger(records) ||
+      (records as number) < 0 ||
+      !Number.isSafeInteger(bytes) ||
+      (bytes as number) < 1 ||
+      (prev !== undefined && (typeof prev !== 'string' || !HEX_HASH.test(prev))) ||
+      typeof chain !== 'string' ||
+      !HEX_HASH.test(chain) ||
+      typeof lastDigest !== 'string' ||
+      !HEX_HASH.test(lastDigest) ||
+      typeof lastSig !== 'string'
+    ) {
+      return 'transfer receipt is not {id, peer, batches, records, bytes, prev, chain, lastDigest, lastSig}'
+    }
+    const key = this.peerKeys.get(peer)
+    if (!key) return `transfer receipt names peer '${peer}', which no peer.added entry before it added`
+    const signature = fromBase64url(lastSig)
+    let valid = false
+    try {
+      valid =
+        signature?.length === 64 &&
+        ed.verify(signature, Buffer.from(lastDigest, 'hex'), key, { zip215: false })
+    } catch {
+      valid = false
+    }
+    if (!valid) return `transfer receipt's provider signature does not verify against ${peer}'s key`
+    // Receipts written before `prev` was recorded carry no chain start: their links are not checked.
+    if (typeof prev === 'string') {
+      const before = this.chains.get(id)
+      if (prev !== ZERO_CHAIN && prev !== before)
+        return 'transfer receipt does not continue the chain of the receipt before it'
+      if (batches[0] === batches[1]) {
+        const expected = createHash('sha256')
+          .update(Buffer.from(prev, 'hex'))
+          .update(Buffer.from(lastDigest, 'hex'))
+          .digest('hex')
+        if (expected !== chain) return 'transfer receipt chain does not match its batch digest'
+      }
+    }
+    this.chains.set(id, chain)
+    return undefined
+  }
+}
+
+/** The raw ed25519 public key inside an Ed25519 PeerId, or undefined for any other. */
+function peerKey(peerId: string): Uint8Array | undefined {
+  try {
+    const key = peerIdFromString(peerId).publicKey
+    return key?.type === 'Ed25519' ? key.raw : undefined
+  } catch {
+    return undefined
+  }
 }
 
 function checkpointProblem(

@@ -5,7 +5,10 @@ import { CommandFailedError } from '../errors.ts'
 import { type GlobalOptions, report } from '../output.ts'
 
 function verifyLines(result: AuditVerifyResult): string[] {
-  if (result.ok) return [`audit log ok: ${result.entries} entries, ${result.checkpoints} checkpoints`]
+  if (result.ok)
+    return [
+      `audit log ok: ${result.entries} entries, ${result.checkpoints} checkpoints, ${result.receipts} transfer receipts`,
+    ]
   const bad = result.firstBad!
   const seq = bad.seq === undefined ? '' : ` (seq ${bad.seq})`
   return [`audit log BROKEN at ${bad.file} line ${bad.line}${seq}: ${bad.reason}`]
@@ -19,7 +22,7 @@ export function registerAudit(program: Command): void {
   audit
     .command('verify')
     .description(
-      "check the audit log offline: every hash and link of the chain, and every checkpoint's signature by this node's key",
+      "check the audit log offline: every hash and link of the chain, every checkpoint's signature by this node's key, and every transfer receipt's signature by the provider's key",
     )
     .addHelpText(
       'after',
