@@ -177,6 +177,8 @@ export class Federation {
   private transferStates: RecordBucket<TransferState> | undefined
   private readonly siteIndex = new SiteIndex()
   private readonly flows = new Map<string, FlowStats>()
+  /** Per agreement consumed: the provider's resources' sites, as its standing data told them. */
+  private readonly providerSites = new Map<string, Map<string, string>>()
   private readonly providerSessions = new Map<string, ProviderSession>()
   private readonly consumerSessions = new Map<string, ConsumerSession>()
   private readonly sessionRetryAt = new Map<string, number>()
@@ -780,6 +782,15 @@ export class Federation {
   }
 
   /** Flow counters of every agreement, for metrics. */
+  private providerSitesOf(id: string): Map<string, string> {
+    let sites = this.providerSites.get(id)
+    if (!sites) {
+      sites = new Map()
+      this.providerSites.set(id, sites)
+    }
+    return sites
+  }
+
   flowsByAgreement(): ReadonlyMap<string, FlowStats> {
     return this.flows
   }
@@ -879,21 +890,24 @@ export class Federation {
         dataPlane: this.components.dataPlane,
         logger: this.components.logger,
         stats: this.flow(id),
+        sites: this.providerSitesOf(id),
         states: this.transferStates!,
         tuning: this.tuning,
         current: () => {
           const current = this.agreements.get(id)
           return current ? this.view(current) : undefined
         },
-        onViolation: (reason) => {
+        onViolation: (reason, details) => {
           this.components.logger.warn(
             { id, peer: peer.alias, reason },
-            'provider violated the transfer protocol',
+            'provider violated the agreement or the transfer protocol; session cut',
           )
-          void this.components.audit.append('transfer.violation', { id, peer: peer.alias, reason })
-        },
-        onDropped: (counts) => {
-          void this.components.audit.append('transfer.dropped', { id, peer: peer.alias, counts })
+          void this.components.audit.append('transfer.violation', {
+            id,
+            peer: peer.alias,
+            reason,
+            ...details,
+          })
         },
         onReceipt: (receipt) => {
           // The last receipt of a session may come as the node stops and its audit log closes.

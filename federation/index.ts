@@ -36,4 +36,5 @@ export {
 export { decodeFramePayload, encodeFrame, FrameDecoder, MAX_FRAME_BYTES } from './frames.ts'
 export { describeGrant, parseGrantSpec } from './grant-spec.ts'
 export { AGREEMENT_PROTOCOL, type AgreementMessage, parseAgreementMessage } from './messages.ts'
-export { emptyStats, type FlowStats } from './transfer.ts'
+export { TRANSFER_BUCKET } from './stores.ts'
+export { emptyStats, type FlowStats, type TransferState } from './transfer.ts'

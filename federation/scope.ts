@@ -30,7 +30,9 @@ export interface CompiledScope {
   /**
    * Which grant allows a record with this subject (`oe.tel.…`, `oe.std.…`, `oe.evt.…`).
    * `siteOf` answers the site of a resource when known; grants limited to sites need it. The
-   * consumer passes `ignoreSites`: it cannot know the provider's site assignments.
+   * provider refuses a resource whose site it does not know. The consumer passes `ignoreSites`:
+   * it knows only the sites that standing data received under the agreement told it, so it
+   * refuses a known site outside the grant and lets an unknown one pass.
    */
   check(
     subject: string,
@@ -62,9 +64,9 @@ function grantAllows(
     case 'control':
       return false
   }
-  if (grant.sites && !ignoreSites) {
+  if (grant.sites) {
     const site = siteOf?.(kind, rid)
-    if (site === undefined || !grant.sites.includes(site)) return 'site'
+    if (site === undefined ? !ignoreSites : !grant.sites.includes(site)) return 'site'
   }
   return true
 }
@@ -79,7 +81,7 @@ export function compileScope(body: AgreementBody): CompiledScope {
     siteOf: ((kind: string, rid: string) => string | undefined) | undefined,
     ignoreSites?: boolean,
   ): Decision => {
-    if (bySites && !ignoreSites) return check(subject, siteOf, ignoreSites)
+    if (bySites) return check(subject, siteOf, ignoreSites)
     let decision = remembered.get(subject)
     if (decision === undefined) {
       if (remembered.size >= REMEMBERED_DECISIONS) remembered.clear()

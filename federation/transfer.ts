@@ -81,6 +81,20 @@ export const DEFAULT_TUNING: TransferTuning = { maxBatchRecords: 500, batchWaitM
 
 export type HighWater = Record<SourceArea, number>
 
+/** Why a consumer refused a record, besides the scope's reasons. */
+export type ConsumerDropReason = 'replayed' | 'after_cutoff'
+
+/** What a violation carries to the audit log besides its reason. */
+export interface ViolationDetails {
+  batch: number
+  counts: Record<string, number>
+}
+
+const describeCounts = (counts: Record<string, number>): string =>
+  Object.entries(counts)
+    .map(([reason, count]) => `${reason} ${count}`)
+    .join(', ')
+
 /** What the consumer keeps per agreement in KV `oe-transfer`. */
 export interface TransferState {
   hw: HighWater
@@ -95,11 +109,20 @@ export interface FlowStats {
   bytesOut: number
   batchesIn: number
   batchesOut: number
-  drops: Partial<Record<DropReason | 'duplicate' | 'replayed_batch' | 'after_cutoff', number>>
+  /**
+   * Provider: records it read and did not send, by reason. Consumer: records in batches it
+   * refused (each refusal also cut the session), by reason.
+   */
+  drops: Partial<Record<DropReason | ConsumerDropReason, number>>
   lastBatchAt: number | null
   /** Provider: records read but not yet acknowledged by the consumer. */
   lagRecords: number
   sessions: number
+  /**
+   * Consumer: records that session starts since the node started found in OE_PEER beyond the
+   * stored high-water mark (their `Oe-Src` headers raised it; 0 while the mark was current).
+   */
+  recoveredRecords: number
   lastError: string | null
 }
 
@@ -114,6 +137,7 @@ export const emptyStats = (): FlowStats => ({
   lastBatchAt: null,
   lagRecords: 0,
   sessions: 0,
+  recoveredRecords: 0,
   lastError: null,
 })
 
@@ -550,6 +574,12 @@ export class ProviderSession {
         return 'payload'
       return [rest, encodeCbor(projectResource(resource, decision.grant)), seq]
     }
+    // The consumer refuses a batch holding an event it cannot decode: such an event is not sent.
+    try {
+      decodeCbor(msg.data)
+    } catch {
+      return 'payload'
+    }
     return [rest, msg.data, seq]
   }
 
@@ -640,10 +670,16 @@ export interface ConsumerSessionComponents {
   tuning: TransferTuning
   /** The agreement as it is now (state may change while the session runs). */
   current: () => AgreementView | undefined
-  /** A protocol violation by the provider: audited, counted; the session is closed. */
-  onViolation: (reason: string) => void
-  /** Records dropped for being out of scope: audited with counts. */
-  onDropped: (counts: Record<string, number>) => void
+  /**
+   * The site of each resource (`<kind>.<rid>`) as the provider's standing data under this
+   * agreement told it, kept across sessions: grants limited to sites are checked against it.
+   */
+  sites: Map<string, string>
+  /**
+   * A violation by the provider (a protocol breach, or a batch holding records the agreement
+   * does not allow): audited; the session is cut.
+   */
+  onViolation: (reason: string, details?: ViolationDetails) => void
   /** The receipt for the batches taken since the last one (every RECEIPT_MS while they come): audited. */
   onReceipt?: (receipt: TransferReceipt) => void
 }
@@ -658,6 +694,8 @@ export interface TransferReceipt {
   batches: [number, number]
   records: number
   bytes: number
+  /** The chain before this receipt's first batch (64 zeros at the start of a session). */
+  prev: string
   chain: string
   lastDigest: string
   lastSig: string
@@ -698,6 +736,9 @@ export class ConsumerSession {
     this.scope = compileScope(view.doc.body)
     this.providerKey = publicKeyObject(view.doc.body.provider.key)
   }
+
+  private readonly knownSite = (kind: string, rid: string): string | undefined =>
+    this.components.sites.get(`${kind}.${rid}`)
 
   static create(view: AgreementView, stream: Stream, components: ConsumerSessionComponents): ConsumerSession {
     return new ConsumerSession(view, new Channel(stream, MAX_BATCH_FRAME_BYTES), components)
@@ -741,7 +782,8 @@ export class ConsumerSession {
   /** Add a batch taken to the running receipt, which is handed over RECEIPT_MS after it began. */
   private noteReceipt(n: number, records: number, bytes: number, digest: Uint8Array, sig: Uint8Array): void {
     if (!this.receipt) {
-      this.receipt = { batches: [n, n], records: 0, bytes: 0, lastDigest: '', lastSig: '' }
+      const prev = Buffer.from(this.chain).toString('hex')
+      this.receipt = { batches: [n, n], records: 0, bytes: 0, prev, lastDigest: '', lastSig: '' }
       this.receiptTimer = setTimeout(() => this.flushReceipt(), RECEIPT_MS)
     }
     const receipt = this.receipt
@@ -830,6 +872,7 @@ export class ConsumerSession {
       }
       if (count === 0 || last >= info.state.last_seq) break
     }
+    this.components.stats.recoveredRecords += seen
     if (seen > 0) {
       state.peerSeq = info.state.last_seq
       await this.components.states.put(this.view.id, state)
@@ -872,13 +915,9 @@ export class ConsumerSession {
     ) {
       throw this.violation('a batch does not have the fields of a batch')
     }
-    if (body.n < this.expectedBatch) {
-      stats.drops.replayed_batch = (stats.drops.replayed_batch ?? 0) + 1
-      this.components.onViolation(`replayed batch ${body.n} (expected ${this.expectedBatch})`)
-      await this.channel.send({ t: 'ack', n: body.n, credit: 1 })
-      this.outstanding += 1
-      return
-    }
+    // Batch numbers rise within a session: a number seen before is a replay.
+    if (body.n < this.expectedBatch)
+      throw this.violation(`replayed batch ${body.n} (expected ${this.expectedBatch} or later)`)
     this.expectedBatch = body.n + 1
     const view = this.components.current()
     if (!view || !isActive(view)) {
@@ -893,7 +932,8 @@ export class ConsumerSession {
     }
     // Source sequences must rise strictly, within a batch too: anything at or below is a repeat.
     let floor = this.state.hw[area]
-    let duplicates = 0
+    // Sites that standing data in this batch tells of, learned once the batch is taken.
+    const learned: [string, string][] = []
     const sourceHeader = FixedHeader.numbered(SOURCE_HEADER, `${this.view.id.slice(0, 24)}.${area}.`)
     const subjectPrefix = `oe.peer.${view.peer}.`
     for (const item of body.r as unknown[]) {
@@ -912,7 +952,7 @@ export class ConsumerSession {
         continue
       }
       if (seq <= floor) {
-        duplicates += 1
+        drop('replayed')
         continue
       }
       floor = seq
@@ -921,7 +961,7 @@ export class ConsumerSession {
         drop('not_granted')
         continue
       }
-      const decision = this.scope.check(subject, undefined, true)
+      const decision = this.scope.check(subject, this.knownSite, true)
       if (!decision.ok) {
         drop(decision.reason)
         continue
@@ -953,38 +993,51 @@ export class ConsumerSession {
             drop('payload')
             continue
           }
-          if (!withinProjection(decoded as Resource, decision.grant)) {
+          const resource = decoded as Resource
+          if (!withinProjection(resource, decision.grant)) {
             drop('attrs')
             continue
+          }
+          if (typeof resource.site === 'string') {
+            if (decision.grant.sites && !decision.grant.sites.includes(resource.site)) {
+              drop('site')
+              continue
+            }
+            learned.push([rest.slice(4), resource.site])
           }
         }
       }
       messages.push({ subject: `${subjectPrefix}${rest}`, payload, headers: sourceHeader(seq) })
     }
+    // An honest provider sends nothing the agreement does not allow: its own checks are the same
+    // (see ProviderSession.prepare). Anything else is refused whole, and the session is cut.
+    const refused = Object.values(dropped).reduce((a, b) => a + b, 0)
+    if (refused > 0) {
+      for (const [reason, count] of Object.entries(dropped)) {
+        stats.drops[reason as ConsumerDropReason] = (stats.drops[reason as ConsumerDropReason] ?? 0) + count
+      }
+      throw this.violation(
+        `batch ${body.n} holds ${refused} record(s) the agreement does not allow (${describeCounts(dropped)})`,
+        { batch: body.n, counts: dropped },
+      )
+    }
     let peerSeq = 0
     if (messages.length > 0) peerSeq = await this.components.dataPlane.publishConfirmed(messages)
     if (body.upTo > this.state.hw[area]) this.state.hw[area] = body.upTo
     if (peerSeq > this.state.peerSeq) this.state.peerSeq = peerSeq
+    for (const [key, site] of learned) this.components.sites.set(key, site)
     await this.markTaken()
     this.noteReceipt(body.n, messages.length, raw.body.length, digest, raw.sig)
     stats.batchesIn += 1
     stats.recordsIn += messages.length
     stats.bytesIn += raw.body.length
     stats.lastBatchAt = Date.now()
-    if (duplicates > 0) stats.drops.duplicate = (stats.drops.duplicate ?? 0) + duplicates
-    const droppedTotal = Object.values(dropped).reduce((a, b) => a + b, 0)
-    if (droppedTotal > 0) {
-      for (const [reason, count] of Object.entries(dropped)) {
-        stats.drops[reason as DropReason] = (stats.drops[reason as DropReason] ?? 0) + count
-      }
-      this.components.onDropped(dropped)
-    }
     await this.channel.send({ t: 'ack', n: body.n, credit: 1 })
     this.outstanding += 1
   }
 
-  private violation(reason: string): FederationError {
-    this.components.onViolation(reason)
+  private violation(reason: string, details?: ViolationDetails): FederationError {
+    this.components.onViolation(reason, details)
     this.stopped = true
     return new FederationError(reason)
   }

@@ -7,9 +7,11 @@
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream'
+import { Kvm } from '@nats-io/kv'
 import type { NatsConnection } from '@nats-io/nats-core'
 import { connect } from '@nats-io/transport-node'
-import { decodeCbor, freePort } from '../../data-plane/index.ts'
+import { decodeCbor, encodeCbor, freePort } from '../../data-plane/index.ts'
+import { TRANSFER_BUCKET, type TransferState } from '../../federation/index.ts'
 import { api, peer, propose, waitAgreementState } from './federation.ts'
 import { type RunningNode, readSubject, startNode } from './node-process.ts'
 
@@ -64,6 +66,7 @@ export interface FlowJson {
   lastError: string | null
   drops: Record<string, number>
   session: boolean
+  recoveredRecords: number
 }
 
 export async function flowOf(node: RunningNode, id: string): Promise<FlowJson> {
@@ -99,6 +102,12 @@ export class TelemetryFeeder {
 
   get sent(): number {
     return this.next
+  }
+
+  /** Start at value `first` (values below were fed by an earlier feeder). */
+  skip(first: number): this {
+    this.next = first
+    return this
   }
 
   start(): this {
@@ -170,6 +179,27 @@ export async function natsOf(node: RunningNode): Promise<NatsConnection> {
     password: string
   }
   return connect({ servers: status.nats.url, user: auth.user, pass: auth.password, reconnect: false })
+}
+
+/** A consumer's stored transfer state for an agreement (KV `oe-transfer`). */
+export async function transferState(node: RunningNode, id: string): Promise<TransferState | undefined> {
+  const nc = await natsOf(node)
+  try {
+    const entry = await (await new Kvm(nc).open(TRANSFER_BUCKET)).get(id)
+    return entry?.operation === 'PUT' ? (decodeCbor(entry.value) as TransferState) : undefined
+  } finally {
+    await nc.close()
+  }
+}
+
+/** Overwrite a consumer's stored transfer state (to make it stale on purpose). */
+export async function setTransferState(node: RunningNode, id: string, state: TransferState): Promise<void> {
+  const nc = await natsOf(node)
+  try {
+    await (await new Kvm(nc).open(TRANSFER_BUCKET)).put(id, encodeCbor(state))
+  } finally {
+    await nc.close()
+  }
 }
 
 /** The pid of a node's embedded nats-server. */
