@@ -13,6 +13,9 @@ import { AgreementFormatError } from './errors.ts'
 
 export const CONTROL_PROTOCOL = '/oe/control/1.0.0'
 
+/** A command name, as grants list them. */
+const COMMAND = /^[a-z][a-z0-9_]{0,63}$/
+
 export interface ControlCommand {
   /** Agreement id. */
   id: string
@@ -33,7 +36,73 @@ interface AgreementLike {
   revocation?: Termination
 }
 
-/** Whether an agreement lets its consumer send this command, checked identically on both nodes. */
+/** The site of a resource, when known. */
+export type SiteLookup = (kind: string, rid: string) => string | undefined
+
+/**
+ * What a node knows of the provider's sites, for grants limited to sites. The provider passes
+ * its `siteOf` and refuses a resource whose site it does not know. The consumer knows only what
+ * the provider's standing data told it: it passes that with `ignoreSites`, refuses a known site
+ * outside the grant and leaves an unknown one to the provider (as the scope check does).
+ */
+export interface ControlSites {
+  siteOf?: SiteLookup
+  ignoreSites?: boolean
+}
+
+/** A command the grants cover, or why none does. */
+type GrantMatch = { ok: true; grants: (Grant & { data: 'control' })[] } | { ok: false; reason: string }
+
+function grantsFor(
+  grants: Grant[],
+  kind: string,
+  rid: string,
+  command: string,
+  sites: ControlSites,
+): GrantMatch {
+  const covering = grants.filter(
+    (g): g is Grant & { data: 'control' } =>
+      g.data === 'control' &&
+      (g.kinds as string[]).includes(kind) &&
+      (!g.rids || g.rids.includes(rid)) &&
+      g.commands.includes(command),
+  )
+  if (covering.length === 0) return { ok: false, reason: `no control grant for ${command} on ${kind} ${rid}` }
+  const site = sites.siteOf?.(kind, rid)
+  const atSite = covering.filter(
+    (g) => !g.sites || (site === undefined ? sites.ignoreSites === true : g.sites.includes(site)),
+  )
+  if (atSite.length > 0) return { ok: true, grants: atSite }
+  const granted = [...new Set(covering.flatMap((g) => g.sites ?? []))].join(', ')
+  return {
+    ok: false,
+    reason:
+      site === undefined
+        ? `the site of ${kind} ${rid} is not known; the control grant covers only ${granted}`
+        : `${kind} ${rid} is at site ${site}; the control grant covers only ${granted}`,
+  }
+}
+
+/** Why `v` is outside a grant's bounds for `command`, or undefined when it is within them. */
+function outOfBounds(grant: Grant & { data: 'control' }, command: string, v: unknown): string | undefined {
+  const bounds = grant.bounds?.[command]
+  if (!bounds) return undefined
+  if (typeof v !== 'number' || !Number.isFinite(v)) return `${command} needs a numeric v within its bounds`
+  if (bounds.min !== undefined && v < bounds.min) return `v ${v} is below the bound ${bounds.min}`
+  if (bounds.max !== undefined && v > bounds.max) return `v ${v} is above the bound ${bounds.max}`
+  return undefined
+}
+
+const isPlainMap = (value: unknown): value is Record<string, unknown> =>
+  typeof value === 'object' &&
+  value !== null &&
+  (Object.getPrototypeOf(value) === Object.prototype || Object.getPrototypeOf(value) === null)
+
+/**
+ * Whether an agreement lets its consumer send this command, checked identically on both nodes
+ * (each with what it knows of the provider's sites, see `ControlSites`). Of several grants
+ * covering the command, the first whose bounds allow it applies.
+ */
 export function checkControl(
   agreement: AgreementLike,
   kind: string,
@@ -41,39 +110,30 @@ export function checkControl(
   command: string,
   payload: Uint8Array,
   now = Date.now(),
+  sites: ControlSites = {},
 ): ControlDecision {
   const state = agreementState(agreement.doc, agreement, now)
   if (state !== 'active') return { ok: false, reason: `the agreement is ${state}` }
-  const grant = agreement.doc.body.grants.find(
-    (g) =>
-      g.data === 'control' &&
-      (g.kinds as string[]).includes(kind) &&
-      (!g.rids || g.rids.includes(rid)) &&
-      g.commands.includes(command),
-  )
-  if (grant?.data !== 'control') {
-    return { ok: false, reason: `no control grant for ${command} on ${kind} ${rid}` }
-  }
-  let decoded: { v?: unknown; until?: unknown }
+  const match = grantsFor(agreement.doc.body.grants, kind, rid, command, sites)
+  if (!match.ok) return match
+  let decoded: unknown
   try {
-    decoded = decodeCbor(payload) as typeof decoded
+    decoded = decodeCbor(payload)
   } catch {
     return { ok: false, reason: 'the command payload is not CBOR' }
   }
-  if (typeof decoded !== 'object' || decoded === null)
-    return { ok: false, reason: 'the command payload is not a map' }
+  // A text-keyed map only: from a list, bytes or a map with other keys `v` and `until` could
+  // not be read, and their checks would pass unseen.
+  if (!isPlainMap(decoded)) return { ok: false, reason: 'the command payload is not a map' }
   if (typeof decoded.until === 'number' && decoded.until < now)
     return { ok: false, reason: 'the command has expired (until is past)' }
-  const bounds = grant.bounds?.[command]
-  if (bounds) {
-    if (typeof decoded.v !== 'number' || !Number.isFinite(decoded.v))
-      return { ok: false, reason: `${command} needs a numeric v within its bounds` }
-    if (bounds.min !== undefined && decoded.v < bounds.min)
-      return { ok: false, reason: `v ${decoded.v} is below the bound ${bounds.min}` }
-    if (bounds.max !== undefined && decoded.v > bounds.max)
-      return { ok: false, reason: `v ${decoded.v} is above the bound ${bounds.max}` }
+  let refusal = ''
+  for (const grant of match.grants) {
+    const reason = outOfBounds(grant, command, decoded.v)
+    if (reason === undefined) return { ok: true, grant }
+    refusal ||= reason
   }
-  return { ok: true, grant }
+  return { ok: false, reason: refusal }
 }
 
 /** `oe.send.<alias>.ctl.<kind>.<rid>.<command>` → its parts, or undefined. */
@@ -84,7 +144,7 @@ export function parseSendSubject(
   if (tokens.length !== 7 || tokens[0] !== 'oe' || tokens[1] !== 'send' || tokens[3] !== 'ctl')
     return undefined
   const [, , alias, , kind, rid, command] = tokens as [string, string, string, string, string, string, string]
-  if (!isResourceKind(kind) || !isResourceId(rid) || !/^[a-z][a-z0-9_]{0,63}$/.test(command)) return undefined
+  if (!isResourceKind(kind) || !isResourceId(rid) || !COMMAND.test(command)) return undefined
   return { alias, kind, rid, command }
 }
 
@@ -100,9 +160,11 @@ export function parseControlCommand(value: unknown): ControlCommand {
     raw === null ||
     typeof raw.id !== 'string' ||
     !/^[0-9a-f]{64}$/.test(raw.id) ||
-    typeof raw.kind !== 'string' ||
-    typeof raw.rid !== 'string' ||
+    // Each becomes one token of the subject the provider publishes on, oe.ctl.<kind>.<rid>.<command>.
+    !isResourceKind(raw.kind) ||
+    !isResourceId(raw.rid) ||
     typeof raw.command !== 'string' ||
+    !COMMAND.test(raw.command) ||
     !(raw.payload instanceof Uint8Array) ||
     raw.payload.length > 16 * 1024 ||
     typeof raw.at !== 'number'

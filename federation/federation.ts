@@ -1010,7 +1010,12 @@ export class Federation {
     let reason = peer ? `no agreement with ${alias} lets this node send ${command}` : `no peer named ${alias}`
     let chosen: AgreementRecord | undefined
     for (const record of candidates) {
-      const decision = checkControl(record, kind, rid, command, msg.data)
+      // The provider's sites as its standing data told them: a known site outside the grant is
+      // refused here, an unknown one is the provider's to decide.
+      const decision = checkControl(record, kind, rid, command, msg.data, Date.now(), {
+        siteOf: (k, r) => this.providerSites.get(record.id)?.get(`${k}.${r}`),
+        ignoreSites: true,
+      })
       if (decision.ok) {
         chosen = record
         break
@@ -1096,7 +1101,9 @@ export class Federation {
       if (!cryptoVerify(null, controlBytes(cmd), publicKeyObject(record.doc.body.consumer.key), frame.sig)) {
         throw new BadSignatureError('the control command is not signed by the consumer')
       }
-      const decision = checkControl(record, cmd.kind, cmd.rid, cmd.command, cmd.payload)
+      const decision = checkControl(record, cmd.kind, cmd.rid, cmd.command, cmd.payload, Date.now(), {
+        siteOf: this.siteIndex.siteOf,
+      })
       if (!decision.ok) throw new AgreementStateError(decision.reason)
       const headers = natsHeaders()
       headers.set('Oe-Agreement', cmd.id)

@@ -1,7 +1,7 @@
 /**
  * A hostile peer for adversarial tests: a real libp2p node with its own valid key (which the
- * victim may have added as a peer) that speaks `/oe/agreement/1.0.0` with whatever bytes a test
- * gives it.
+ * victim may have added as a peer) that speaks `/oe/agreement/1.0.0` (or any other protocol a
+ * test names) with whatever bytes a test gives it.
  */
 import { generateKeyPairSync } from 'node:crypto'
 import { noise } from '@chainsafe/libp2p-noise'
@@ -23,8 +23,15 @@ export interface Rogue {
   identity: NodeIdentity
   node: Libp2p
   card: string
-  /** Open a protocol stream to `target`, write `bytes`, close our side, and read the reply. */
-  exchange(target: string, bytes: Uint8Array): Promise<{ reply?: unknown; reset: boolean; error?: string }>
+  /**
+   * Open a stream of `protocol` (default `/oe/agreement/1.0.0`) to `target`, write `bytes`,
+   * close our side, and read the reply.
+   */
+  exchange(
+    target: string,
+    bytes: Uint8Array,
+    protocol?: string,
+  ): Promise<{ reply?: unknown; reset: boolean; error?: string }>
   stop(): Promise<void>
 }
 
@@ -51,10 +58,10 @@ export async function startRogue(org = 'Rogue', identity = newIdentity()): Promi
     identity,
     node,
     card,
-    async exchange(target, bytes) {
+    async exchange(target, bytes, protocol = AGREEMENT_PROTOCOL) {
       let stream: Awaited<ReturnType<Libp2p['dialProtocol']>>
       try {
-        stream = await node.dialProtocol(multiaddr(target), AGREEMENT_PROTOCOL, {
+        stream = await node.dialProtocol(multiaddr(target), protocol, {
           signal: AbortSignal.timeout(10_000),
         })
       } catch (error) {
