@@ -34,10 +34,17 @@ export interface CliResult {
 /** Run one CLI command to completion. */
 export function runCli(
   args: string[],
-  options: { env?: Record<string, string | undefined>; input?: string; timeoutMs?: number } = {},
+  options: {
+    env?: Record<string, string | undefined>
+    input?: string
+    timeoutMs?: number
+    /** What runs the CLI (default `[BUN, CLI]`), e.g. prefixed with `ip netns exec <ns>`. */
+    command?: string[]
+  } = {},
 ): Promise<CliResult> {
+  const command = options.command ?? [BUN, CLI]
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(BUN, [CLI, ...args], {
+    const child = spawn(command[0]!, [...command.slice(1), ...args], {
       env: cleanEnv(options.env),
       stdio: ['pipe', 'pipe', 'pipe'],
     })
@@ -95,6 +102,10 @@ export interface StartNodeOptions {
   config?: string
   command?: string[]
   readyTimeoutMs?: number
+  /** `--api` HOST:PORT (default `127.0.0.1:0`). */
+  api?: string
+  /** `--listen` multiaddrs (default one at a free loopback port). */
+  listen?: string[]
 }
 
 /** Start a node and wait until /readyz answers 200. */
@@ -112,9 +123,8 @@ export async function startNode(options: StartNodeOptions = {}): Promise<Running
       dataDir,
       'start',
       '--api',
-      '127.0.0.1:0',
-      '--listen',
-      '/ip4/127.0.0.1/tcp/0',
+      options.api ?? '127.0.0.1:0',
+      ...(options.listen ?? ['/ip4/127.0.0.1/tcp/0']).flatMap((addr) => ['--listen', addr]),
       ...(options.args ?? []),
     ],
     { env: cleanEnv(options.env), stdio: ['ignore', 'pipe', 'pipe'] },
@@ -161,7 +171,11 @@ export async function startNode(options: StartNodeOptions = {}): Promise<Running
     if (!alive) throw new Error(`node exited during start: ${stderr.slice(-2000)}`)
     try {
       api = (await readFile(join(dataDir, 'api'), 'utf8')).trim()
-      const response = await fetch(`${api}/readyz`)
+      // /readyz is open only to loopback; an API on another address wants the admin token.
+      const token = (await readFile(join(dataDir, 'admin.token'), 'utf8').catch(() => '')).trim()
+      const response = await fetch(`${api}/readyz`, {
+        headers: token ? { authorization: `Bearer ${token}` } : {},
+      })
       if (response.status === 200) break
     } catch {
       // Not up yet.
@@ -316,4 +330,69 @@ export function telemetry(
     v: i,
     t: t + i,
   }))
+}
+
+/** A CLI command that is still running: its output so far, and its end. */
+export interface CliProcess {
+  stdout: () => string
+  stderr: () => string
+  done: Promise<CliResult>
+}
+
+/** Start one CLI command and watch its output while it runs (`runCli` waits for the end). */
+export function spawnCli(
+  args: string[],
+  options: { env?: Record<string, string | undefined>; timeoutMs?: number } = {},
+): CliProcess {
+  const child = spawn(BUN, [CLI, ...args], { env: cleanEnv(options.env), stdio: ['ignore', 'pipe', 'pipe'] })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (chunk) => {
+    stdout += chunk
+  })
+  child.stderr.on('data', (chunk) => {
+    stderr += chunk
+  })
+  const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 30_000)
+  const done = new Promise<CliResult>((resolveDone, reject) => {
+    child.on('error', reject)
+    child.on('exit', (code, signal) => {
+      clearTimeout(timer)
+      resolveDone({ code: code ?? (signal ? 128 : 1), stdout, stderr })
+    })
+  })
+  cleanups.push(async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+    await done.catch(() => {})
+  })
+  return { stdout: () => stdout, stderr: () => stderr, done }
+}
+
+/**
+ * One sample from Prometheus text: the value of the first `name` line whose labels include
+ * `labels`, or undefined when there is none.
+ */
+export function metricValue(
+  text: string,
+  name: string,
+  labels: Record<string, string> = {},
+): number | undefined {
+  for (const line of text.split('\n')) {
+    const sample = /^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})? (\S+)/.exec(line)
+    if (!sample || sample[1] !== name) continue
+    const found = new Map<string, string>()
+    for (const [, key, value] of (sample[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g))
+      found.set(key!, value!)
+    if (Object.entries(labels).every(([key, value]) => found.get(key) === value)) return Number(sample[3])
+  }
+  return undefined
+}
+
+/** One sample of a node's /metrics, scraped from loopback (no token needed there). */
+export async function scrapeMetric(
+  node: RunningNode,
+  name: string,
+  labels: Record<string, string> = {},
+): Promise<number | undefined> {
+  return metricValue(await (await node.fetch('/metrics', { token: null })).text(), name, labels)
 }
