@@ -19,12 +19,19 @@ import {
   waitAgreementState,
   waitPeerState,
 } from './helpers/federation.ts'
-import { cleanupAll, runCli, startNode, tempDir, waitFor } from './helpers/node-process.ts'
+import { cleanupAll, type RunningNode, runCli, startNode, tempDir, waitFor } from './helpers/node-process.ts'
 
 afterEach(cleanupAll)
 
 const startOrg = (org: string, dataDir?: string) =>
   startNode({ ...(dataDir ? { dataDir } : { config: `org = "${org}"\n` }) })
+
+/** How many connections from `peerId` the node's gate refused (its audit log). */
+async function refusalsOf(node: RunningNode, peerId: string): Promise<number> {
+  return (await auditEntries(node)).filter(
+    (entry) => entry.type === 'connection.refused' && entry.data.peerId === peerId,
+  ).length
+}
 
 describe('peering', () => {
   test('two nodes that add each other’s cards connect and report RTT', async () => {
@@ -41,10 +48,10 @@ describe('peering', () => {
     ])
     expect(added.code).toBe(0)
     expect(JSON.parse(added.stdout)).toMatchObject({ alias: 'chargeco', org: 'ChargeCo' })
-    // Until B adds A, B's gate refuses A: nothing connects.
-    await Bun.sleep(1_000)
+    // Until B adds A, B's gate refuses A: A dials, B refuses and audits it, nothing connects.
+    const aPeerId = (await api<{ peerId: string }>(a, 'GET', '/v1/status')).peerId
+    await waitFor(async () => (await refusalsOf(b, aPeerId)) > 0, 10_000, 'B to refuse a connection from A')
     expect(await peerState(a, 'chargeco')).not.toBe('connected')
-    expect((await auditEntries(b)).some((e) => e.type === 'connection.refused')).toBe(true)
     await api(b, 'POST', '/v1/peers', { card: await cardOf(a), alias: 'gridco' })
     await waitPeerState(a, 'chargeco', 'connected')
     await waitPeerState(b, 'gridco', 'connected')
@@ -53,9 +60,18 @@ describe('peering', () => {
     ) as PeerJson[]
     expect(list).toHaveLength(1)
     expect(list[0]).toMatchObject({ alias: 'chargeco', org: 'ChargeCo', state: 'connected' })
-    await new Promise((resolve) => setTimeout(resolve, 2_500))
-    const again = await api<PeerJson[]>(a, 'GET', '/v1/peers')
-    expect(again[0]!.rttMs).toEqual(expect.any(Number))
+    // The first ping comes within the ping interval of connecting.
+    let rttMs: number | null | undefined
+    await waitFor(
+      async () => {
+        rttMs = (await api<PeerJson[]>(a, 'GET', '/v1/peers'))[0]?.rttMs
+        return typeof rttMs === 'number'
+      },
+      10_000,
+      'a round-trip time',
+    )
+    expect(rttMs).toBeGreaterThanOrEqual(0)
+    expect(rttMs).toBeLessThan(3_000)
   })
 
   test('a bad card or alias is refused with a named error', async () => {
@@ -78,10 +94,18 @@ describe('peering', () => {
   test('peers remove disconnects at once and the peer can no longer connect', async () => {
     const [a, b] = await Promise.all([startOrg('A'), startOrg('B')])
     await peer(a, 'bee', b, 'ay')
+    const bPeerId = (await api<{ peerId: string }>(b, 'GET', '/v1/status')).peerId
+    const refusedBefore = await refusalsOf(a, bPeerId)
     const removed = await runCli(['--data-dir', a.dataDir, 'peers', 'remove', 'bee'])
     expect(removed.code).toBe(0)
     await waitPeerState(b, 'ay', 'disconnected', 5_000)
-    await Bun.sleep(1_500)
+    // B, which still knows A, dials again; A refuses it and audits that. After such a refusal,
+    // B is still not connected.
+    await waitFor(
+      async () => (await refusalsOf(a, bPeerId)) > refusedBefore,
+      15_000,
+      'A to refuse a connection from B',
+    )
     expect(await peerState(b, 'ay')).not.toBe('connected')
     expect((await auditEntries(a)).map((e) => e.type)).toContain('peer.removed')
   })
@@ -209,8 +233,14 @@ describe('agreement lifecycle', () => {
     await waitAgreementState(a, id, 'active')
     await waitAgreementState(a, id, 'expired', 8_000)
     await waitAgreementState(b, id, 'expired', 2_000)
-    await Bun.sleep(700)
-    expect((await auditEntries(a)).some((e) => e.type === 'agreement.expired' && e.data.id === id)).toBe(true)
+    for (const node of [a, b]) {
+      await waitFor(
+        async () =>
+          (await auditEntries(node)).some((e) => e.type === 'agreement.expired' && e.data.id === id),
+        5_000,
+        'the expiry in the audit log',
+      )
+    }
   })
 
   test('an agreement expires while one node is down, and both agree after it returns', async () => {
@@ -283,9 +313,17 @@ describe('agreement lifecycle', () => {
     await waitAgreementState(b, id, 'proposed')
     await api(b, 'POST', `/v1/agreements/${id}/accept`)
     await waitAgreementState(a, id, 'active')
-    expect(await api(c, 'GET', '/v1/agreements')).toEqual([])
+    // A sentinel: a proposal from A to C, made after the A–B agreement was active. C's list and
+    // audit log hold it, and nothing of the other.
+    const toC = await propose(a, 'cee')
+    await waitAgreementState(c, toC, 'proposed')
+    expect((await api<AgreementJson[]>(c, 'GET', '/v1/agreements')).map((agreement) => agreement.id)).toEqual(
+      [toC],
+    )
     expect((await call(c, 'GET', `/v1/agreements/${id}`)).status).toBe(404)
-    expect((await auditEntries(c)).some((e) => JSON.stringify(e).includes(id))).toBe(false)
+    const auditOfC = (await auditEntries(c)).map((entry) => JSON.stringify(entry))
+    expect(auditOfC.some((entry) => entry.includes(toC))).toBe(true)
+    expect(auditOfC.some((entry) => entry.includes(id))).toBe(false)
   })
 })
 

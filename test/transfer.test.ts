@@ -15,15 +15,37 @@ import { decodeCbor } from '../data-plane/index.ts'
 import { api, auditEntries, peer, waitAgreementState } from './helpers/federation.ts'
 import {
   cleanupAll,
+  metricValue,
   type RunningNode,
   readSubject,
   runCli,
+  scrapeMetric,
   startNode,
   waitFor,
 } from './helpers/node-process.ts'
-import { natsOf } from './helpers/transfer.ts'
+import { flowOf, natsOf, natsServerPid } from './helpers/transfer.ts'
 
 afterEach(cleanupAll)
+
+/** The consumer asks the provider (peered as `prov`/`cons`) for `grants`; the provider accepts. */
+async function agree(
+  provider: RunningNode,
+  consumer: RunningNode,
+  grants: string[],
+  extra: Record<string, unknown> = {},
+): Promise<string> {
+  const { id } = await api<{ id: string }>(consumer, 'POST', '/v1/agreements', {
+    peer: 'prov',
+    grants,
+    purpose: 'transfer test',
+    validUntil: new Date(Date.now() + 86_400_000).toISOString(),
+    ...extra,
+  })
+  await waitAgreementState(provider, id, 'proposed')
+  await api(provider, 'POST', `/v1/agreements/${id}/accept`)
+  await waitAgreementState(consumer, id, 'active')
+  return id
+}
 
 /** Provider and consumer, peered; the consumer asks for `grants`; the provider accepts. */
 async function setup(
@@ -36,18 +58,11 @@ async function setup(
     startNode({ config: 'org = "Consumer"\n' }),
   ])
   await peer(consumer, 'prov', provider, 'cons')
-  const { id } = await api<{ id: string }>(consumer, 'POST', '/v1/agreements', {
-    peer: 'prov',
-    grants,
-    purpose: 'transfer test',
-    validUntil: new Date(Date.now() + 86_400_000).toISOString(),
-    ...extra,
-  })
-  await waitAgreementState(provider, id, 'proposed')
-  await api(provider, 'POST', `/v1/agreements/${id}/accept`)
-  await waitAgreementState(consumer, id, 'active')
-  return { provider, consumer, id }
+  return { provider, consumer, id: await agree(provider, consumer, grants, extra) }
 }
+
+/** The `agreement` label of the federation metrics: the id's first 16 characters. */
+const agreementLabel = (id: string): string => id.slice(0, 16)
 
 async function ingest(node: RunningNode, records: object[]): Promise<void> {
   for (let i = 0; i < records.length; i += 1000) {
@@ -72,22 +87,23 @@ describe('scope', () => {
     ])
     const t0 = Date.now() - 600_000
     const records: object[] = []
+    // What the batches must carry at least: the subject (after `oe.`) of every in-scope record.
+    let subjectBytes = 0
     for (let i = 0; i < 10_000; i++) {
-      records.push({
-        kind: 'evse',
-        rid: `CS1-${(i % 4) + 1}`,
-        q: i % 2 ? 'power' : 'energy_import',
-        v: i,
-        t: t0 + i,
-      })
+      const rid = `CS1-${(i % 4) + 1}`
+      const q = i % 2 ? 'power' : 'energy_import'
+      records.push({ kind: 'evse', rid, q, v: i, t: t0 + i })
+      subjectBytes += `tel.evse.${rid}.${q}`.length
       if (i % 10 === 0) {
+        // Out of scope, each with a value below 0 (never -0, which equals 0), in between the others.
         const wrong = (i / 10) % 3
+        const v = -(i + 1)
         records.push(
           wrong === 0
-            ? { kind: 'station', rid: 'CS1-1', q: 'power', v: -i, t: t0 + i }
+            ? { kind: 'station', rid: 'CS1-1', q: 'power', v, t: t0 + i }
             : wrong === 1
-              ? { kind: 'evse', rid: 'CS1-1', q: 'voltage', v: -i, t: t0 + i }
-              : { kind: 'evse', rid: 'CS9-1', q: 'power', v: -i, t: t0 + i },
+              ? { kind: 'evse', rid: 'CS1-1', q: 'voltage', v, t: t0 + i }
+              : { kind: 'evse', rid: 'CS9-1', q: 'power', v, t: t0 + i },
         )
       }
     }
@@ -113,6 +129,31 @@ describe('scope', () => {
       `oe_federation_records{agreement="${id.slice(0, 16)}",direction="in"} 10000`,
     )
     expect(consumerMetrics).toMatch(/^oe_federation_peers_connected 1$/m)
+    // Bytes grow with the data: the bodies the consumer took hold every record's subject at
+    // least, and the provider's frames are those bodies signed.
+    const label = agreementLabel(id)
+    const bytesIn = metricValue(consumerMetrics, 'oe_federation_bytes', { agreement: label, direction: 'in' })
+    const bytesOut = metricValue(metrics, 'oe_federation_bytes', { agreement: label, direction: 'out' })
+    expect(bytesIn).toBeGreaterThan(subjectBytes)
+    expect(bytesOut).toBeGreaterThanOrEqual(bytesIn!)
+    // Each node's round trip to the other, in seconds. libp2p's ping counts whole milliseconds,
+    // so a loopback ping may read 0: wait for one that does not.
+    for (const [node, alias] of [
+      [provider, 'cons'],
+      [consumer, 'prov'],
+    ] as const) {
+      let rtt: number | undefined
+      await waitFor(
+        async () => {
+          rtt = await scrapeMetric(node, 'oe_federation_peer_rtt_seconds', { peer: alias })
+          return rtt !== undefined && rtt > 0
+        },
+        10_000,
+        `a round-trip time to ${alias} (last ${rtt})`,
+      )
+      expect(Number.isFinite(rtt)).toBe(true)
+      expect(rtt).toBeLessThan(3)
+    }
 
     // Receipts: the audit log accounts for every batch taken, once the session ends.
     await api(consumer, 'POST', `/v1/agreements/${id}/revoke`, { reason: 'test over' })
@@ -171,19 +212,15 @@ describe('scope', () => {
         records.push({ kind: 'meter', rid, q: 'power', v: i, t: t0 + i * 1_000 })
     }
     await ingest(provider, records)
+    // Every reading accounted for: sent or dropped for the interval, and what was sent arrived.
     await waitFor(
-      async () =>
-        (
-          await api<{ flow: { lagRecords: number; recordsOut: number; batchesOut: number } }>(
-            provider,
-            'GET',
-            `/v1/agreements/${id}`,
-          )
-        ).flow.batchesOut > 0,
+      async () => {
+        const { recordsOut, drops } = await flowOf(provider, id)
+        return recordsOut + (drops.min_interval ?? 0) === 480 && (await flowIn(consumer, id)) === recordsOut
+      },
       20_000,
-      'a batch to be sent',
+      'all 480 readings to be sent or dropped',
     )
-    await Bun.sleep(1_500)
     const received = await readSubject(consumer, 'oe.peer.>', 1_000)
     for (const rid of ['M1', 'M2']) {
       const times = received.filter((m) => m.subject.includes(`.${rid}.`)).map((m) => m.data.t as number)
@@ -194,6 +231,12 @@ describe('scope', () => {
       await api<{ flow: { drops: Record<string, number> } }>(provider, 'GET', `/v1/agreements/${id}`)
     ).flow.drops
     expect(drops.min_interval).toBe(480 - 8)
+    expect(
+      await scrapeMetric(provider, 'oe_federation_dropped_records', {
+        agreement: agreementLabel(id),
+        reason: 'min_interval',
+      }),
+    ).toBe(480 - 8)
   })
 })
 
@@ -267,6 +310,19 @@ describe('payloads that are not readings', () => {
       20_000,
       'the first readings and the resource',
     )
+    const bytes = async () => ({
+      in: await scrapeMetric(consumer, 'oe_federation_bytes', {
+        agreement: agreementLabel(id),
+        direction: 'in',
+      }),
+      out: await scrapeMetric(provider, 'oe_federation_bytes', {
+        agreement: agreementLabel(id),
+        direction: 'out',
+      }),
+    })
+    const bytesBefore = await bytes()
+    expect(bytesBefore.in).toBeGreaterThan(0)
+    expect(bytesBefore.out).toBeGreaterThanOrEqual(bytesBefore.in!)
     const nc = await natsOf(provider)
     try {
       // Any local client may publish anything on these subjects (ARCHITECTURE §5).
@@ -296,8 +352,19 @@ describe('payloads that are not readings', () => {
       )
     ).flow
     expect(flow.drops.payload).toBe(6)
+    expect(
+      await scrapeMetric(provider, 'oe_federation_dropped_records', {
+        agreement: agreementLabel(id),
+        reason: 'payload',
+      }),
+    ).toBe(6)
     // One session per stream carried it all: no payload ended one.
     expect(flow.sessions).toBe(1)
+    // The six readings and the update after the drops: at least their subjects more bytes.
+    const bytesAfter = await bytes()
+    const moreAtLeast = 'tel.meter.M1.power'.length * 5 + 'std.meter.M1'.length
+    expect(bytesAfter.in).toBeGreaterThanOrEqual(bytesBefore.in! + moreAtLeast)
+    expect(bytesAfter.out).toBeGreaterThanOrEqual(bytesBefore.out! + moreAtLeast)
   })
 })
 
@@ -318,11 +385,22 @@ describe('limits', () => {
         t: t0 + i,
       })),
     )
-    await waitFor(async () => (await flowIn(consumer, id)) > 0, 10_000, 'the first records')
-    await Bun.sleep(Math.max(0, started + 1_500 - Date.now()))
-    expect(await flowIn(consumer, id)).toBeLessThanOrEqual(1_300)
-    await waitFor(async () => (await flowIn(consumer, id)) === 2_000, 15_000, 'all 2,000 records')
-    expect(Date.now() - started).toBeGreaterThanOrEqual(3_000)
+    // The session has been idle for a while, so its bucket is full: at any moment the consumer
+    // holds at most a second's worth plus 500 a second since the readings were stored (a little
+    // slack for the two clocks' reads), so all 2,000 take 3 s at least.
+    const overLimit: string[] = []
+    await waitFor(
+      async () => {
+        const count = await flowIn(consumer, id)
+        const elapsedMs = Date.now() - started
+        if (count > 500 + elapsedMs / 2 + 10) overLimit.push(`${count} records after ${elapsedMs} ms`)
+        return count === 2_000
+      },
+      15_000,
+      'all 2,000 records',
+    )
+    expect(overLimit).toEqual([])
+    expect(Date.now() - started).toBeGreaterThanOrEqual(2_980)
   })
 
   test('batches stay under the 1 MiB frame limit: big ones are split, a record too big for any frame is dropped', async () => {
@@ -355,50 +433,147 @@ describe('limits', () => {
     ).flow
     expect(flow).toMatchObject({ recordsOut: 8_001, drops: { oversize: 1 }, sessions: 1 })
     expect(flow.batchesOut).toBeGreaterThanOrEqual(2)
+    expect(
+      await scrapeMetric(provider, 'oe_federation_dropped_records', {
+        agreement: agreementLabel(id),
+        reason: 'oversize',
+      }),
+    ).toBe(1)
     const received = await readSubject(consumer, 'oe.peer.>', 2_000)
     expect(received.map((m) => m.data.v)).toEqual(Array.from({ length: 8_001 }, (_, i) => i))
   })
 
-  test('batching follows federation.batch_records and batch_wait', async () => {
-    const { provider, consumer, id } = await setup(
+  /**
+   * A provider with `batch_records = 4` and `batch_wait`, and a consumer; readings of one meter
+   * to ingest; the provider's counters; and whether the provider has taken everything OE_TEL
+   * holds (delivered to it by JetStream, sent or not).
+   */
+  async function batching(batchWait: string) {
+    const pair = await setup(
       ['telemetry:kinds=meter;quantities=power'],
       {},
-      '[federation]\nbatch_records = 4\nbatch_wait = "1500ms"\n',
+      `[federation]\nbatch_records = 4\nbatch_wait = "${batchWait}"\n`,
     )
-    const flowOut = async () =>
-      (
-        await api<{ flow: { recordsOut: number; batchesOut: number } }>(
-          provider,
-          'GET',
-          `/v1/agreements/${id}`,
-        )
-      ).flow
+    const { provider, id } = pair
     const t0 = Date.now() - 60_000
-    const reading = (v: number) => ({ kind: 'meter', rid: 'M1', q: 'power', v, t: t0 + v })
-    // Three readings a little apart: one batch that waits for more, then goes when its time is up.
-    for (const v of [0, 1, 2]) {
-      await ingest(provider, [reading(v)])
-      await Bun.sleep(100)
+    const readings = (from: number, count: number) =>
+      Array.from({ length: count }, (_, i) => ({
+        kind: 'meter',
+        rid: 'M1',
+        q: 'power',
+        v: from + i,
+        t: t0 + from + i,
+      }))
+    const flowOut = async () => {
+      const { flow } = await api<{ flow: { recordsOut: number; batchesOut: number } }>(
+        provider,
+        'GET',
+        `/v1/agreements/${id}`,
+      )
+      return { recordsOut: flow.recordsOut, batchesOut: flow.batchesOut }
     }
-    expect((await flowOut()).batchesOut).toBe(0)
-    await waitFor(async () => (await flowIn(consumer, id)) === 3, 10_000, 'the first three readings')
-    expect(await flowOut()).toMatchObject({ recordsOut: 3, batchesOut: 1 })
-    // Ten at once: full batches of four go without waiting, the last two wait their time.
-    await ingest(
-      provider,
-      Array.from({ length: 10 }, (_, i) => reading(3 + i)),
-    )
-    await waitFor(async () => (await flowOut()).batchesOut >= 3, 1_200, 'two full batches at once')
-    await waitFor(async () => (await flowIn(consumer, id)) === 13, 10_000, 'all 13 readings')
-    expect(await flowOut()).toMatchObject({ recordsOut: 13, batchesOut: 4 })
+    const nc = await natsOf(provider)
+    const jsm = await jetstreamManager(nc)
+    const providerTookAll = async (): Promise<boolean> => {
+      const last = (await jsm.streams.info('OE_TEL')).state.last_seq
+      for await (const info of jsm.consumers.list('OE_TEL'))
+        if (info.config.durable_name) return info.delivered.stream_seq >= last
+      return false
+    }
+    /** Ingest readings one at a time, each taken by the provider before the next is stored. */
+    const ingestApart = async (from: number, count: number) => {
+      for (const reading of readings(from, count)) {
+        await ingest(provider, [reading])
+        await waitFor(providerTookAll, 5_000, `the provider to take reading ${reading.v}`)
+      }
+    }
+    return { ...pair, readings, flowOut, providerTookAll, ingestApart, close: () => nc.close() }
+  }
+
+  test('batch_wait: readings that come apart wait for each other, and go together when the time is up', async () => {
+    const { consumer, id, flowOut, ingestApart, close } = await batching('1500ms')
+    try {
+      // Each was taken before the next came, yet they go as one batch: the first waited for
+      // the others, and the batch went, not full, when its time was up.
+      await ingestApart(0, 3)
+      await waitFor(async () => (await flowIn(consumer, id)) === 3, 10_000, 'the three readings')
+      expect(await flowOut()).toEqual({ recordsOut: 3, batchesOut: 1 })
+    } finally {
+      await close()
+    }
     const received = await readSubject(consumer, 'oe.peer.>', 1_000)
-    expect(received.map((m) => m.data.v)).toEqual(Array.from({ length: 13 }, (_, i) => i))
+    expect(received.map((m) => m.data.v)).toEqual([0, 1, 2])
+  })
+
+  test('batch_records: a full batch goes at once, without waiting for batch_wait', async () => {
+    // batch_wait at its 10 s maximum: what goes within a few seconds went because it was full.
+    const { provider, consumer, id, readings, flowOut, providerTookAll, ingestApart, close } =
+      await batching('10s')
+    try {
+      // Three apart, held together; the fourth fills the batch and all four go.
+      await ingestApart(0, 4)
+      await waitFor(async () => (await flowIn(consumer, id)) === 4, 8_000, 'a full batch of four')
+      expect(await flowOut()).toEqual({ recordsOut: 4, batchesOut: 1 })
+      // Ten at once: two full batches go; the last two, taken too, wait for more.
+      await ingest(provider, readings(4, 10))
+      await waitFor(async () => (await flowIn(consumer, id)) === 12, 8_000, 'two more full batches')
+      expect(await providerTookAll()).toBe(true)
+      expect(await flowOut()).toEqual({ recordsOut: 12, batchesOut: 3 })
+    } finally {
+      await close()
+    }
+    const received = await readSubject(consumer, 'oe.peer.>', 1_000)
+    expect(received.map((m) => m.data.v)).toEqual(Array.from({ length: 12 }, (_, i) => i))
+  })
+})
+
+describe('backlog', () => {
+  test('lag counts records sent and not yet acknowledged: a backlog while the consumer cannot store them, none once it has', async () => {
+    const { provider, consumer, id } = await setup(['telemetry:kinds=meter;quantities=power'])
+    const lag = () => scrapeMetric(provider, 'oe_federation_lag_records', { agreement: agreementLabel(id) })
+    const t0 = Date.now() - 60_000
+    const readings = (from: number, count: number) =>
+      Array.from({ length: count }, (_, i) => ({
+        kind: 'meter',
+        rid: `m${(from + i) % 5}`,
+        q: 'power',
+        v: from + i,
+        t: t0 + from + i,
+      }))
+    await ingest(provider, readings(0, 5))
+    await waitFor(async () => (await flowIn(consumer, id)) === 5, 10_000, 'the first five readings')
+    await waitFor(async () => (await lag()) === 0, 5_000, 'no lag once they are acknowledged')
+    // The consumer's nats-server paused: batches reach the consumer, which cannot store them,
+    // so it acknowledges none.
+    const consumerNats = await natsServerPid(consumer)
+    process.kill(consumerNats, 'SIGSTOP')
+    try {
+      await ingest(provider, readings(5, 200))
+      let last: number | undefined
+      await waitFor(
+        async () => {
+          last = await lag()
+          return last === 200
+        },
+        5_000,
+        `a lag of 200 (is ${last})`,
+      )
+      expect(await flowIn(consumer, id)).toBe(5)
+    } finally {
+      process.kill(consumerNats, 'SIGCONT')
+    }
+    await waitFor(async () => (await flowIn(consumer, id)) === 205, 15_000, 'the 200 to arrive')
+    await waitFor(async () => (await lag()) === 0, 5_000, 'no lag once they are acknowledged')
+    // The pause did not end the session (a new one would have sent them again).
+    expect((await flowOf(provider, id)).sessions).toBe(1)
   })
 })
 
 describe('revocation', () => {
   test('revoking mid-stream stops the flow at once, and nothing after the cut-off is published', async () => {
     const { provider, consumer, id } = await setup(['telemetry:kinds=meter;quantities=power'])
+    // A second agreement, for voltage, carries a sentinel after the first is revoked.
+    const sentinelId = await agree(provider, consumer, ['telemetry:kinds=meter;quantities=voltage'])
     let sending = true
     let sent = 0
     const feeder = (async () => {
@@ -413,6 +588,7 @@ describe('revocation', () => {
         }))
         await api(provider, 'POST', '/v1/telemetry', batch)
         sent += batch.length
+        // Pacing, so that the feeder leaves the nodes some of the two cores.
         await Bun.sleep(20)
       }
     })()
@@ -423,16 +599,21 @@ describe('revocation', () => {
     expect(revoked.state).toBe('revoked')
     const detail = await api<{ revocation: { at: number } }>(consumer, 'GET', `/v1/agreements/${id}`)
     await waitAgreementState(provider, id, 'revoked', 2_000)
-    await Bun.sleep(1_000)
-    const settled = await flowIn(consumer, id)
-    await Bun.sleep(1_500)
+    // The provider goes on storing readings, all stamped after the cut-off.
+    const sentAtRevocation = sent
+    await waitFor(() => sent >= sentAtRevocation + 1_000, 10_000, '1,000 readings after the cut-off')
     sending = false
     await feeder
-    expect(await flowIn(consumer, id)).toBe(settled)
-    const received = await readSubject(consumer, 'oe.peer.>', 1_000)
+    // Stored after all of them, the sentinel reaches the consumer under the other agreement: what
+    // the revoked one still carried would have arrived by now.
+    await ingest(provider, [{ kind: 'meter', rid: 'm0', q: 'voltage', v: 230, t: Date.now() }])
+    await waitFor(async () => (await flowIn(consumer, sentinelId)) === 1, 15_000, 'the sentinel')
+    const received = await readSubject(consumer, 'oe.peer.prov.tel.meter.*.power', 1_000)
+    const settled = await flowIn(consumer, id)
     expect(received.length).toBe(settled)
+    expect(received.length).toBeGreaterThan(1_000)
     expect(received.every((m) => (m.data.t as number) < detail.revocation.at)).toBe(true)
-    expect(sent).toBeGreaterThan(settled)
+    expect(sent).toBeGreaterThanOrEqual(settled + 1_000)
   })
 })
 
@@ -455,26 +636,37 @@ describe('control grants', () => {
       send('CS1-9', 'limit_power', 7_400) // rid not granted
       send('CS1-2', 'limit_power', 50_000) // above the bound
       send('CS1-2', 'reset', 0) // command not granted
+      send('CS1-2', 'limit_power', 11_000) // granted: a sentinel after the refused ones
       await nc.flush()
       await waitFor(
-        async () => (await readSubject(consumer, 'oe.peer.prov.evt.>', 300)).length >= 4,
+        async () => (await readSubject(consumer, 'oe.peer.prov.evt.>', 300)).length >= 5,
         15_000,
-        'four control results',
+        'five control results',
       )
       const results = await readSubject(consumer, 'oe.peer.prov.evt.>', 500)
-      const byRid = (rid: string, command: string) =>
-        results.find(
-          (m) => m.subject === `oe.peer.prov.evt.evse.${rid}.control_result` && m.data.command === command,
-        )?.data
-      expect(byRid('CS1-1', 'limit_power')).toMatchObject({ ok: true, id })
-      expect(byRid('CS1-9', 'limit_power')).toMatchObject({ ok: false })
+      const resultsOf = (rid: string, command: string) =>
+        results
+          .filter(
+            (m) => m.subject === `oe.peer.prov.evt.evse.${rid}.control_result` && m.data.command === command,
+          )
+          .map((m) => m.data)
+      expect(resultsOf('CS1-1', 'limit_power')).toMatchObject([{ ok: true, id }])
+      expect(resultsOf('CS1-9', 'limit_power')).toMatchObject([{ ok: false }])
+      expect(resultsOf('CS1-2', 'limit_power')).toEqual(
+        expect.arrayContaining([
+          expect.objectContaining({ ok: false }),
+          expect.objectContaining({ ok: true, id }),
+        ]),
+      )
       expect(results.filter((m) => m.data.ok === false)).toHaveLength(3)
+      // The provider's oe.ctl holds the two granted commands, the sentinel last: what was refused
+      // in between never reached it.
       const commands = await readSubject(provider, 'oe.ctl.>', 500)
-      expect(commands).toHaveLength(1)
-      expect(commands[0]).toMatchObject({
-        subject: 'oe.ctl.evse.CS1-1.limit_power',
-        data: { v: 7_400, u: 'W' },
-      })
+      expect(commands).toMatchObject([
+        { subject: 'oe.ctl.evse.CS1-1.limit_power', data: { v: 7_400, u: 'W' } },
+        { subject: 'oe.ctl.evse.CS1-2.limit_power', data: { v: 11_000, u: 'W' } },
+      ])
+      expect(commands).toHaveLength(2)
       expect((await auditEntries(provider)).some((e) => e.type === 'control.received')).toBe(true)
       expect((await auditEntries(consumer)).filter((e) => e.type === 'control.refused')).toHaveLength(3)
     } finally {
