@@ -411,6 +411,11 @@ export class ProviderSession {
   stop(reason: string): void {
     if (this.closedReason) return
     this.closedReason = reason
+    // Batches still in flight are read again by the next session: no longer this one's lag.
+    const { stats } = this.components
+    for (const batch of this.inFlight.values())
+      stats.lagRecords = Math.max(0, stats.lagRecords - batch.records)
+    this.inFlight.clear()
     this.abort.abort(new FederationError(reason))
     for (const wake of this.creditWaiters.splice(0)) wake()
     this.channel.abort(new FederationError(reason))
@@ -872,7 +877,10 @@ export class ConsumerSession {
       }
       if (count === 0 || last >= info.state.last_seq) break
     }
+    // Published by an earlier session whose confirmation never came (or by the node before a
+    // crash): the consumer holds them, so they count as received.
     this.components.stats.recoveredRecords += seen
+    this.components.stats.recordsIn += seen
     if (seen > 0) {
       state.peerSeq = info.state.last_seq
       await this.components.states.put(this.view.id, state)

@@ -567,6 +567,39 @@ describe('backlog', () => {
     // The pause did not end the session (a new one would have sent them again).
     expect((await flowOf(provider, id)).sessions).toBe(1)
   })
+
+  // Regression: a session that ended with batches in flight left their records in the lag for
+  // good, and records published by a session whose confirmations never came were stored but
+  // never counted as received.
+  test('a session that ends with batches in flight leaves no lag behind, and what it stored counts as received', async () => {
+    const { provider, consumer, id } = await setup(['telemetry:kinds=meter;quantities=power'])
+    const lag = () => scrapeMetric(provider, 'oe_federation_lag_records', { agreement: agreementLabel(id) })
+    const readings = (from: number, count: number) =>
+      Array.from({ length: count }, (_, i) => ({
+        kind: 'meter',
+        rid: 'm1',
+        q: 'power',
+        v: from + i,
+        t: Date.now() - 60_000 + from + i,
+      }))
+    await ingest(provider, readings(0, 5))
+    await waitFor(async () => (await flowIn(consumer, id)) === 5, 10_000, 'the first five readings')
+    const consumerNats = await natsServerPid(consumer)
+    process.kill(consumerNats, 'SIGSTOP')
+    try {
+      await ingest(provider, readings(5, 200))
+      await waitFor(async () => (await lag()) === 200, 5_000, 'a lag of 200')
+      // Past the consumer's publish timeout: its session ends with the batches unacknowledged.
+      await waitFor(async () => (await flowOf(consumer, id)).lastError !== null, 20_000, 'the session to end')
+    } finally {
+      process.kill(consumerNats, 'SIGCONT')
+    }
+    await waitFor(async () => (await flowIn(consumer, id)) === 205, 20_000, 'the 200 counted as received')
+    await waitFor(async () => (await lag()) === 0, 10_000, 'no lag left behind')
+    expect((await flowOf(provider, id)).sessions).toBeGreaterThan(1)
+    const received = await readSubject(consumer, 'oe.peer.>', 1_000)
+    expect(received.map((m) => m.data.v)).toEqual(Array.from({ length: 205 }, (_, i) => i))
+  }, 90_000)
 })
 
 describe('revocation', () => {
