@@ -431,7 +431,8 @@ describe('limits', () => {
         flow: { recordsOut: number; batchesOut: number; drops: Record<string, number>; sessions: number }
       }>(provider, 'GET', `/v1/agreements/${id}`)
     ).flow
-    expect(flow).toMatchObject({ recordsOut: 8_001, drops: { oversize: 1 }, sessions: 1 })
+    // Nothing was sent twice (a later session on a loaded machine sends nothing more).
+    expect(flow).toMatchObject({ recordsOut: 8_001, drops: { oversize: 1 } })
     expect(flow.batchesOut).toBeGreaterThanOrEqual(2)
     expect(
       await scrapeMetric(provider, 'oe_federation_dropped_records', {
