@@ -46,6 +46,43 @@ export interface PluginDataPlane {
    * resolve to acknowledge it, reject to have it redelivered.
    */
   onControl(selector: ControlSelector, handler: (message: ControlMessage) => Promise<void>): void
+  /**
+   * Publish a control command on `oe.ctl.<kind>.<rid>.<command>` (stored in OE_CTL before it
+   * resolves), as a client plugin does when an outside system (a VTN, a utility server) tells
+   * the node to limit a resource. The host always provides it; optional for in-memory harnesses.
+   */
+  publishControl?(
+    kind: ResourceKind,
+    rid: string,
+    command: string,
+    payload: Record<string, unknown>,
+  ): Promise<void>
+  /**
+   * Telemetry the node holds for one resource (stream OE_TEL), readings stamped at or after
+   * `since` (epoch ms), oldest first, at most `max` (default 100,000). The host always provides
+   * it; optional for in-memory harnesses.
+   */
+  readTelemetry?(
+    kind: ResourceKind,
+    rid: string,
+    quantities: readonly string[],
+    options: { since: number; max?: number; signal?: AbortSignal },
+  ): Promise<TelemetryRecord[]>
+}
+
+/**
+ * A plugin's own key-value bucket on the node's data plane (JetStream KV
+ * `oe-plugin-<id>-<name>`), for state that must survive restarts and be shared by replicas.
+ * Keys are `[-/_=.a-zA-Z0-9]+` (dots separate tokens, as in NATS subjects); values are bytes.
+ */
+export interface PluginStore {
+  /** The bucket's name on the data plane (for operators; plugins never open it themselves). */
+  readonly bucket: string
+  get(key: string): Promise<Uint8Array | undefined>
+  put(key: string, value: Uint8Array): Promise<void>
+  delete(key: string): Promise<void>
+  /** Keys present now, optionally matching a filter with NATS wildcards (`events.*`, `a.>`). */
+  keys(filter?: string): Promise<string[]>
 }
 
 export interface PluginMetrics {
@@ -65,6 +102,13 @@ export interface PluginContext<Config> {
   signal: AbortSignal
   dataPlane: PluginDataPlane
   metrics: PluginMetrics
+  /**
+   * Open (creating on first use) this plugin's KV bucket `oe-plugin-<id>-<name>`; `name` is
+   * `[a-z0-9][a-z0-9-]{0,31}`. The plugin never sees the NATS connection behind it. The host
+   * always provides it; it is optional only so harnesses without a data plane (the compliance
+   * suite's in-memory one) still fit.
+   */
+  store?(name: string): Promise<PluginStore>
 }
 
 /** What `create` returns: a running plugin. */

@@ -6,16 +6,22 @@
 import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { AckPolicy, DeliverPolicy, type JsMsg } from '@nats-io/jetstream'
+import { Kvm } from '@nats-io/kv'
 import { nanos } from '@nats-io/nats-core'
 import { Counter, Gauge, type Registry } from 'prom-client'
 import {
   closeConsumerMessages,
   type DataPlane,
   decodeCbor,
+  encodeCbor,
+  isResourceId,
+  isResourceKind,
   type Logger,
   parseResource,
   parseTelemetryRecord,
   type ResourceKind,
+  subjects,
+  type TelemetryRecord,
 } from '../data-plane/index.ts'
 import type {
   ControlMessage,
@@ -24,8 +30,14 @@ import type {
   PluginDefinition,
   PluginInstance,
   PluginMetrics,
+  PluginStore,
 } from './api.ts'
 import { PluginConfigError, PluginError } from './errors.ts'
+
+const STORE_NAME = /^[a-z0-9][a-z0-9-]{0,31}$/
+const SUBJECT_TOKEN = /^[A-Za-z0-9_-]{1,64}$/
+/** JetStream KV keys: no leading/trailing dot, no empty tokens. */
+const STORE_KEY = /^[-/_=a-zA-Z0-9]+(?:\.[-/_=a-zA-Z0-9]+)*$/
 
 export interface PluginHostInit {
   /** `[plugins.<id>]` tables from config.toml; `enabled = true` turns one on. */
@@ -128,6 +140,7 @@ export class PluginHost {
           signal: abort.signal,
           dataPlane: this.facade(entry, logger),
           metrics: this.metrics(definition.id),
+          store: (name) => this.store(definition.id, name),
         })
         await entry.instance.start?.({ signal: options.signal ?? abort.signal })
         await Promise.all(entry.setups)
@@ -188,6 +201,42 @@ export class PluginHost {
     return action(input)
   }
 
+  /** A plugin's KV bucket `oe-plugin-<id>-<name>` on the node's data plane. */
+  private async store(id: string, name: string): Promise<PluginStore> {
+    if (!STORE_NAME.test(name))
+      throw new PluginError(id, `store name '${name}' is not [a-z0-9][a-z0-9-]{0,31}`)
+    const bucket = `oe-plugin-${id}-${name}`
+    const kv = await new Kvm(this.components.dataPlane.jetstream)
+      .create(bucket, { history: 1 })
+      .catch((error) => {
+        throw new PluginError(id, `cannot open store '${name}': ${(error as Error).message}`, {
+          cause: error,
+        })
+      })
+    const checked = async <T>(key: string, work: () => Promise<T>): Promise<T> => {
+      if (!STORE_KEY.test(key)) throw new PluginError(id, `store key '${key}' is not [-/_=.a-zA-Z0-9]+`)
+      return work()
+    }
+    return {
+      bucket,
+      get: (key) =>
+        checked(key, async () => {
+          const entry = await kv.get(key)
+          return entry?.operation === 'PUT' ? entry.value : undefined
+        }),
+      put: (key, value) =>
+        checked(key, async () => {
+          await kv.put(key, value)
+        }),
+      delete: (key) => checked(key, () => kv.delete(key)),
+      keys: async (filter) => {
+        const keys: string[] = []
+        for await (const key of await kv.keys(filter ?? '>')) keys.push(key)
+        return keys
+      },
+    }
+  }
+
   private metrics(id: string): PluginMetrics {
     const prefix = `oe_plugin_${id.replaceAll('-', '_')}_`
     const registry = this.components.registry
@@ -230,7 +279,67 @@ export class PluginHost {
       onControl: (selector, handler) => {
         entry.setups.push(this.consumeControl(entry, logger, selector, handler))
       },
+      publishControl: async (kind, rid, command, payload) => {
+        if (!isResourceKind(kind) || !isResourceId(rid) || !SUBJECT_TOKEN.test(command))
+          throw new PluginError(id, `control ${kind}.${rid}.${command}: not a valid kind, rid and command`)
+        await dataPlane.publishConfirmed([
+          { subject: subjects.control(kind, rid, command), payload: encodeCbor(payload) },
+        ])
+      },
+      readTelemetry: (kind, rid, quantities, options) => this.readTelemetry(kind, rid, quantities, options),
     }
+  }
+
+  /** Readings of one resource from OE_TEL, through an ordered consumer that starts near `since`. */
+  private async readTelemetry(
+    kind: ResourceKind,
+    rid: string,
+    quantities: readonly string[],
+    options: { since: number; max?: number; signal?: AbortSignal },
+  ): Promise<TelemetryRecord[]> {
+    if (!isResourceKind(kind) || !isResourceId(rid) || quantities.some((q) => !SUBJECT_TOKEN.test(q)))
+      return []
+    const { dataPlane } = this.components
+    const max = options.max ?? 100_000
+    const filters = quantities.map((q) => subjects.telemetry(kind, rid, q))
+    const info = await dataPlane.manager.streams
+      .info('OE_TEL', { subjects_filter: subjects.telemetry(kind, rid, '*') })
+      .catch(() => undefined)
+    // With a subjects filter the stream tells how many messages each matching subject has.
+    const present = Object.keys(info?.state.subjects ?? {})
+    if (!filters.some((filter) => present.includes(filter))) return []
+    // Readings arrive after they are taken: start an hour before `since` by arrival time.
+    const consumer = await dataPlane.jetstream.consumers.get('OE_TEL', {
+      filter_subjects: filters,
+      deliver_policy: DeliverPolicy.StartTime,
+      opt_start_time: new Date(Math.max(0, options.since - 3_600_000)).toISOString(),
+    })
+    const out: TelemetryRecord[] = []
+    // Nothing from the start time on: done (consume would wait for new messages).
+    if ((await consumer.info()).num_pending === 0) return out
+    const messages = await consumer.consume({ max_messages: 1000 })
+    const timeout = AbortSignal.timeout(10_000)
+    const onAbort = () => void closeConsumerMessages(messages)
+    timeout.addEventListener('abort', onAbort, { once: true })
+    options.signal?.addEventListener('abort', onAbort, { once: true })
+    try {
+      for await (const msg of messages) {
+        const q = msg.subject.slice(msg.subject.lastIndexOf('.') + 1)
+        try {
+          const payload = decodeCbor(msg.data) as { v: number; t: number; u?: string }
+          if (typeof payload.v === 'number' && typeof payload.t === 'number' && payload.t >= options.since)
+            out.push({ kind, rid, q, v: payload.v, t: payload.t })
+        } catch {
+          // Not CBOR: not a reading.
+        }
+        if (msg.info.pending === 0 || out.length >= max) break
+      }
+    } finally {
+      timeout.removeEventListener('abort', onAbort)
+      options.signal?.removeEventListener('abort', onAbort)
+      await closeConsumerMessages(messages)
+    }
+    return out.sort((a, b) => a.t - b.t).slice(0, max)
   }
 
   private async consumeControl(

@@ -1,6 +1,12 @@
 /** The plugins built into the binary. A plugin is enabled with `[plugins.<id>] enabled = true`. */
 import type { PluginDefinition } from './api.ts'
 import { ocppPlugin } from './ocpp/index.ts'
+import { openadrVenPlugin, openadrVtnPlugin } from './openadr/index.ts'
 import { simulatorPlugin } from './simulator/index.ts'
 
-export const builtinPlugins: readonly PluginDefinition[] = [ocppPlugin, simulatorPlugin]
+export const builtinPlugins: readonly PluginDefinition[] = [
+  ocppPlugin,
+  simulatorPlugin,
+  openadrVtnPlugin,
+  openadrVenPlugin,
+]

@@ -35,6 +35,10 @@ const SUITES: Record<string, { describe: string; load: () => Promise<Suite> }> =
       '500/1,000/2,000 OCPP 1.6 stations: MeterValues rate, CALL→CALLRESULT p99, burst, RSS per connection',
     load: async () => (await import('./bench/ocpp.ts')).ocppSuite,
   },
+  openadr: {
+    describe: 'VTN serving 1,000 VENs polling events every 10 s while 100 post reports each second: p99, RSS',
+    load: async () => (await import('./bench/openadr.ts')).openadrSuite,
+  },
 }
 
 function usage(): string {

@@ -104,6 +104,51 @@ const DOCS: Record<string, KeyDoc> = {
       '`"now"`, or an ISO 8601 time in the past where the simulated clock starts (e.g. replay a sunny noon at night); readings carry simulated time',
     type: 'text',
   },
+  'openadr-vtn.enabled': {
+    meaning: 'serve OpenADR 3 as a VTN (3.1.0 and 3.0.1) to VENs and business-logic clients',
+  },
+  'openadr-vtn.listen': {
+    meaning:
+      'the VTN listener; base paths `/openadr3/3.1.0` and `/openadr3/3.0.1`, tokens at `<base>/auth/token`',
+    type: 'HOST:PORT',
+  },
+  'openadr-vtn.clients.<id>.secret': {
+    meaning: 'the OAuth2 client secret of client `<id>` (≥ 8 characters)',
+  },
+  'openadr-vtn.clients.<id>.role': {
+    meaning: '`ven` (sees only its own and targeted objects) or `bl` (business logic: sees all)',
+  },
+  'openadr-vtn.token_lifetime': { meaning: 'how long a bearer token is valid', type: 'duration' },
+  'openadr-vtn.max_body_bytes': { meaning: 'larger request bodies get 413', type: 'size' },
+  'openadr-vtn.resource_kind': { meaning: 'the §5 kind VEN resources get on the data plane' },
+  'openadr-vtn.control_program': {
+    meaning: "the program the node's own control events (from `limit_power`) belong to",
+  },
+  'openadr-vtn.max_reports': {
+    meaning: 'reports kept; the oldest are dropped beyond this (their telemetry stays on the data plane)',
+  },
+  'openadr-vtn.webhook_attempts': {
+    meaning: 'attempts per webhook notification, with back-off 1 s, 2 s, 4 s … up to 60 s',
+  },
+  'openadr-vtn.webhook_timeout': { meaning: 'time per webhook attempt', type: 'duration' },
+  'openadr-ven.enabled': { meaning: "follow a utility's VTN as a VEN" },
+  'openadr-ven.vtn_url': { meaning: "base URL of the VTN's API, e.g. `https://vtn.example/openadr3/3.1.0`" },
+  'openadr-ven.client_id': { meaning: 'the OAuth2 client id the VTN issued' },
+  'openadr-ven.client_secret': { meaning: 'the OAuth2 client secret the VTN issued' },
+  'openadr-ven.ven_name': { meaning: 'the name this VEN registers under' },
+  'openadr-ven.version': { meaning: 'OpenADR version the VTN speaks: `3.1.0` or `3.0.1`' },
+  'openadr-ven.token_url': {
+    meaning: "token endpoint; default: the VTN's `auth/server` answer (3.1.0), else `<vtn_url>/auth/token`",
+  },
+  'openadr-ven.poll_interval': {
+    meaning: "how often events are polled (a VTN's Retry-After stretches it)",
+    type: 'duration',
+  },
+  'openadr-ven.resources.<id>': {
+    meaning:
+      'VTN resource name → the node resource `<kind>.<rid>` it stands for: registered, controlled and reported',
+  },
+  'openadr-ven.request_timeout': { meaning: 'time per request to the VTN', type: 'duration' },
   'ocpp.enabled': { meaning: 'run the OCPP central system (CSMS)' },
   'ocpp.listen': {
     meaning: 'where stations connect: `ws://HOST:PORT/ocpp/<stationId>` (`wss://` with TLS)',

@@ -1,0 +1,121 @@
+/**
+ * The `[plugins.openadr-vtn]` and `[plugins.openadr-ven]` configuration slices
+ * (ARCHITECTURE §8).
+ */
+import * as z from 'zod'
+import { isResourceId, isResourceKind, RESOURCE_KINDS, type ResourceKind } from '../../data-plane/index.ts'
+import { OPENADR_VERSIONS } from './contract.ts'
+
+/** Default VTN listener: loopback (a VTN is put behind a TLS proxy to face the Internet). */
+export const DEFAULT_VTN_LISTEN = '127.0.0.1:8081'
+export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+/** Base path of each version on the VTN's one listener. */
+export const BASE_PATHS = { '3.1.0': '/openadr3/3.1.0', '3.0.1': '/openadr3/3.0.1' } as const
+
+/** `"300"`, `300`, `"300s"`, `"5m"`, `"1h"`, `"1500ms"` → seconds. */
+export function parseDurationSeconds(input: string | number): number | undefined {
+  if (typeof input === 'number') return Number.isFinite(input) ? input : undefined
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(input)
+  if (!match) return undefined
+  const value = Number(match[1])
+  const unit = match[2] ?? 's'
+  return unit === 'ms' ? value / 1000 : unit === 'm' ? value * 60 : unit === 'h' ? value * 3600 : value
+}
+
+const duration = (what: string, min: number, max: number) =>
+  z.union([z.number(), z.string()]).transform((input, context) => {
+    const seconds = parseDurationSeconds(input)
+    if (seconds === undefined || seconds < min || seconds > max) {
+      context.addIssue({
+        code: 'custom',
+        message: `${what} must be a duration between ${min} s and ${max} s (e.g. 10 or "10s")`,
+      })
+      return z.NEVER
+    }
+    return seconds
+  })
+
+/** `HOST:PORT` or `[IPv6]:PORT`. */
+export function parseListen(listen: string): { host: string; port: number } | undefined {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(listen)
+  if (!match) return undefined
+  const port = Number(match[3])
+  if (port > 65_535) return undefined
+  return { host: match[1] ?? match[2]!, port }
+}
+
+/** OAuth client ids: what the token endpoint accepts and what objects carry as clientID. */
+export const CLIENT_ID_PATTERN = /^[A-Za-z0-9._~-]{1,128}$/
+
+export const vtnClientSchema = z.strictObject({
+  secret: z.string().min(8, 'must be at least 8 characters').max(4096),
+  role: z.enum(['ven', 'bl']),
+})
+
+const resourceKind = z
+  .string()
+  .refine(isResourceKind, `must be one of ${RESOURCE_KINDS.join(', ')}`)
+  .transform((kind) => kind as ResourceKind)
+
+export const vtnConfigSchema = z.strictObject({
+  listen: z
+    .string()
+    .default(DEFAULT_VTN_LISTEN)
+    .refine((value) => parseListen(value) !== undefined, 'must be "HOST:PORT" (e.g. "127.0.0.1:8081")'),
+  clients: z
+    .record(
+      z.string().regex(CLIENT_ID_PATTERN, 'a client id is letters, digits, . _ ~ - (at most 128)'),
+      vtnClientSchema,
+    )
+    .default({}),
+  /** Bearer tokens live this long. */
+  token_lifetime: duration('token_lifetime', 1, 7 * 86_400).default(3600),
+  /** Larger request bodies are refused with 413. */
+  max_body_bytes: z
+    .number()
+    .int()
+    .min(1024)
+    .max(64 * 1024 * 1024)
+    .default(DEFAULT_MAX_BODY_BYTES),
+  /** The kind VEN resources get on the data plane. */
+  resource_kind: resourceKind.default('der'),
+  /** Name of the program the node's own control events (limit_power) belong to. */
+  control_program: z.string().min(1).max(128).default('oe-node-control'),
+  /** Reports kept (the oldest are dropped beyond this; their telemetry is on the data plane). */
+  max_reports: z.number().int().min(100).max(10_000_000).default(50_000),
+  /** Webhook deliveries: attempts (with back-off 1 s, 2 s, 4 s, … up to 60 s) and time per attempt. */
+  webhook_attempts: z.number().int().min(1).max(20).default(6),
+  webhook_timeout: duration('webhook_timeout', 0.1, 60).default(5),
+})
+
+export type VtnConfig = z.output<typeof vtnConfigSchema>
+
+/** `<kind>.<rid>` of a node resource. */
+const nodeResource = z.string().refine((value) => {
+  const dot = value.indexOf('.')
+  return dot > 0 && isResourceKind(value.slice(0, dot)) && isResourceId(value.slice(dot + 1))
+}, 'must be "<kind>.<rid>" of a node resource (e.g. "battery.site1-bat")')
+
+export const venConfigSchema = z.strictObject({
+  /** Base URL of the VTN's API (where `/programs` is), e.g. `https://vtn.example/openadr3/3.1.0`. */
+  vtn_url: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }),
+  client_id: z.string().min(1).max(4096),
+  client_secret: z.string().min(1).max(4096),
+  ven_name: z.string().min(1).max(128),
+  version: z.enum(OPENADR_VERSIONS).default('3.1.0'),
+  /** Token endpoint; default: the VTN's `auth/server` answer (3.1.0), else `<vtn_url>/auth/token`. */
+  token_url: z.url({ protocol: /^https?$/ }).optional(),
+  /** How often events are polled (a VTN's Retry-After stretches it). */
+  poll_interval: duration('poll_interval', 0.2, 3600).default(10),
+  /** VTN resource name → node resource `<kind>.<rid>`: registered with the VTN, controlled, reported. */
+  resources: z.record(z.string().min(1).max(128), nodeResource).default({}),
+  /** Time per request to the VTN. */
+  request_timeout: duration('request_timeout', 0.5, 120).default(10),
+})
+
+export type VenConfig = z.output<typeof venConfigSchema>
+
+export function splitNodeResource(value: string): { kind: ResourceKind; rid: string } {
+  const dot = value.indexOf('.')
+  return { kind: value.slice(0, dot) as ResourceKind, rid: value.slice(dot + 1) }
+}

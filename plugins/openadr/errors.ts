@@ -1,0 +1,45 @@
+/** Errors of the OpenADR plugins. They are PluginErrors, so the HTTP API answers them with 400. */
+import { PluginError } from '../errors.ts'
+
+export class OpenAdrError extends PluginError {
+  override name = 'OpenAdrError'
+  constructor(pluginId: string, message: string, options?: ErrorOptions) {
+    super(pluginId, message, options)
+  }
+}
+
+/** The VTN listener could not start (address in use, …). */
+export class OpenAdrListenError extends OpenAdrError {
+  override name = 'OpenAdrListenError'
+  constructor(message: string, options?: ErrorOptions) {
+    super('openadr-vtn', message, options)
+  }
+}
+
+/** A VTN answered the VEN with an error status, or not at all. */
+export class VtnRequestError extends OpenAdrError {
+  override name = 'VtnRequestError'
+  constructor(
+    readonly status: number | undefined,
+    message: string,
+    options?: ErrorOptions & { retryAfterS?: number | undefined },
+  ) {
+    super('openadr-ven', message, options)
+    this.retryAfterS = options?.retryAfterS
+  }
+
+  /** Seconds the VTN asked the client to wait (Retry-After on 429/503), if it did. */
+  readonly retryAfterS: number | undefined
+}
+
+/** Something the VEN was about to send, or received, does not fit the OpenAPI document. */
+export class OpenAdrContractError extends OpenAdrError {
+  override name = 'OpenAdrContractError'
+  constructor(
+    pluginId: string,
+    readonly errors: string[],
+    message: string,
+  ) {
+    super(pluginId, `${message}: ${errors.join('; ')}`)
+  }
+}

@@ -1,0 +1,118 @@
+/**
+ * The OpenADR 3 plugins.
+ *
+ * `openadr-vtn` is a VTN (server) for any VEN: OpenADR 3.1.0 under `/openadr3/3.1.0` and 3.0.1
+ * under `/openadr3/3.0.1` on one listener, OAuth2 client credentials at `<base>/auth/token`
+ * (form or HTTP Basic), programs, events, reports, subscriptions (webhooks with retries), vens
+ * and resources with each version's query parameters and the per-role visibility rules, every
+ * answer validated against the official OpenAPI document of its version, state in JetStream KV.
+ * VEN resources become standing data, reports become telemetry, and `limit_power` on a VEN
+ * resource becomes an IMPORT_CAPACITY_LIMIT event for that VEN (its reading and reporting show
+ * as `control_result` events).
+ *
+ * `openadr-ven` is a VEN (client) that follows any VTN: it registers itself and its resources,
+ * polls events, turns capacity limits into `limit_power` commands and prices and levels into
+ * events at the right time, and sends the reports the events ask for from the node's telemetry.
+ *
+ * Modules: config.ts (both slices), contract.ts (the OpenAPI documents, ajv), codec.ts + v310.ts
+ * + v301.ts (version codecs), model.ts (the VTN's object form), visibility.ts (who sees what),
+ * timing.ts (intervals), normalise.ts (ids, units, reports ↔ telemetry, limits ↔ events),
+ * state.ts (KV), auth.ts (OAuth tokens), webhooks.ts (notifications), server.ts (VTN
+ * transport), vtn.ts (VTN glue), client.ts (VEN transport), ven.ts (VEN glue).
+ *
+ * @example
+ * # config.toml
+ * [plugins.openadr-vtn]
+ * enabled = true
+ * listen = "127.0.0.1:8081"
+ * [plugins.openadr-vtn.clients.bl-1]
+ * secret = "a long random secret"
+ * role = "bl"
+ * [plugins.openadr-vtn.clients.ven-1]
+ * secret = "another long secret"
+ * role = "ven"
+ *
+ * [plugins.openadr-ven]
+ * enabled = true
+ * vtn_url = "https://vtn.example.com/openadr3/3.1.0"
+ * client_id = "ven-1"
+ * client_secret = "another long secret"
+ * ven_name = "site-7"
+ * version = "3.1.0"
+ * [plugins.openadr-ven.resources]
+ * "battery-1" = "battery.site7-bat"
+ */
+import { definePlugin } from '../api.ts'
+import { parseListen, venConfigSchema, vtnConfigSchema } from './config.ts'
+import { createMemoryStore } from './state.ts'
+import { Ven } from './ven.ts'
+import { Vtn } from './vtn.ts'
+
+export {
+  BASE_PATHS,
+  DEFAULT_VTN_LISTEN,
+  type VenConfig,
+  type VtnConfig,
+  venConfigSchema,
+  vtnConfigSchema,
+} from './config.ts'
+export { contractFor, OPENADR_VERSIONS, type OpenAdrVersion } from './contract.ts'
+export * from './errors.ts'
+export { resourceIdFor } from './normalise.ts'
+
+export const openadrVtnPlugin = definePlugin({
+  id: 'openadr-vtn',
+  version: '0.1.0',
+  description: 'OpenADR 3.1.0 and 3.0.1 VTN (server) for VENs, with OAuth2, webhooks and KV state',
+  configSchema: vtnConfigSchema,
+  create: async (ctx) => {
+    const { host, port } = parseListen(ctx.config.listen)!
+    const open = async (name: string) => {
+      if (ctx.store) return ctx.store(name)
+      ctx.logger.warn({ store: name }, 'no data-plane store: state is kept in memory only')
+      return createMemoryStore(name)
+    }
+    const vtn = new Vtn(
+      { config: ctx.config, host, port },
+      {
+        dataPlane: ctx.dataPlane,
+        logger: ctx.logger,
+        metrics: ctx.metrics,
+        objects: await open('objects'),
+        tokens: await open('tokens'),
+      },
+    )
+    ctx.signal.addEventListener('abort', () => void vtn.stop(), { once: true })
+    return {
+      start: (options) => vtn.start(options),
+      stop: () => vtn.stop(),
+      ready: () => vtn.ready(),
+      status: () => vtn.status(),
+    }
+  },
+})
+
+export const openadrVenPlugin = definePlugin({
+  id: 'openadr-ven',
+  version: '0.1.0',
+  description: 'OpenADR 3.1.0 and 3.0.1 VEN (client) that follows a VTN: limits, prices, reports',
+  configSchema: venConfigSchema,
+  create: async (ctx) => {
+    const ven = new Ven(
+      { config: ctx.config },
+      {
+        dataPlane: ctx.dataPlane,
+        logger: ctx.logger,
+        metrics: ctx.metrics,
+        store: ctx.store ? await ctx.store('state') : createMemoryStore('state'),
+      },
+    )
+    ctx.signal.addEventListener('abort', () => void ven.stop(), { once: true })
+    return {
+      start: (options) => ven.start(options),
+      stop: () => ven.stop(),
+      ready: () => ven.ready(),
+      status: () => ven.status(),
+    }
+  },
+})

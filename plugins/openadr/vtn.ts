@@ -1,0 +1,938 @@
+/**
+ * The VTN: ties the transport (server.ts), the version codecs, the visibility rules, the state
+ * in KV and the node's data plane together. It answers every operation of both documents
+ * (programs, events, reports, subscriptions, vens, resources, auth, notifiers), notifies
+ * subscribers by webhook, turns VEN resources into standing data and reports into telemetry,
+ * and turns `limit_power` commands into events for the VEN that owns the resource.
+ */
+import type { Logger, ResourceKind } from '../../data-plane/index.ts'
+import type { ControlMessage, PluginDataPlane, PluginMetrics, PluginStore } from '../api.ts'
+import { TokenIssuer } from './auth.ts'
+import { dropUndefined, isObject, isoString } from './codec.ts'
+import type { VtnConfig } from './config.ts'
+import { contractFor, OPENADR_VERSIONS, type OpenAdrVersion } from './contract.ts'
+import {
+  type Body,
+  type Client,
+  OBJECT_TYPES,
+  type ObjectKind,
+  type Operation,
+  type Role,
+  type StoredObject,
+} from './model.ts'
+import { limitToEventBody, reportToTelemetry, resourceIdFor } from './normalise.ts'
+import { CODECS, problem, type VtnRequest, type VtnResponse, VtnServer } from './server.ts'
+import { newId, VtnState } from './state.ts'
+import { resolveEvent } from './timing.ts'
+import { mayWrite, OWNED_KINDS, owns, targetView } from './visibility.ts'
+import { WebhookSender } from './webhooks.ts'
+
+export interface VtnInit {
+  config: VtnConfig
+  host: string
+  port: number
+}
+
+export interface VtnComponents {
+  dataPlane: PluginDataPlane
+  logger: Logger
+  metrics: PluginMetrics
+  /** The plugin's KV store for objects, and one for tokens. */
+  objects: PluginStore
+  tokens: PluginStore
+}
+
+interface KindOperations {
+  search: string
+  create: string
+  read: string
+  update: string
+  delete: string
+  idParam: string
+}
+
+const OPERATIONS: Record<ObjectKind, KindOperations> = {
+  program: {
+    search: 'searchAllPrograms',
+    create: 'createProgram',
+    read: 'searchProgramByProgramId',
+    update: 'updateProgram',
+    delete: 'deleteProgram',
+    idParam: 'programID',
+  },
+  event: {
+    search: 'searchAllEvents',
+    create: 'createEvent',
+    read: 'searchEventsByID',
+    update: 'updateEvent',
+    delete: 'deleteEvent',
+    idParam: 'eventID',
+  },
+  report: {
+    search: 'searchAllReports',
+    create: 'createReport',
+    read: 'searchReportsByReportID',
+    update: 'updateReport',
+    delete: 'deleteReport',
+    idParam: 'reportID',
+  },
+  subscription: {
+    search: 'searchSubscriptions',
+    create: 'createSubscription',
+    read: 'searchSubscriptionByID',
+    update: 'updateSubscription',
+    delete: 'deleteSubscription',
+    idParam: 'subscriptionID',
+  },
+  ven: {
+    search: 'searchVens',
+    create: 'createVen',
+    read: 'searchVenByID',
+    update: 'updateVen',
+    delete: 'deleteVen',
+    idParam: 'venID',
+  },
+  resource: {
+    search: 'searchVenResources',
+    create: 'createResource',
+    read: 'searchVenResourceByID',
+    update: 'updateVenResource',
+    delete: 'deleteVenResource',
+    idParam: 'resourceID',
+  },
+}
+
+type Route = { kind: ObjectKind; action: keyof Omit<KindOperations, 'idParam'> }
+const ROUTES = new Map<string, Route>()
+for (const [kind, operations] of Object.entries(OPERATIONS) as [ObjectKind, KindOperations][]) {
+  for (const action of ['search', 'create', 'read', 'update', 'delete'] as const)
+    ROUTES.set(operations[action], { kind, action })
+}
+
+const DEFAULT_LIMIT = 50
+
+/** The target the node's control events carry for a resource (granted on its resource object). */
+export const controlTarget = (rid: string) => `oe:${rid}`
+
+class Refusal extends Error {
+  constructor(readonly response: VtnResponse) {
+    super('refused')
+  }
+}
+
+export class Vtn {
+  readonly state: VtnState
+  private readonly server: VtnServer
+  private readonly tokens: TokenIssuer
+  private readonly webhooks: WebhookSender
+  private started = false
+  private listening = false
+  private pruneTimer: ReturnType<typeof setInterval> | undefined
+  private controlProgramId: string | undefined
+  private readonly metric: {
+    requests: { inc(value?: number): void }
+    invalid: { inc(value?: number): void }
+    records: { inc(value?: number): void }
+    webhooksDelivered: { inc(value?: number): void }
+    webhooksFailed: { inc(value?: number): void }
+  }
+
+  constructor(
+    private readonly init: VtnInit,
+    private readonly components: VtnComponents,
+  ) {
+    const { config } = init
+    this.state = new VtnState(components.objects)
+    this.tokens = new TokenIssuer(
+      { clients: config.clients, lifetimeS: config.token_lifetime },
+      { store: components.tokens },
+    )
+    this.webhooks = new WebhookSender(
+      { attempts: config.webhook_attempts, timeoutMs: config.webhook_timeout * 1000 },
+      {
+        logger: components.logger,
+        onResult: (_delivery, outcome) =>
+          outcome.delivered ? this.metric.webhooksDelivered.inc() : this.metric.webhooksFailed.inc(),
+      },
+    )
+    this.server = new VtnServer(
+      { host: init.host, port: init.port, maxBodyBytes: config.max_body_bytes },
+      {
+        logger: components.logger,
+        authenticate: async (token) => {
+          const grant = await this.tokens.verify(token)
+          return grant ? { clientId: grant.clientId, role: grant.role as Role } : undefined
+        },
+        handle: (request) => this.handle(request),
+        onResponse: () => this.metric.requests.inc(),
+        onInvalidResponse: () => this.metric.invalid.inc(),
+      },
+    )
+    const { metrics } = components
+    this.metric = {
+      requests: metrics.counter('requests_total', 'OpenADR requests answered'),
+      invalid: metrics.counter(
+        'responses_invalid_total',
+        'OpenADR answers withheld because they did not fit the OpenAPI document',
+      ),
+      records: metrics.counter('records_published_total', 'telemetry records published from OpenADR reports'),
+      webhooksDelivered: metrics.counter('webhooks_delivered_total', 'OpenADR notifications delivered'),
+      webhooksFailed: metrics.counter('webhooks_failed_total', 'OpenADR notifications given up on'),
+    }
+  }
+
+  get address(): { host: string; port: number } | undefined {
+    return this.server.address
+  }
+
+  async start(options: { signal?: AbortSignal } = {}): Promise<void> {
+    if (this.started) return
+    this.started = true
+    try {
+      await this.state.load()
+      await this.tokens.prune()
+      await this.ensureControlProgram()
+      await this.server.start(options)
+    } catch (error) {
+      this.started = false
+      throw error
+    }
+    this.listening = true
+    this.pruneTimer = setInterval(() => void this.tokens.prune().catch(() => {}), 10 * 60_000)
+    this.pruneTimer.unref?.()
+    this.components.dataPlane.onControl(
+      { kinds: [this.init.config.resource_kind], commands: ['limit_power'] },
+      (message) => this.onLimitPower(message),
+    )
+    const address = this.server.address!
+    this.components.logger.info(
+      { listen: `${address.host}:${address.port}`, clients: Object.keys(this.init.config.clients).length },
+      'openadr vtn listening',
+    )
+  }
+
+  async stop(): Promise<void> {
+    if (!this.started) return
+    this.started = false
+    this.listening = false
+    if (this.pruneTimer) clearInterval(this.pruneTimer)
+    await this.webhooks.stop()
+    await this.server.stop()
+  }
+
+  ready(): boolean {
+    return this.listening
+  }
+
+  status(): Record<string, unknown> {
+    const address = this.server.address
+    return {
+      listen: address ? `${address.host}:${address.port}` : this.init.config.listen,
+      versions: [...OPENADR_VERSIONS],
+      clients: Object.keys(this.init.config.clients).length,
+      objects: Object.fromEntries(
+        (['program', 'event', 'report', 'subscription', 'ven', 'resource'] as const).map((kind) => [
+          `${kind}s`,
+          this.state.count(kind),
+        ]),
+      ),
+      webhooksPending: this.webhooks.pending(),
+    }
+  }
+
+  // ---- requests --------------------------------------------------------------------------
+
+  private async handle(request: VtnRequest): Promise<VtnResponse> {
+    const { operation } = request
+    try {
+      switch (operation.id) {
+        case 'fetchToken':
+          return await this.fetchToken(request)
+        case 'getAuthServerInfo':
+          return { status: 200, body: { tokenURL: `${request.baseUrl}/auth/token` } }
+        case 'listAllNotifiers':
+          return { status: 200, body: { WEBHOOK: true } }
+      }
+      if (operation.id.startsWith('listAllMqtt'))
+        return problem({ status: 404, detail: 'this VTN offers no MQTT notifier (see GET /notifiers)' })
+      const route = ROUTES.get(operation.id)
+      if (!route) return problem({ status: request.contract.status(operation, 501, 404) })
+      const client = request.client!
+      switch (route.action) {
+        case 'search':
+          return this.search(request, route.kind, client)
+        case 'read':
+          return this.read(request, route.kind, client)
+        case 'create':
+          return await this.state.exclusive(() => this.create(request, route.kind, client))
+        case 'update':
+          return await this.state.exclusive(() => this.update(request, route.kind, client))
+        case 'delete':
+          return await this.state.exclusive(() => this.remove(request, route.kind, client))
+      }
+    } catch (error) {
+      if (error instanceof Refusal) return error.response
+      throw error
+    }
+  }
+
+  private async fetchToken(request: VtnRequest): Promise<VtnResponse> {
+    let form = request.form
+    if (!form && isObject(request.body)) {
+      // Lenient: a JSON body with the same fields.
+      form = new URLSearchParams(
+        Object.entries(request.body).filter(
+          (entry): entry is [string, string] => typeof entry[1] === 'string',
+        ),
+      )
+    }
+    const result = await this.tokens.issue(
+      form ?? new URLSearchParams(),
+      request.headers.get('authorization'),
+    )
+    if (!result.ok) {
+      return problem({
+        status: request.contract.status(request.operation, result.status, 403),
+        detail: result.description,
+        extra: { error: result.error, error_description: result.description },
+        ...(result.status === 401 ? { headers: { 'www-authenticate': 'Basic realm="openadr"' } } : {}),
+      })
+    }
+    return {
+      status: 200,
+      body: { access_token: result.accessToken, token_type: 'Bearer', expires_in: result.expiresIn },
+      headers: { pragma: 'no-cache' },
+    }
+  }
+
+  /** Conflict: 409 where the document lists it for the operation, else 400. */
+  private conflict(request: VtnRequest, detail: string): Refusal {
+    return new Refusal(problem({ status: request.contract.status(request.operation, 409, 400), detail }))
+  }
+
+  private notFound(kind: ObjectKind, id: string): Refusal {
+    return new Refusal(problem({ status: 404, detail: `no ${kind} '${id}'` }))
+  }
+
+  /** The VEN's granted targets: its ven object's and that ven's resources' (none without a ven). */
+  private granted(client: Client): Set<string> | undefined {
+    const vens = this.state.list('ven').filter((ven) => ven.clientID === client.clientId)
+    if (vens.length === 0) return undefined
+    const targets = new Set<string>()
+    for (const ven of vens) {
+      for (const target of (ven.body.targets as string[] | undefined) ?? []) targets.add(target)
+      for (const resource of this.state.list('resource')) {
+        if (resource.body.venID !== ven.id) continue
+        for (const target of (resource.body.targets as string[] | undefined) ?? []) targets.add(target)
+      }
+    }
+    return targets
+  }
+
+  /** Visible to this client? With the targets to show for programs and events. */
+  private view(
+    object: StoredObject,
+    client: Client,
+    requested: readonly string[] | undefined,
+    granted: ReadonlySet<string> | undefined,
+  ): { visible: boolean; targets?: string[] } {
+    if (OWNED_KINDS.has(object.kind)) {
+      if (!owns(client, object)) return { visible: false }
+      if (requested && requested.length > 0) {
+        const targets = (object.body.targets as string[] | undefined) ?? []
+        if (!targets.some((target) => requested.includes(target))) return { visible: false }
+      }
+      return { visible: true }
+    }
+    return targetView(client, object.body.targets as string[] | undefined, granted, requested)
+  }
+
+  private render(request: VtnRequest, object: StoredObject, targets?: string[]): Body | undefined {
+    return request.codec.encode(
+      object,
+      object.kind === 'program' || object.kind === 'event'
+        ? { ...(targets ? { targets } : { targets: [] }) }
+        : {},
+    )
+  }
+
+  private search(request: VtnRequest, kind: ObjectKind, client: Client): VtnResponse {
+    const { query, codec } = request
+    const requested = codec.queryTargets(query)
+    const granted = client.role === 'ven' ? this.granted(client) : undefined
+    const now = Date.now()
+    const matches = (object: StoredObject): boolean => {
+      const body = object.body
+      if (
+        query.programID !== undefined &&
+        body.programID !== query.programID &&
+        !(kind === 'program' && object.id === query.programID)
+      )
+        return false
+      if (query.eventID !== undefined && body.eventID !== query.eventID) return false
+      if (query.clientName !== undefined && body.clientName !== query.clientName) return false
+      if (query.venName !== undefined && body.venName !== query.venName) return false
+      if (query.resourceName !== undefined && body.resourceName !== query.resourceName) return false
+      const venID = request.params.venID ?? query.venID
+      if (kind === 'resource' && venID !== undefined && body.venID !== venID) return false
+      if (Array.isArray(query.objects)) {
+        const types = new Set(
+          ((body.objectOperations as Body[] | undefined) ?? []).flatMap(
+            (entry) => (entry.objects as string[]) ?? [],
+          ),
+        )
+        if (!(query.objects as string[]).some((type) => types.has(type))) return false
+      }
+      if (kind === 'event' && query.active === true) {
+        if (resolveEvent(body as never, Date.parse(object.createdDateTime), () => 0).end <= now) return false
+      }
+      return true
+    }
+    if (kind === 'resource' && request.params.venID !== undefined) {
+      const ven = this.state.get('ven', request.params.venID)
+      if (!ven || !owns(client, ven)) throw this.notFound('ven', request.params.venID)
+    }
+    const skip = (query.skip as number | undefined) ?? 0
+    const limit = (query.limit as number | undefined) ?? DEFAULT_LIMIT
+    const out: Body[] = []
+    let skipped = 0
+    const delivered: StoredObject[] = []
+    for (const object of this.state.list(kind)) {
+      if (out.length >= limit) break
+      if (!matches(object)) continue
+      const view = this.view(object, client, requested, granted)
+      if (!view.visible) continue
+      const rendered = this.render(request, object, view.targets)
+      if (!rendered) continue
+      if (skipped < skip) {
+        skipped += 1
+        continue
+      }
+      out.push(rendered)
+      if (kind === 'event' && client.role === 'ven') delivered.push(object)
+    }
+    for (const event of delivered) void this.markDelivered(event)
+    return { status: 200, body: out }
+  }
+
+  private read(request: VtnRequest, kind: ObjectKind, client: Client): VtnResponse {
+    const object = this.visibleObject(request, kind, client)
+    const view = this.view(object.object, client, undefined, object.granted)
+    const rendered = this.render(request, object.object, view.targets)
+    if (!rendered)
+      throw new Refusal(
+        problem({ status: 404, detail: `this ${kind} cannot be shown in OpenADR ${request.version}` }),
+      )
+    if (kind === 'event' && client.role === 'ven') void this.markDelivered(object.object)
+    return { status: 200, body: rendered }
+  }
+
+  /** The object of the path, if this client may see it (404 otherwise: others' objects read as absent). */
+  private visibleObject(
+    request: VtnRequest,
+    kind: ObjectKind,
+    client: Client,
+  ): { object: StoredObject; granted: Set<string> | undefined } {
+    const id = request.params[OPERATIONS[kind].idParam]!
+    const object = this.state.get(kind, id)
+    const granted = client.role === 'ven' ? this.granted(client) : undefined
+    if (!object || !this.view(object, client, undefined, granted).visible) throw this.notFound(kind, id)
+    if (
+      kind === 'resource' &&
+      request.params.venID !== undefined &&
+      object.body.venID !== request.params.venID
+    )
+      throw this.notFound(kind, id)
+    return { object, granted }
+  }
+
+  /** Read, check and decode a request body (lenient in, then the document's schema). */
+  private decodeBody(request: VtnRequest, kind: ObjectKind, client: Client, fill: Body = {}): Body {
+    if (request.body === undefined)
+      throw new Refusal(problem({ status: 400, detail: 'a JSON body is required' }))
+    if (!isObject(request.body))
+      throw new Refusal(problem({ status: 400, detail: 'the body must be a JSON object' }))
+    const prepared = request.codec.prepare(kind, { ...fill, ...stripFilled(request.body, fill) }, client)
+    const errors = request.contract.validateRequest(request.operation, prepared)
+    if (errors.length > 0) throw new Refusal(problem({ status: 400, detail: errors.join('; ') }))
+    return request.codec.decode(kind, prepared as Body, client)
+  }
+
+  private forbidden(request: VtnRequest, detail: string): Refusal {
+    return new Refusal(problem({ status: request.contract.status(request.operation, 403, 400), detail }))
+  }
+
+  private async create(request: VtnRequest, kind: ObjectKind, client: Client): Promise<VtnResponse> {
+    if (!mayWrite(client, kind, 'create'))
+      throw this.forbidden(request, `a ${client.role.toUpperCase()} client may not create ${kind}s`)
+    const fill: Body = {}
+    if (kind === 'resource' && request.params.venID) fill.venID = request.params.venID
+    if (
+      kind === 'resource' &&
+      client.role === 'bl' &&
+      request.version === '3.1.0' &&
+      isObject(request.body)
+    ) {
+      const ven =
+        typeof request.body.venID === 'string' ? this.state.get('ven', request.body.venID) : undefined
+      if (ven?.clientID && request.body.clientID === undefined) fill.clientID = ven.clientID
+    }
+    const body = this.decodeBody(request, kind, client, fill)
+    const now = isoString(Date.now())
+    const object: StoredObject = { kind, id: newId(), createdDateTime: now, modificationDateTime: now, body }
+    await this.checkAndComplete(request, object, client, undefined)
+    await this.state.put(object)
+    await this.afterWrite(object, 'CREATE', undefined)
+    if (kind === 'report') await this.pruneReports()
+    const rendered = this.render(request, object, (object.body.targets as string[] | undefined) ?? [])
+    return { status: 201, body: rendered }
+  }
+
+  private async update(request: VtnRequest, kind: ObjectKind, client: Client): Promise<VtnResponse> {
+    const { object: existing } = this.visibleObject(request, kind, client)
+    if (!mayWrite(client, kind, 'update'))
+      throw this.forbidden(request, `a ${client.role.toUpperCase()} client may not change ${kind}s`)
+    const fill: Body = {}
+    if (kind === 'resource') fill.venID = request.params.venID ?? existing.body.venID
+    if ((kind === 'ven' || kind === 'resource') && existing.clientID && request.version === '3.1.0')
+      fill.clientID = existing.clientID
+    const body = this.decodeBody(request, kind, client, fill)
+    const object: StoredObject = {
+      ...existing,
+      modificationDateTime: isoString(Math.max(Date.now(), Date.parse(existing.modificationDateTime) + 1)),
+      body,
+    }
+    await this.checkAndComplete(request, object, client, existing)
+    await this.state.put(object)
+    await this.afterWrite(object, 'UPDATE', existing)
+    const view = this.view(
+      object,
+      client,
+      undefined,
+      client.role === 'ven' ? this.granted(client) : undefined,
+    )
+    return { status: 200, body: this.render(request, object, view.targets) }
+  }
+
+  private async remove(request: VtnRequest, kind: ObjectKind, client: Client): Promise<VtnResponse> {
+    const { object, granted } = this.visibleObject(request, kind, client)
+    if (!mayWrite(client, kind, 'delete'))
+      throw this.forbidden(request, `a ${client.role.toUpperCase()} client may not delete ${kind}s`)
+    const rendered = this.render(request, object, this.view(object, client, undefined, granted).targets)
+    await this.state.delete(kind, object.id)
+    await this.afterWrite(object, 'DELETE', object)
+    if (kind === 'ven') {
+      for (const resource of this.state.list('resource')) {
+        if (resource.body.venID !== object.id) continue
+        await this.state.delete('resource', resource.id)
+        await this.afterWrite(resource, 'DELETE', resource)
+      }
+    }
+    return { status: 200, body: rendered }
+  }
+
+  /** Drop the oldest reports beyond `max_reports` (memory and KV stay bounded). */
+  private async pruneReports(): Promise<void> {
+    const excess = this.state.count('report') - this.init.config.max_reports
+    if (excess <= 0) return
+    for (const report of this.state.list('report').slice(0, excess))
+      await this.state.delete('report', report.id)
+  }
+
+  /** Per-kind rules on create and update: references, names, owners, what a VEN may not change. */
+  private async checkAndComplete(
+    request: VtnRequest,
+    object: StoredObject,
+    client: Client,
+    existing: StoredObject | undefined,
+  ): Promise<void> {
+    const body = object.body
+    const others = (kind: ObjectKind) =>
+      this.state.list(kind).filter((candidate) => candidate.id !== object.id)
+    switch (object.kind) {
+      case 'program':
+        if (others('program').some((program) => program.body.programName === body.programName))
+          throw this.conflict(request, `a program named '${String(body.programName)}' exists`)
+        break
+      case 'event':
+        if (!this.state.get('program', body.programID as string))
+          throw this.conflict(request, `no program '${String(body.programID)}'`)
+        break
+      case 'subscription':
+        if (body.programID !== undefined && !this.state.get('program', body.programID as string))
+          throw this.conflict(request, `no program '${String(body.programID)}'`)
+        for (const entry of (body.objectOperations as Body[] | undefined) ?? []) {
+          // Webhooks are HTTP: no file:, data: or other schemes the VTN's fetch would follow.
+          if (!/^https?:\/\//i.test(String(entry.callbackUrl)))
+            throw new Refusal(problem({ status: 400, detail: 'callbackUrl must be an http(s) URL' }))
+        }
+        object.clientID = existing?.clientID ?? client.clientId
+        body.version = request.version
+        delete body.clientID
+        break
+      case 'report': {
+        const event = this.state.get('event', body.eventID as string)
+        const granted = client.role === 'ven' ? this.granted(client) : undefined
+        if (!event || !this.view(event, client, undefined, granted).visible)
+          throw this.conflict(request, `no event '${String(body.eventID)}'`)
+        if (body.programID !== undefined && body.programID !== event.body.programID)
+          throw new Refusal(
+            problem({
+              status: 400,
+              detail: `event '${event.id}' is not of program '${String(body.programID)}'`,
+            }),
+          )
+        body.programID = event.body.programID
+        object.clientID = existing?.clientID ?? client.clientId
+        delete body.clientID
+        break
+      }
+      case 'ven': {
+        if (client.role === 'ven') {
+          object.clientID = client.clientId
+          // Targets are BL's to grant: a VEN's update keeps them.
+          if (existing?.body.targets !== undefined) body.targets = existing.body.targets
+          else delete body.targets
+          if (!existing && this.state.list('ven').some((ven) => ven.clientID === client.clientId))
+            throw this.conflict(request, 'this client already has a ven object')
+        } else {
+          object.clientID = (body.clientID as string | undefined) ?? existing?.clientID
+        }
+        delete body.clientID
+        if (object.clientID === undefined) delete object.clientID
+        if (others('ven').some((ven) => ven.body.venName === body.venName))
+          throw this.conflict(request, `a ven named '${String(body.venName)}' exists`)
+        break
+      }
+      case 'resource': {
+        const ven = this.state.get('ven', body.venID as string)
+        const granted = client.role === 'ven' ? this.granted(client) : undefined
+        if (!ven || !this.view(ven, client, undefined, granted).visible)
+          throw new Refusal(problem({ status: 404, detail: `no ven '${String(body.venID)}'` }))
+        object.clientID = ven.clientID
+        if (object.clientID === undefined) delete object.clientID
+        delete body.clientID
+        if (client.role === 'ven') {
+          if (existing?.body.targets !== undefined) body.targets = existing.body.targets
+          else delete body.targets
+        }
+        if (
+          others('resource').some(
+            (resource) => resource.body.venID === ven.id && resource.body.resourceName === body.resourceName,
+          )
+        )
+          throw this.conflict(request, `ven '${ven.id}' has a resource named '${String(body.resourceName)}'`)
+        break
+      }
+    }
+  }
+
+  // ---- after a write: data plane, control results, notifications ----------------------------
+
+  private async afterWrite(
+    object: StoredObject,
+    operation: Operation,
+    previous: StoredObject | undefined,
+  ): Promise<void> {
+    try {
+      if (object.kind === 'resource' && operation !== 'DELETE') await this.describeResource(object)
+      if (object.kind === 'report' && operation !== 'DELETE')
+        await this.publishReport(object, operation === 'UPDATE' ? previous : undefined)
+    } catch (error) {
+      // The object is stored; the data plane catches up on the next change.
+      this.components.logger.warn(
+        { kind: object.kind, id: object.id, err: (error as Error).message },
+        'openadr object not mapped to the data plane',
+      )
+    }
+    this.notify(object, operation)
+  }
+
+  /** The node resource of a VEN resource. */
+  private nodeResource(
+    resource: StoredObject,
+  ): { kind: ResourceKind; rid: string; venName: string } | undefined {
+    const ven = this.state.get('ven', resource.body.venID as string)
+    if (!ven) return undefined
+    const venName = ven.body.venName as string
+    return {
+      kind: this.init.config.resource_kind,
+      rid: resourceIdFor(venName, resource.body.resourceName as string),
+      venName,
+    }
+  }
+
+  private async describeResource(resource: StoredObject): Promise<void> {
+    const target = this.nodeResource(resource)
+    if (!target) return
+    const { dataPlane } = this.components
+    const existing = await dataPlane.getResource(target.kind, target.rid)
+    await dataPlane.upsertResource(
+      dropUndefined({
+        kind: target.kind,
+        rid: target.rid,
+        site: existing?.site,
+        name: `${target.venName}/${resource.body.resourceName as string}`.slice(0, 256),
+        attrs: {
+          ...(existing?.attrs ?? {}),
+          source: 'openadr-vtn',
+          venName: target.venName,
+          venID: resource.body.venID as string,
+          resourceName: resource.body.resourceName as string,
+          resourceID: resource.id,
+          ...(resource.clientID ? { clientID: resource.clientID } : {}),
+        },
+      }),
+    )
+  }
+
+  private async publishReport(report: StoredObject, previous: StoredObject | undefined): Promise<void> {
+    const ven = this.state.list('ven').find((candidate) => candidate.clientID === report.clientID)
+    const event = this.state.get('event', report.body.eventID as string)
+    const descriptors = (event?.body.reportDescriptors as Body[] | undefined) ?? []
+    const resolveTarget = (resourceName: string) => {
+      if (!ven) return undefined
+      const resource = this.state
+        .list('resource')
+        .find((candidate) => candidate.body.venID === ven.id && candidate.body.resourceName === resourceName)
+      return resource ? this.nodeResource(resource) : undefined
+    }
+    const { records } = reportToTelemetry(report.body, resolveTarget, descriptors)
+    let fresh = records
+    if (previous) {
+      const seen = new Set(
+        reportToTelemetry(previous.body, resolveTarget, descriptors).records.map(
+          (record) => `${record.rid}\u0000${record.q}\u0000${record.t}`,
+        ),
+      )
+      fresh = records.filter((record) => !seen.has(`${record.rid}\u0000${record.q}\u0000${record.t}`))
+    }
+    if (fresh.length > 0) {
+      await this.components.dataPlane.publishTelemetry(fresh)
+      this.metric.records.inc(fresh.length)
+    }
+    // A report on a control event: the VEN has taken the limit.
+    const control = this.state.controlByEvent(report.body.eventID as string)
+    if (control && ven && control.venID === ven.id) {
+      const setpoint = records.find((record) => record.q === 'power_limit' && record.rid === control.rid)
+      await this.controlResult(
+        control.rid,
+        dropUndefined({
+          status: 'Accepted',
+          eventID: control.eventID,
+          reportID: report.id,
+          v: setpoint?.v ?? control.watts,
+          until: control.until,
+        }),
+      )
+    }
+  }
+
+  private notify(object: StoredObject, operation: Operation): void {
+    const objectType = OBJECT_TYPES[object.kind]
+    for (const subscription of this.state.list('subscription')) {
+      const body = subscription.body
+      const entries = ((body.objectOperations as Body[] | undefined) ?? []).filter(
+        (entry) =>
+          ((entry.objects as string[] | undefined) ?? []).includes(objectType) &&
+          ((entry.operations as string[] | undefined) ?? []).includes(operation),
+      )
+      if (entries.length === 0) continue
+      if (body.programID !== undefined) {
+        const programID = object.kind === 'program' ? object.id : object.body.programID
+        if (programID !== body.programID) continue
+      }
+      const clientId = subscription.clientID
+      const configured = clientId ? this.init.config.clients[clientId] : undefined
+      if (!clientId || !configured) continue
+      const subscriber: Client = { clientId, role: configured.role }
+      const requested = body.targets as string[] | undefined
+      const granted = subscriber.role === 'ven' ? this.granted(subscriber) : undefined
+      const view = this.view(object, subscriber, requested, granted)
+      if (!view.visible) continue
+      const version: OpenAdrVersion = body.version === '3.0.1' ? '3.0.1' : '3.1.0'
+      const codec = CODECS[version]
+      const rendered = codec.encode(
+        object,
+        object.kind === 'program' || object.kind === 'event' ? { targets: view.targets ?? [] } : {},
+      )
+      if (!rendered) continue
+      const notification: Body = {
+        objectType,
+        operation: codec.notificationOperation(operation),
+        object: rendered,
+      }
+      if (view.targets && view.targets.length > 0) notification.targets = codec.renderTargets(view.targets)
+      const errors = contractFor(version).validateNotification(notification)
+      if (errors.length > 0) {
+        this.components.logger.error(
+          { errors, objectType, version },
+          'openadr notification does not fit the document: not sent',
+        )
+        this.metric.invalid.inc()
+        continue
+      }
+      for (const entry of entries) {
+        this.webhooks.send({
+          url: entry.callbackUrl as string,
+          body: notification,
+          bearerToken: entry.bearerToken as string | undefined,
+          label: `${objectType} ${operation} ${object.id}`,
+        })
+      }
+    }
+  }
+
+  // ---- control: limit_power → event ---------------------------------------------------------
+
+  private async ensureControlProgram(): Promise<void> {
+    const name = this.init.config.control_program
+    const existing = this.state.list('program').find((program) => program.body.programName === name)
+    if (existing) {
+      this.controlProgramId = existing.id
+      return
+    }
+    const now = isoString(Date.now())
+    const program: StoredObject = {
+      kind: 'program',
+      id: newId(),
+      createdDateTime: now,
+      modificationDateTime: now,
+      body: {
+        programName: name,
+        payloadDescriptors: [
+          { objectType: 'EVENT_PAYLOAD_DESCRIPTOR', payloadType: 'IMPORT_CAPACITY_LIMIT', units: 'KW' },
+        ],
+      },
+    }
+    await this.state.put(program)
+    this.controlProgramId = program.id
+  }
+
+  private findResourceByRid(rid: string): { resource: StoredObject; ven: StoredObject } | undefined {
+    for (const resource of this.state.list('resource')) {
+      const ven = this.state.get('ven', resource.body.venID as string)
+      if (ven && resourceIdFor(ven.body.venName as string, resource.body.resourceName as string) === rid)
+        return { resource, ven }
+    }
+    return undefined
+  }
+
+  private async controlResult(rid: string, result: Record<string, unknown>): Promise<void> {
+    if (!this.started) return
+    await this.components.dataPlane.publishEvent(this.init.config.resource_kind, rid, 'control_result', {
+      command: 'limit_power',
+      ...result,
+      t: Date.now(),
+    })
+  }
+
+  private async onLimitPower(message: ControlMessage): Promise<void> {
+    const found = this.findResourceByRid(message.rid)
+    if (!found) {
+      this.components.logger.debug({ rid: message.rid }, 'limit_power for a resource no VEN has: ignored')
+      return
+    }
+    const { v, u, until, source } = message.payload
+    const factor = u === undefined || u === 'W' ? 1 : u === 'kW' ? 1000 : undefined
+    if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || factor === undefined)
+      return this.controlResult(message.rid, {
+        status: 'Invalid',
+        reason: 'v must be a non-negative number in W or kW',
+      })
+    if (until !== undefined && until !== null && (typeof until !== 'number' || !Number.isFinite(until)))
+      return this.controlResult(message.rid, {
+        status: 'Invalid',
+        reason: 'until must be epoch milliseconds',
+      })
+    const watts = v * factor
+    const now = Date.now()
+    if (typeof until === 'number' && until <= now)
+      return this.controlResult(message.rid, { status: 'Expired', v: watts, until })
+    await this.state.exclusive(async () => {
+      const target = controlTarget(message.rid)
+      // Grant the target on the resource object, as BL would.
+      const resource = this.state.get('resource', found.resource.id)!
+      const targets = (resource.body.targets as string[] | undefined) ?? []
+      if (!targets.includes(target)) {
+        const updated: StoredObject = {
+          ...resource,
+          modificationDateTime: isoString(now),
+          body: { ...resource.body, targets: [...targets, target] },
+        }
+        await this.state.put(updated)
+        this.notify(updated, 'UPDATE')
+      }
+      if (!this.controlProgramId || !this.state.get('program', this.controlProgramId))
+        await this.ensureControlProgram()
+      const body = limitToEventBody({
+        programID: this.controlProgramId!,
+        rid: message.rid,
+        target,
+        watts,
+        until: typeof until === 'number' ? until : undefined,
+        now,
+        source: typeof source === 'string' ? source : message.from,
+      })
+      const record = this.state.control(message.rid)
+      const previous = record ? this.state.get('event', record.eventID) : undefined
+      const stamp = isoString(now)
+      const event: StoredObject = previous
+        ? {
+            ...previous,
+            modificationDateTime: isoString(Math.max(now, Date.parse(previous.modificationDateTime) + 1)),
+            body,
+          }
+        : { kind: 'event', id: newId(now), createdDateTime: stamp, modificationDateTime: stamp, body }
+      await this.state.put(event)
+      await this.state.putControl(
+        dropUndefined({
+          rid: message.rid,
+          eventID: event.id,
+          resourceID: found.resource.id,
+          venID: found.ven.id,
+          watts,
+          until: typeof until === 'number' ? until : undefined,
+          delivered: false,
+        }),
+      )
+      this.notify(event, previous ? 'UPDATE' : 'CREATE')
+      await this.controlResult(
+        message.rid,
+        dropUndefined({
+          status: 'Sent',
+          eventID: event.id,
+          v: watts,
+          until: typeof until === 'number' ? until : undefined,
+        }),
+      )
+    })
+  }
+
+  /** The targeted VEN has read its control event. */
+  private async markDelivered(event: StoredObject): Promise<void> {
+    const record = this.state.controlByEvent(event.id)
+    if (!record || record.delivered) return
+    record.delivered = true
+    try {
+      await this.state.putControl(record)
+      await this.controlResult(
+        record.rid,
+        dropUndefined({ status: 'Delivered', eventID: event.id, v: record.watts, until: record.until }),
+      )
+    } catch (error) {
+      record.delivered = false
+      this.components.logger.warn(
+        { rid: record.rid, err: (error as Error).message },
+        'control delivery not recorded',
+      )
+    }
+  }
+}
+
+/** The request body without the members `fill` provides (fill wins over client values). */
+function stripFilled(body: Record<string, unknown>, fill: Body): Body {
+  const out: Body = { ...body }
+  for (const key of Object.keys(fill)) delete out[key]
+  return out
+}
