@@ -1,7 +1,8 @@
 /**
  * Build the single executable `dist/oe-node` with `bun build --compile`.
- * When a nats-server >= 2.10 is found at build time (OE_NODE_EMBED_NATS=path, else PATH), it is
- * embedded, so the binary runs on hosts without one; OE_NODE_EMBED_NATS=none leaves it out.
+ * When a nats-server >= 2.10 is found at build time (OE_NODE_EMBED_NATS=path, else the one
+ * scripts/setup cached in .cache/nats-server/, else PATH), it is embedded, so the binary runs on
+ * hosts without one; OE_NODE_EMBED_NATS=none leaves it out.
  */
 import { chmod, mkdir, stat } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
@@ -14,7 +15,13 @@ const outfile = join(root, 'dist', 'oe-node')
 async function findNatsServer(): Promise<string | undefined> {
   const requested = process.env.OE_NODE_EMBED_NATS
   if (requested === 'none') return undefined
-  const candidate = requested ?? Bun.which('nats-server') ?? undefined
+  // scripts/setup caches a newer nats-server from Debian unstable when it can (fetch-nats-server).
+  const cached = join(root, '.cache', 'nats-server', 'nats-server')
+  const candidate =
+    requested ??
+    ((await Bun.file(cached).exists()) ? cached : undefined) ??
+    Bun.which('nats-server') ??
+    undefined
   if (!candidate) return undefined
   try {
     const version = await natsServerVersion(candidate)
