@@ -5,11 +5,9 @@
  * until the peer acknowledges them. Messages from peers are checked against the agreement and
  * the authenticated sender before anything changes; repeats are harmless.
  */
-import { verify as cryptoVerify, type KeyObject } from 'node:crypto'
+import type { KeyObject } from 'node:crypto'
 import type { Connection, Stream } from '@libp2p/interface'
-import { AckPolicy, DeliverPolicy, type JsMsg } from '@nats-io/jetstream'
-import { nanos, headers as natsHeaders } from '@nats-io/nats-core'
-import { closeConsumerMessages, type DataPlane, encodeCbor, type Logger } from '../data-plane/index.ts'
+import type { DataPlane, Logger } from '../data-plane/index.ts'
 import {
   type AgreementDocument,
   type AgreementState,
@@ -29,13 +27,8 @@ import {
   type Termination,
   verifyIdSignature,
 } from './agreement.ts'
-import {
-  CONTROL_PROTOCOL,
-  checkControl,
-  controlBytes,
-  parseControlCommand,
-  parseSendSubject,
-} from './control.ts'
+import { CONTROL_PROTOCOL } from './control.ts'
+import { ControlRelay } from './control-relay.ts'
 import {
   AgreementExpiredError,
   AgreementFormatError,
@@ -49,9 +42,11 @@ import {
   PeerRefusedError,
   UnknownPeerError,
 } from './errors.ts'
+import { type AuditSink, TransferFlows } from './flows.ts'
 import { readFrame, writeFrame } from './frames.ts'
 import { FederationHost, type PeerConnectionState } from './host.ts'
 import { AGREEMENT_PROTOCOL, type AgreementMessage, parseAgreementMessage, parseReply } from './messages.ts'
+import { refuseStream } from './refuse.ts'
 import { SiteIndex } from './site-index.ts'
 import {
   AGREEMENTS_BUCKET,
@@ -61,28 +56,12 @@ import {
   PEERS_BUCKET,
   type PeerRecord,
   RecordBucket,
-  TRANSFER_BUCKET,
 } from './stores.ts'
-import {
-  type AgreementView,
-  ConsumerSession,
-  DEFAULT_TUNING,
-  emptyStats,
-  type FlowStats,
-  MAX_BATCH_FRAME_BYTES,
-  ProviderSession,
-  publicKeyObject,
-  TRANSFER_PROTOCOL,
-  TransferChannel,
-  type TransferState,
-  type TransferTuning,
-} from './transfer.ts'
+import { DEFAULT_TUNING, type FlowStats, TRANSFER_PROTOCOL, type TransferTuning } from './transfer.ts'
 
 export const ALIAS_PATTERN = /^[a-z][a-z0-9-]{0,31}$/
 
-export interface AuditSink {
-  append(type: string, data: Record<string, unknown>): Promise<unknown>
-}
+export type { AuditSink }
 
 export interface FederationSigner extends Signer {
   /** 32-byte ed25519 seed, for the libp2p key. */
@@ -174,23 +153,44 @@ export class Federation {
   private timer: ReturnType<typeof setInterval> | undefined
   private outboxSequence = 0
   private readonly myKey: string
-  private transferStates: RecordBucket<TransferState> | undefined
   private readonly siteIndex = new SiteIndex()
-  private readonly flows = new Map<string, FlowStats>()
-  /** Per agreement consumed: the provider's resources' sites, as its standing data told them. */
-  private readonly providerSites = new Map<string, Map<string, string>>()
-  private readonly providerSessions = new Map<string, ProviderSession>()
-  private readonly consumerSessions = new Map<string, ConsumerSession>()
-  private readonly sessionRetryAt = new Map<string, number>()
+  private readonly transfers: TransferFlows
   private offReconnect: (() => void) | undefined
-  private tuning: TransferTuning = DEFAULT_TUNING
-  private controlLoop: { stop(err?: Error): void; close(): Promise<unknown> } | undefined
+  private readonly control: ControlRelay
 
   constructor(
     private readonly init: FederationInit,
     private readonly components: FederationComponents,
   ) {
     this.myKey = base64url(components.signer.publicKey)
+    this.transfers = new TransferFlows(
+      { ...DEFAULT_TUNING, ...init.transfer },
+      {
+        dataPlane: components.dataPlane,
+        logger: components.logger,
+        audit: components.audit,
+        privateKey: components.signer.privateKeyObject,
+        siteOf: this.siteIndex.siteOf,
+        agreement: (id) => this.agreements.get(id),
+        state: (record) => this.state(record),
+        peer: (alias) => this.peersByAlias.get(alias),
+        peerByPeerId: (peerId) => this.peerByPeerId(peerId),
+        host: () => this.host,
+      },
+    )
+    this.control = new ControlRelay(init.messageTimeoutMs ?? 10_000, {
+      dataPlane: components.dataPlane,
+      logger: components.logger,
+      audit: components.audit,
+      signer: components.signer,
+      agreements: () => this.agreements.values(),
+      agreement: (id) => this.agreements.get(id),
+      peer: (alias) => this.peersByAlias.get(alias),
+      peerByPeerId: (peerId) => this.peerByPeerId(peerId),
+      host: () => this.host,
+      siteOf: this.siteIndex.siteOf,
+      providerSiteOf: (id, kind, rid) => this.transfers.providerSiteOf(id, kind, rid),
+    })
   }
 
   get started(): boolean {
@@ -211,8 +211,7 @@ export class Federation {
     this.peersBucket = await RecordBucket.open<PeerRecord>(js, PEERS_BUCKET)
     this.agreementsBucket = await RecordBucket.open<AgreementRecord>(js, AGREEMENTS_BUCKET)
     this.outboxBucket = await RecordBucket.open<OutboxEntry>(js, OUTBOX_BUCKET)
-    this.transferStates = await RecordBucket.open<TransferState>(js, TRANSFER_BUCKET)
-    this.tuning = { ...DEFAULT_TUNING, ...this.init.transfer }
+    await this.transfers.start()
     await this.siteIndex.start(js)
     for (const peer of await this.peersBucket.list()) this.peersByAlias.set(peer.alias, peer)
     for (const record of await this.agreementsBucket.list()) this.agreements.set(record.id, record)
@@ -249,21 +248,20 @@ export class Federation {
     await host.handle(AGREEMENT_PROTOCOL, (stream, connection) => this.onStream(stream, connection))
     await host.handle(
       TRANSFER_PROTOCOL,
-      (stream, connection) => this.onTransferStream(stream, connection),
+      (stream, connection) => this.transfers.onTransferStream(stream, connection),
       64,
     )
-    await host.handle(CONTROL_PROTOCOL, (stream, connection) => this.onControlStream(stream, connection))
-    await this.startControlLoop()
+    await host.handle(CONTROL_PROTOCOL, (stream, connection) =>
+      this.control.onControlStream(stream, connection),
+    )
+    await this.control.start()
     this.timer = setInterval(() => this.housekeeping(), 500)
     this.housekeeping()
     // JetStream acks sent while NATS was away are lost, and a consumer whose deliveries wait on
     // them would stall until the provider's stall check; new sessions start from what the
     // consumers hold at once.
     this.offReconnect = this.components.dataPlane.onReconnect(() => {
-      for (const id of [...this.providerSessions.keys()]) {
-        this.stopSessions(id, 'NATS reconnected')
-        this.sessionRetryAt.delete(id)
-      }
+      this.transfers.restartProviderSessions('NATS reconnected')
       this.housekeeping()
     })
     this.components.logger.info(
@@ -276,11 +274,9 @@ export class Federation {
     if (this.timer) clearInterval(this.timer)
     this.timer = undefined
     this.offReconnect?.()
-    for (const id of new Set([...this.providerSessions.keys(), ...this.consumerSessions.keys()])) {
-      this.stopSessions(id, 'node stopping')
-    }
+    this.transfers.stop('node stopping')
     this.siteIndex.stop()
-    if (this.controlLoop) await closeConsumerMessages(this.controlLoop)
+    await this.control.stop()
     const host = this.host
     this.host = undefined
     await host?.stop()
@@ -496,7 +492,7 @@ export class Federation {
         throw new AgreementStateError(`agreement ${id} is only proposed; reject it instead`)
       if (state === 'rejected') throw new AgreementStateError(`agreement ${id} was rejected`)
       record.revocation = signTermination('revoke', id, reason, this.components.signer)
-      this.stopSessions(id, 'revoked')
+      this.transfers.stopSessions(id, 'revoked')
       await this.save(record)
       await this.components.audit.append('agreement.revoked', { id, peer: record.peer, by: 'us', reason })
       await this.enqueue(record.peer, { t: 'revoke', revocation: record.revocation })
@@ -517,7 +513,7 @@ export class Federation {
       outbox: { pending: pending.length, lastError: this.outboxErrors.get(record.peer) ?? null },
       flow: {
         ...this.flow(id),
-        session: this.providerSessions.has(id) || this.consumerSessions.has(id),
+        session: this.transfers.hasSession(id),
         rttMs: this.peersByAlias.has(record.peer)
           ? this.peerView(this.peersByAlias.get(record.peer)!).rttMs
           : null,
@@ -677,29 +673,14 @@ export class Federation {
     }
   }
 
-  private async refuse(
+  private refuse(
     stream: Stream,
     peer: PeerRecord,
     id: string | undefined,
     error: Error,
     auditType = 'agreement.message_refused',
   ): Promise<void> {
-    const name = error instanceof FederationError ? error.name : 'InternalError'
-    if (!(error instanceof FederationError)) {
-      this.components.logger.error({ err: error.message }, 'protocol message failed')
-    }
-    await this.components.audit.append(auditType, {
-      peer: peer.alias,
-      ...(id ? { id } : {}),
-      error: name,
-      reason: error.message,
-    })
-    try {
-      await writeFrame(stream, { ok: false, error: name, message: error.message })
-      await stream.close()
-    } catch {
-      stream.abort(error)
-    }
+    return refuseStream(stream, { peer: peer.alias, id, error, auditType }, this.components)
   }
 
   /** Apply a checked message from `peer`. Throws a FederationError naming why it is refused. */
@@ -756,7 +737,7 @@ export class Federation {
         if (state === 'revoked') return
         if (state === 'rejected') throw new AgreementStateError(`agreement ${id} was rejected`)
         record.revocation = message.revocation
-        this.stopSessions(id, 'revoked by the peer')
+        this.transfers.stopSessions(id, 'revoked by the peer')
         await this.save(record)
         await this.components.audit.append('agreement.revoked', {
           id,
@@ -773,356 +754,12 @@ export class Federation {
 
   /** Flow counters of an agreement on this node. */
   flow(id: string): FlowStats {
-    let stats = this.flows.get(id)
-    if (!stats) {
-      stats = emptyStats()
-      this.flows.set(id, stats)
-    }
-    return stats
+    return this.transfers.flow(id)
   }
 
   /** Flow counters of every agreement, for metrics. */
-  private providerSitesOf(id: string): Map<string, string> {
-    let sites = this.providerSites.get(id)
-    if (!sites) {
-      sites = new Map()
-      this.providerSites.set(id, sites)
-    }
-    return sites
-  }
-
   flowsByAgreement(): ReadonlyMap<string, FlowStats> {
-    return this.flows
-  }
-
-  private view(record: AgreementRecord): AgreementView {
-    return {
-      id: record.id,
-      doc: record.doc,
-      peer: record.peer,
-      ...(record.rejection ? { rejection: record.rejection } : {}),
-      ...(record.revocation ? { revocation: record.revocation } : {}),
-    }
-  }
-
-  /** End every transfer session of an agreement at once (revocation, expiry, shutdown). */
-  private stopSessions(id: string, reason: string): void {
-    const provider = this.providerSessions.get(id)
-    if (provider) {
-      this.providerSessions.delete(id)
-      provider.stop(reason)
-    }
-    const consumer = this.consumerSessions.get(id)
-    if (consumer) {
-      this.consumerSessions.delete(id)
-      consumer.stop(reason)
-    }
-  }
-
-  private ensureProviderSession(record: AgreementRecord, now: number): void {
-    if (this.providerSessions.has(record.id) || (this.sessionRetryAt.get(record.id) ?? 0) > now) return
-    const peer = this.peersByAlias.get(record.peer)
-    const host = this.host
-    if (!peer || !host?.isConnected(peer.peerId)) return
-    this.sessionRetryAt.set(record.id, now + 1_000)
-    void this.runProviderSession(record, peer, host)
-  }
-
-  private async runProviderSession(
-    record: AgreementRecord,
-    peer: PeerRecord,
-    host: FederationHost,
-  ): Promise<void> {
-    let session: ProviderSession | undefined
-    try {
-      const stream = await host.openStream(peer.peerId, TRANSFER_PROTOCOL, {
-        signal: AbortSignal.timeout(5_000),
-      })
-      session = await ProviderSession.open(this.view(record), stream, {
-        dataPlane: this.components.dataPlane,
-        logger: this.components.logger,
-        privateKey: this.components.signer.privateKeyObject,
-        siteOf: this.siteIndex.siteOf,
-        stats: this.flow(record.id),
-        tuning: this.tuning,
-      })
-      if (this.state(record) !== 'active' || this.providerSessions.has(record.id)) {
-        session.stop('no longer needed')
-        return
-      }
-      this.providerSessions.set(record.id, session)
-      this.components.logger.info({ id: record.id, peer: peer.alias }, 'transfer session started (provider)')
-      await session.run()
-    } catch (error) {
-      this.flow(record.id).lastError = (error as Error).message
-    } finally {
-      if (session && this.providerSessions.get(record.id) === session) this.providerSessions.delete(record.id)
-    }
-  }
-
-  private async onTransferStream(stream: Stream, connection: Connection): Promise<void> {
-    const peer = this.peerByPeerId(connection.remotePeer.toString())
-    if (!peer) {
-      stream.abort(new FederationError('unknown peer'))
-      return
-    }
-    const channel = new TransferChannel(stream, MAX_BATCH_FRAME_BYTES)
-    let id = ''
-    try {
-      const hello = (await Promise.race([channel.next(), Bun.sleep(10_000).then(() => 'timeout')])) as
-        | { t?: string; id?: string }
-        | 'timeout'
-        | undefined
-      if (hello === 'timeout' || hello?.t !== 'hello' || typeof hello.id !== 'string') {
-        throw new FrameError('expected a hello frame')
-      }
-      id = hello.id
-      const record = this.agreements.get(id)
-      if (!record) throw new AgreementNotFoundError(id)
-      if (record.peer !== peer.alias)
-        throw new ForeignAgreementError(`agreement ${id} is not between this node and ${peer.alias}`)
-      if (record.role !== 'consumer')
-        throw new AgreementStateError(`this node is not the consumer of agreement ${id}`)
-      const state = this.state(record)
-      if (state !== 'active') throw new AgreementStateError(`agreement ${id} is ${state}`)
-      this.stopSessions(id, 'replaced by a new session')
-      const session = new ConsumerSession(this.view(record), channel, {
-        dataPlane: this.components.dataPlane,
-        logger: this.components.logger,
-        stats: this.flow(id),
-        sites: this.providerSitesOf(id),
-        states: this.transferStates!,
-        tuning: this.tuning,
-        current: () => {
-          const current = this.agreements.get(id)
-          return current ? this.view(current) : undefined
-        },
-        onViolation: (reason, details) => {
-          this.components.logger.warn(
-            { id, peer: peer.alias, reason },
-            'provider violated the agreement or the transfer protocol; session cut',
-          )
-          void this.components.audit.append('transfer.violation', {
-            id,
-            peer: peer.alias,
-            reason,
-            ...details,
-          })
-        },
-        onReceipt: (receipt) => {
-          // The last receipt of a session may come as the node stops and its audit log closes.
-          this.components.audit
-            .append('transfer.received', { id, peer: peer.alias, ...receipt })
-            .catch((error) => {
-              this.components.logger.warn(
-                { id, err: (error as Error).message },
-                'transfer receipt not audited',
-              )
-            })
-        },
-      })
-      this.consumerSessions.set(id, session)
-      this.components.logger.info({ id, peer: peer.alias }, 'transfer session started (consumer)')
-      try {
-        await session.run()
-      } finally {
-        if (this.consumerSessions.get(id) === session) this.consumerSessions.delete(id)
-      }
-    } catch (error) {
-      const name = error instanceof FederationError ? error.name : 'Error'
-      await this.components.audit.append('transfer.refused', {
-        peer: peer.alias,
-        ...(id ? { id } : {}),
-        error: name,
-        reason: (error as Error).message,
-      })
-      try {
-        await channel.send({ t: 'error', error: name, message: (error as Error).message })
-      } catch {
-        // The stream may be gone already.
-      }
-      channel.abort(error as Error)
-    }
-  }
-
-  // ── control ────────────────────────────────────────────────────────────────────────────────
-
-  /** Read `oe.send.>` (OE_OUT) through a durable consumer and forward what agreements allow. */
-  private async startControlLoop(): Promise<void> {
-    const { dataPlane } = this.components
-    const name = 'oe-control-out'
-    await dataPlane.manager.consumers
-      .add('OE_OUT', {
-        durable_name: name,
-        filter_subject: 'oe.send.>',
-        ack_policy: AckPolicy.Explicit,
-        deliver_policy: DeliverPolicy.New,
-        ack_wait: nanos(30_000),
-        max_deliver: -1,
-      })
-      .catch(async (error: Error) => {
-        // It exists already (a restart): keep its position.
-        if (!/already in use|exists/i.test(error.message)) throw error
-      })
-    const consumer = await dataPlane.jetstream.consumers.get('OE_OUT', name)
-    const messages = await consumer.consume({ max_messages: 64 })
-    this.controlLoop = messages
-    void (async () => {
-      for await (const msg of messages) {
-        await this.forwardControl(msg).catch((error: Error) => {
-          this.components.logger.warn(
-            { subject: msg.subject, err: error.message },
-            'control forwarding failed',
-          )
-          msg.nak(2_000)
-        })
-      }
-    })()
-  }
-
-  private async controlResult(
-    alias: string,
-    kind: string,
-    rid: string,
-    result: Record<string, unknown>,
-  ): Promise<void> {
-    await this.components.dataPlane.publishConfirmed([
-      {
-        subject: `oe.peer.${alias}.evt.${kind}.${rid}.control_result`,
-        payload: encodeCbor({ ...result, at: Date.now() }),
-      },
-    ])
-  }
-
-  private async forwardControl(msg: JsMsg): Promise<void> {
-    const target = parseSendSubject(msg.subject)
-    if (!target) {
-      await this.components.audit.append('control.refused', {
-        subject: msg.subject,
-        reason: 'not oe.send.<alias>.ctl.<kind>.<rid>.<command>',
-      })
-      msg.term()
-      return
-    }
-    const { alias, kind, rid, command } = target
-    const peer = this.peersByAlias.get(alias)
-    const candidates = [...this.agreements.values()].filter((r) => r.peer === alias && r.role === 'consumer')
-    let reason = peer ? `no agreement with ${alias} lets this node send ${command}` : `no peer named ${alias}`
-    let chosen: AgreementRecord | undefined
-    for (const record of candidates) {
-      // The provider's sites as its standing data told them: a known site outside the grant is
-      // refused here, an unknown one is the provider's to decide.
-      const decision = checkControl(record, kind, rid, command, msg.data, Date.now(), {
-        siteOf: (k, r) => this.providerSites.get(record.id)?.get(`${k}.${r}`),
-        ignoreSites: true,
-      })
-      if (decision.ok) {
-        chosen = record
-        break
-      }
-      reason = decision.reason
-    }
-    if (!peer || !chosen) {
-      await this.components.audit.append('control.refused', {
-        peer: alias,
-        kind,
-        rid,
-        command,
-        by: 'us',
-        reason,
-      })
-      if (peer) await this.controlResult(alias, kind, rid, { command, ok: false, by: 'consumer', reason })
-      msg.ack()
-      return
-    }
-    if (!this.host?.isConnected(peer.peerId)) {
-      msg.nak(1_000)
-      return
-    }
-    const cmd = { id: chosen.id, kind, rid, command, payload: msg.data, at: Date.now() }
-    const sig = new Uint8Array(this.components.signer.sign(controlBytes(cmd)))
-    const signal = AbortSignal.timeout(this.init.messageTimeoutMs ?? 10_000)
-    const stream = await this.host.openStream(peer.peerId, CONTROL_PROTOCOL, { signal })
-    await writeFrame(stream, { t: 'control', cmd, sig }, { signal })
-    await stream.close({ signal })
-    const reply = parseReply(await readFrame(stream, { signal }))
-    if (reply.ok) {
-      await this.components.audit.append('control.sent', { id: chosen.id, peer: alias, kind, rid, command })
-      await this.controlResult(alias, kind, rid, { command, ok: true, id: chosen.id })
-    } else {
-      await this.components.audit.append('control.refused', {
-        id: chosen.id,
-        peer: alias,
-        kind,
-        rid,
-        command,
-        by: 'peer',
-        reason: reply.message,
-      })
-      await this.controlResult(alias, kind, rid, {
-        command,
-        ok: false,
-        by: 'provider',
-        reason: reply.message,
-        id: chosen.id,
-      })
-    }
-    msg.ack()
-  }
-
-  private async onControlStream(stream: Stream, connection: Connection): Promise<void> {
-    const peer = this.peerByPeerId(connection.remotePeer.toString())
-    if (!peer) {
-      stream.abort(new FederationError('unknown peer'))
-      return
-    }
-    let frame: { t?: unknown; cmd?: unknown; sig?: unknown }
-    try {
-      frame = (await readFrame(stream, { signal: AbortSignal.timeout(10_000) })) as typeof frame
-    } catch (error) {
-      void this.components.audit.append('protocol.bad_frame', {
-        peer: peer.alias,
-        protocol: 'control',
-        reason: (error as Error).message,
-      })
-      stream.abort(error as Error)
-      return
-    }
-    try {
-      if (frame?.t !== 'control' || !(frame.sig instanceof Uint8Array))
-        throw new AgreementFormatError('t', 'expected a control frame')
-      const cmd = parseControlCommand(frame.cmd)
-      const record = this.requireAgreement(cmd.id)
-      if (record.peer !== peer.alias || record.role !== 'provider') {
-        throw new ForeignAgreementError(
-          `agreement ${cmd.id} does not let ${peer.alias} control this node's resources`,
-        )
-      }
-      if (!cryptoVerify(null, controlBytes(cmd), publicKeyObject(record.doc.body.consumer.key), frame.sig)) {
-        throw new BadSignatureError('the control command is not signed by the consumer')
-      }
-      const decision = checkControl(record, cmd.kind, cmd.rid, cmd.command, cmd.payload, Date.now(), {
-        siteOf: this.siteIndex.siteOf,
-      })
-      if (!decision.ok) throw new AgreementStateError(decision.reason)
-      const headers = natsHeaders()
-      headers.set('Oe-Agreement', cmd.id)
-      headers.set('Oe-From', peer.alias)
-      await this.components.dataPlane.publishConfirmed([
-        { subject: `oe.ctl.${cmd.kind}.${cmd.rid}.${cmd.command}`, payload: cmd.payload, headers },
-      ])
-      await this.components.audit.append('control.received', {
-        id: cmd.id,
-        peer: peer.alias,
-        kind: cmd.kind,
-        rid: cmd.rid,
-        command: cmd.command,
-      })
-      await writeFrame(stream, { ok: true })
-      await stream.close()
-    } catch (error) {
-      await this.refuse(stream, peer, undefined, error as Error, 'control.refused')
-    }
+    return this.transfers.flowsByAgreement()
   }
 
   // ── delivery ───────────────────────────────────────────────────────────────────────────────
@@ -1213,8 +850,8 @@ export class Federation {
       void this.deliver(alias)
     for (const record of this.agreements.values()) {
       const state = this.state(record, now)
-      if (state !== 'active') this.stopSessions(record.id, state)
-      else if (record.role === 'provider') this.ensureProviderSession(record, now)
+      if (state !== 'active') this.transfers.stopSessions(record.id, state)
+      else if (record.role === 'provider') this.transfers.ensureProviderSession(record, now)
       if (record.expiredAt || state !== 'expired') continue
       void this.withLock(record.id, async () => {
         if (record.expiredAt) return
