@@ -46,14 +46,15 @@ async function midStream(pair: FaultPair, feeder: TelemetryFeeder, accepted: num
  * The moment of the fault, with proof that it struck mid-stream: the consumer has received
  * records, and the provider holds accepted records the consumer has not (a backlog in between).
  */
-async function atFault(pair: FaultPair, feeder: TelemetryFeeder): Promise<AtFault> {
+async function atFault(pair: FaultPair, feeder: TelemetryFeeder, backlog = true): Promise<AtFault> {
   const flow = await flowOf(pair.consumer, pair.id).catch(() => ({ recordsIn: -1 }))
   const at = { at: Date.now(), accepted: feeder.accepted.size, consumerRecordsIn: flow.recordsIn }
   expect(at.consumerRecordsIn, 'records reached the consumer before the fault').toBeGreaterThan(0)
-  expect(
-    at.accepted - at.consumerRecordsIn,
-    'a backlog between provider and consumer at the fault',
-  ).toBeGreaterThan(0)
+  if (backlog)
+    expect(
+      at.accepted - at.consumerRecordsIn,
+      'a backlog between provider and consumer at the fault',
+    ).toBeGreaterThan(0)
   return at
 }
 
@@ -213,7 +214,9 @@ describe('transfer faults: nothing lost, nothing twice', () => {
     // About 13 s of feed, so most of it arrives while the consumer is away.
     const feeder = new TelemetryFeeder(pair.provider, { total: TOTAL, batch: BATCH, pauseMs: 300 }).start()
     await midStream(pair, feeder, 4_000)
-    const at = await atFault(pair, feeder)
+    // The consumer may be level with the provider between two slow requests: the backlog this
+    // test needs is the one its absence makes (5,000 records at least, asserted below).
+    const at = await atFault(pair, feeder, false)
     expect(await pair.consumer.stop()).toBe(0)
     const acceptedDuringCut = feeder.accepted.size
     await feeder.whenAccepted(acceptedDuringCut + 5_000)
