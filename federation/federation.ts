@@ -46,6 +46,7 @@ import { type AuditSink, TransferFlows } from './flows.ts'
 import { readFrame, writeFrame } from './frames.ts'
 import { FederationHost, type PeerConnectionState } from './host.ts'
 import { AGREEMENT_PROTOCOL, type AgreementMessage, parseAgreementMessage, parseReply } from './messages.ts'
+import { RefusalAggregator } from './refusals.ts'
 import { refuseStream } from './refuse.ts'
 import { SiteIndex } from './site-index.ts'
 import {
@@ -154,6 +155,7 @@ export class Federation {
   private outboxSequence = 0
   private readonly myKey: string
   private readonly siteIndex = new SiteIndex()
+  private readonly refusals = new RefusalAggregator()
   private readonly transfers: TransferFlows
   private offReconnect: (() => void) | undefined
   private readonly control: ControlRelay
@@ -226,8 +228,15 @@ export class Federation {
         peers: () => this.peersByAlias.values(),
         isAllowed: (peerId) => this.peerByPeerId(peerId) !== undefined,
         onRefused: (event) => {
+          // The first refusal of a key is audited at once; repeats within the interval as one
+          // entry with a count (housekeeping), so a stranger cannot grow the log.
+          if (!this.refusals.note(event)) return
           this.components.logger.warn(event, 'connection refused: unknown peer')
-          void this.components.audit.append('connection.refused', { ...event, reason: 'unknown peer' })
+          void this.components.audit.append('connection.refused', {
+            ...event,
+            reason: 'unknown peer',
+            count: 1,
+          })
         },
         onConnected: (peerId) => {
           const peer = this.peerByPeerId(peerId)
@@ -844,8 +853,17 @@ export class Federation {
   }
 
   /** Retry deliveries and record expiries. */
+  /** Connections the gate refused since start (every attempt, audited or counted). */
+  refusedConnections(): number {
+    return this.refusals.total
+  }
+
   private housekeeping(): void {
     const now = Date.now()
+    for (const summary of this.refusals.flush(now)) {
+      this.components.logger.warn(summary, 'connections refused: unknown peer (repeated)')
+      void this.components.audit.append('connection.refused', { ...summary, reason: 'unknown peer' })
+    }
     for (const alias of new Set([...this.outbox.values()].map((entry) => entry.peer)))
       void this.deliver(alias)
     for (const record of this.agreements.values()) {

@@ -44,6 +44,8 @@ export type PeerConnectionState = 'connected' | 'connecting' | 'disconnected'
 
 export interface PeerLink {
   state: PeerConnectionState
+  /** When the current connection came up. */
+  connectedAt?: number
   rttMs?: number
   lastSeen?: number
   lastError?: string
@@ -54,7 +56,12 @@ export interface PeerLink {
 type Services = { identify: unknown; ping: Ping }
 
 const MIN_BACKOFF_MS = 250
-const MAX_BACKOFF_MS = 15_000
+const MAX_BACKOFF_MS = 60_000
+/**
+ * A connection that lasted less than this does not count as a success: the far side's gate
+ * refuses a key it does not know right after the handshake, which looks like a connection here.
+ */
+const STABLE_MS = 10_000
 
 export class FederationHost {
   private node: Libp2p<Services> | undefined
@@ -114,8 +121,8 @@ export class FederationHost {
       const id = event.detail.toString()
       const link = this.link(id)
       link.state = 'connected'
-      link.lastSeen = Date.now()
-      link.backoffMs = MIN_BACKOFF_MS
+      link.connectedAt = Date.now()
+      link.lastSeen = link.connectedAt
       link.lastError = undefined
       components.onConnected(id)
     })
@@ -127,8 +134,19 @@ export class FederationHost {
     this.node.addEventListener('peer:disconnect', (event) => {
       const id = event.detail.toString()
       const link = this.link(id)
+      const now = Date.now()
       link.state = 'disconnected'
-      link.nextDial = Date.now()
+      if (link.connectedAt !== undefined && now - link.connectedAt >= STABLE_MS) {
+        // A connection that served a while dropped: redial at once.
+        link.backoffMs = MIN_BACKOFF_MS
+        link.nextDial = now
+      } else {
+        // Refused (or dropped) right away: back off, exponentially, up to MAX_BACKOFF_MS.
+        link.lastError ??= 'the connection closed right after it opened (refused by the peer?)'
+        link.nextDial = now + link.backoffMs
+        link.backoffMs = Math.min(link.backoffMs * 2, MAX_BACKOFF_MS)
+      }
+      link.connectedAt = undefined
       components.onDisconnected(id)
     })
     this.timer = setInterval(() => void this.tick(), 250)
@@ -219,9 +237,9 @@ export class FederationHost {
       )
       await node.peerStore.merge(peerId, { multiaddrs: addrs.map((addr) => addr.decapsulateCode(421)) })
       await node.dial(peerId, { signal: AbortSignal.timeout(this.init.timeoutMs ?? 5_000) })
-      link.state = 'connected'
-      link.lastSeen = Date.now()
-      link.backoffMs = MIN_BACKOFF_MS
+      // Not yet a success: the far side may refuse right after the handshake (see STABLE_MS).
+      // The backoff resets when a ping is answered or the connection lasts.
+      if (this.isConnected(peer.peerId)) link.state = 'connected'
     } catch (error) {
       if (this.isConnected(peer.peerId)) {
         link.state = 'connected'
@@ -251,6 +269,9 @@ export class FederationHost {
             signal: AbortSignal.timeout(this.init.timeoutMs ?? 3_000),
           })
           link.lastSeen = Date.now()
+          // The peer answers on the connection: it accepted us.
+          link.backoffMs = MIN_BACKOFF_MS
+          link.connectedAt = Math.min(link.connectedAt ?? 0, Date.now() - STABLE_MS)
         } catch (error) {
           link.lastError = `ping failed: ${(error as Error).message}`
           link.state = 'disconnected'

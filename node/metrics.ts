@@ -29,6 +29,7 @@ export interface FederationMetricsSource {
     }
   >
   peers(): { alias: string; state: string; rttMs: number | null }[]
+  refusedConnections(): number
 }
 
 /** Per-agreement and per-peer gauges, filled from the federation at each scrape. */
@@ -98,6 +99,14 @@ export function registerFederationMetrics(
   gauge('oe_federation_peer_rtt_seconds', 'Round-trip time to each connected peer.', ['peer'], (g, f) => {
     for (const peer of f.peers()) if (peer.rttMs !== null) g.set({ peer: peer.alias }, peer.rttMs / 1000)
   })
+  gauge(
+    'oe_federation_connections_refused',
+    'Connections the gate refused since start (unknown keys), every attempt.',
+    [],
+    (g, f) => {
+      g.set(f.refusedConnections())
+    },
+  )
   gauge('oe_federation_peers_connected', 'Peers currently connected.', [], (g, f) => {
     g.set(f.peers().filter((peer) => peer.state === 'connected').length)
   })

@@ -19,7 +19,15 @@ import {
   waitAgreementState,
   waitPeerState,
 } from './helpers/federation.ts'
-import { cleanupAll, type RunningNode, runCli, startNode, tempDir, waitFor } from './helpers/node-process.ts'
+import {
+  cleanupAll,
+  type RunningNode,
+  runCli,
+  scrapeMetric,
+  startNode,
+  tempDir,
+  waitFor,
+} from './helpers/node-process.ts'
 
 afterEach(cleanupAll)
 
@@ -109,6 +117,30 @@ describe('peering', () => {
     expect(await peerState(b, 'ay')).not.toBe('connected')
     expect((await auditEntries(a)).map((e) => e.type)).toContain('peer.removed')
   })
+})
+
+describe('a peer that is refused', () => {
+  // Regression: the dialling node counted a session the far side refused as connected, so its
+  // backoff never grew: it redialled about 4 times a second, forever, and the refusing node wrote
+  // an audit entry and a warn line for each (about 1.4 KB/s of audit log per stranger's key).
+  test('backs off, and the refusing node audits it once per interval, not once per attempt', async () => {
+    const [a, b] = await Promise.all([startOrg('A'), startOrg('B')])
+    // Only A adds B: B's gate refuses every connection from A.
+    await api(a, 'POST', '/v1/peers', { card: await cardOf(b), alias: 'bee' })
+    const aPeerId = (await api<{ peerId: string }>(a, 'GET', '/v1/status')).peerId
+    await waitFor(async () => (await refusalsOf(b, aPeerId)) > 0, 10_000, 'B to refuse A')
+    const first = Date.now()
+    const refused = () => scrapeMetric(b, 'oe_federation_connections_refused')
+    // Six more attempts at least, so the count below covers the backoff's growth.
+    await waitFor(async () => ((await refused()) ?? 0) >= 6, 30_000, 'A to try again')
+    const elapsedS = (Date.now() - first) / 1000
+    const attempts = (await refused()) ?? 0
+    // With backoff 0.25, 0.5, 1, 2, 4 s …, six attempts take about 8 s; without, about 1.5 s.
+    expect(elapsedS, `${attempts} attempts in ${elapsedS} s`).toBeGreaterThan(5)
+    // One audit entry for all of them (the rest are counted into one entry a minute).
+    expect(await refusalsOf(b, aPeerId)).toBe(1)
+    expect(await peerState(a, 'bee')).not.toBe('connected')
+  }, 60_000)
 })
 
 describe('agreement lifecycle', () => {
