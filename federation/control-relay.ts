@@ -35,7 +35,6 @@ import { refuseStream } from './refuse.ts'
 import type { AgreementRecord, PeerRecord } from './stores.ts'
 import { publicKeyObject } from './transfer.ts'
 
-
 export interface ControlRelayComponents {
   dataPlane: DataPlane
   logger: Logger
