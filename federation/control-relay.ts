@@ -15,6 +15,7 @@ import type { Signer } from './agreement.ts'
 import {
   CONTROL_PROTOCOL,
   checkControl,
+  commandTimeProblem,
   controlBytes,
   parseControlCommand,
   parseSendSubject,
@@ -159,7 +160,24 @@ export class ControlRelay {
       msg.nak(1_000)
       return
     }
-    const cmd = { id: chosen.id, kind, rid, command, payload: msg.data, at: Date.now() }
+    // When the application published it, not when it could be sent: the provider refuses a
+    // command held back too long (commandTimeProblem).
+    const at = Number(msg.timestampNanos / 1_000_000n)
+    const stale = commandTimeProblem(at)
+    if (stale) {
+      await this.components.audit.append('control.refused', {
+        peer: alias,
+        kind,
+        rid,
+        command,
+        by: 'us',
+        reason: stale,
+      })
+      await this.controlResult(alias, kind, rid, { command, ok: false, by: 'consumer', reason: stale })
+      msg.ack()
+      return
+    }
+    const cmd = { id: chosen.id, kind, rid, command, payload: msg.data, at }
     const sig = new Uint8Array(this.components.signer.sign(controlBytes(cmd)))
     const signal = AbortSignal.timeout(this.messageTimeoutMs)
     const stream = await host.openStream(peer.peerId, CONTROL_PROTOCOL, { signal })
@@ -222,6 +240,8 @@ export class ControlRelay {
       if (!cryptoVerify(null, controlBytes(cmd), publicKeyObject(record.doc.body.consumer.key), frame.sig)) {
         throw new BadSignatureError('the control command is not signed by the consumer')
       }
+      const stale = commandTimeProblem(cmd.at)
+      if (stale) throw new AgreementStateError(stale)
       const decision = checkControl(record, cmd.kind, cmd.rid, cmd.command, cmd.payload, Date.now(), {
         siteOf: this.components.siteOf,
       })

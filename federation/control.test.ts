@@ -18,6 +18,7 @@ import { decodeFederationCbor } from './canonical-cbor.ts'
 import {
   type ControlCommand,
   checkControl,
+  commandTimeProblem,
   controlBytes,
   parseControlCommand,
   parseSendSubject,
@@ -496,5 +497,19 @@ describe('controlBytes', () => {
     expect(verify(null, controlBytes(command), consumer.publicKey, signature)).toBe(true)
     expect(verify(null, controlBytes(command), provider.publicKey, signature)).toBe(false)
     expect(verify(null, controlBytes({ ...command, at: NOW + 1 }), consumer.publicKey, signature)).toBe(false)
+  })
+})
+
+describe('commandTimeProblem', () => {
+  const now = 1_800_000_000_000
+  it('takes a command issued within the last ten minutes or a minute ahead', () => {
+    expect(commandTimeProblem(now, now)).toBeUndefined()
+    expect(commandTimeProblem(now - 10 * 60_000, now)).toBeUndefined()
+    expect(commandTimeProblem(now + 60_000, now)).toBeUndefined()
+  })
+  it('refuses one held back longer, dated further ahead, or with no valid time', () => {
+    expect(commandTimeProblem(now - 10 * 60_000 - 1, now)).toMatch(/issued 600 s ago/)
+    expect(commandTimeProblem(now + 60_001, now)).toMatch(/ahead of this node's clock/)
+    expect(commandTimeProblem(Number.NaN, now)).toMatch(/no valid time/)
   })
 })

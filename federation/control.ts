@@ -125,6 +125,8 @@ export function checkControl(
   // A text-keyed map only: from a list, bytes or a map with other keys `v` and `until` could
   // not be read, and their checks would pass unseen.
   if (!isPlainMap(decoded)) return { ok: false, reason: 'the command payload is not a map' }
+  if (decoded.until !== undefined && (typeof decoded.until !== 'number' || !Number.isFinite(decoded.until)))
+    return { ok: false, reason: 'until must be a time in epoch milliseconds' }
   if (typeof decoded.until === 'number' && decoded.until < now)
     return { ok: false, reason: 'the command has expired (until is past)' }
   let refusal = ''
@@ -175,4 +177,23 @@ export function parseControlCommand(value: unknown): ControlCommand {
     )
   }
   return { id: raw.id, kind: raw.kind, rid: raw.rid, command: raw.command, payload: raw.payload, at: raw.at }
+}
+
+/** How old a command may be when the provider receives it (held through an outage, say). */
+export const CONTROL_MAX_AGE_MS = 10 * 60_000
+/** How far ahead of the provider's clock a command's time may be (clock skew). */
+export const CONTROL_MAX_SKEW_MS = 60_000
+
+/**
+ * Why a command issued at `at` (epoch ms: when the consumer's application published it) is too
+ * old or too far ahead to act on now, or undefined. A limit queued for hours while the link was
+ * down must not arrive looking fresh.
+ */
+export function commandTimeProblem(at: number, now = Date.now()): string | undefined {
+  if (!Number.isFinite(at)) return 'the command has no valid time'
+  if (at > now + CONTROL_MAX_SKEW_MS)
+    return `the command is dated ${Math.round((at - now) / 1000)} s ahead of this node's clock`
+  if (now - at > CONTROL_MAX_AGE_MS)
+    return `the command was issued ${Math.round((now - at) / 1000)} s ago, more than ${CONTROL_MAX_AGE_MS / 1000} s`
+  return undefined
 }

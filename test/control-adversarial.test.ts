@@ -121,13 +121,15 @@ async function command(
     extra?: Record<string, unknown>
     signer?: NodeIdentity
     alter?: (cmd: ControlCommand) => ControlCommand
+    /** When the command says it was issued (default now). */
+    at?: number
   } = {},
 ): Promise<Sent> {
   const tag = options.tag ?? newTag(name)
   const payload = new Uint8Array(
     encodeCbor({ v, u: 'W', until: Date.now() + 3_600_000, source: tag, ...options.extra }),
   )
-  const cmd: ControlCommand = { id, kind, rid, command: name, payload, at: Date.now() }
+  const cmd: ControlCommand = { id, kind, rid, command: name, payload, at: options.at ?? Date.now() }
   const signer = options.signer ?? rogue.identity
   const sig = new Uint8Array(sign(null, controlBytes(cmd), signer.privateKeyObject))
   const sent = options.alter ? options.alter(cmd) : cmd
@@ -265,6 +267,18 @@ describe('commands beyond the grant’s bounds', () => {
     await expectRefused(refused[1]!, 'AgreementStateError', /v -5 is below the bound 0/)
     await expectRefused(refused[2]!, 'AgreementStateError', /limit_power needs a numeric v/)
     await expectRefused(refused[3]!, 'AgreementStateError', /the command has expired/)
+    await expectPublishedOnly(await validCommand(), refused)
+  })
+
+  test('issued an hour ago (held back through an outage), dated ahead, or with an until that is not a time: refused', async () => {
+    const refused = [
+      await command(ids.active, 'evse', 'CP1-1', 'limit_power', 7_400, { at: Date.now() - 3_600_000 }),
+      await command(ids.active, 'evse', 'CP1-1', 'limit_power', 7_400, { at: Date.now() + 3_600_000 }),
+      await command(ids.active, 'evse', 'CP1-1', 'limit_power', 7_400, { extra: { until: 'never' } }),
+    ]
+    await expectRefused(refused[0]!, 'AgreementStateError', /issued 3600 s ago/)
+    await expectRefused(refused[1]!, 'AgreementStateError', /ahead of this node's clock/)
+    await expectRefused(refused[2]!, 'AgreementStateError', /until must be a time/)
     await expectPublishedOnly(await validCommand(), refused)
   })
 })
