@@ -24,6 +24,16 @@ export * from './errors.ts'
 export { FixedHeader } from './fixed-header.ts'
 export * from './model.ts'
 export {
+  MqttAuthCallout,
+  type MqttAuthorizer,
+  type MqttConnectRequest,
+  type MqttGrant,
+  mqttFilterToSubjects,
+  mqttTopicToSubject,
+} from './mqtt-auth.ts'
+export {
+  type EmbeddedMqtt,
+  type EmbeddedMqttInit,
   EmbeddedNatsServer,
   type EmbeddedNatsServerInit,
   type EmbeddedNatsServerState,

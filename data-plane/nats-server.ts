@@ -3,6 +3,11 @@
  * in config, or on PATH), writes its config (loopback only, user/password auth, JetStream store
  * under the data dir), starts it, waits until it is ready, restarts it with backoff if it dies,
  * and stops it cleanly.
+ *
+ * With `mqtt`, the server also runs its MQTT listener (it needs JetStream and a server name,
+ * both always set here). MQTT clients are then decided by an authorization callout: the node's
+ * own user is exempt, every other connection is put to the callout service (mqtt-auth.ts), whose
+ * answers must be signed by the account key generated here, once per process.
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
@@ -10,6 +15,7 @@ import { chmod, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
+import { createAccount, type KeyPair } from '@nats-io/nkeys'
 import { embeddedNatsServerPath } from './embedded-nats.ts'
 import { NatsServerNotFoundError, NatsServerStartError, NatsServerVersionError } from './errors.ts'
 
@@ -35,6 +41,26 @@ export interface EmbeddedNatsServerInit {
   maxMemoryStore?: number
   maxFileStore?: number
   readyTimeoutMs?: number
+  /** Run nats-server's MQTT listener too (off without this). */
+  mqtt?: EmbeddedMqttInit
+}
+
+export interface EmbeddedMqttInit {
+  /** `HOST:PORT` (port 0 picks a free one, kept across restarts). */
+  listen: string
+  /** PEM certificate and key files: clients then connect with TLS (`mqtts://`). */
+  tls?: { cert: string; key: string }
+}
+
+/** The MQTT listener of a running embedded server, and the key its authorization callout signs with. */
+export interface EmbeddedMqtt {
+  /** `mqtt://HOST:PORT`, or `mqtts://` with TLS. */
+  url: string
+  host: string
+  port: number
+  tls: boolean
+  /** Account key whose public half the server trusts as the callout issuer. */
+  issuer: KeyPair
 }
 
 export interface EmbeddedNatsServerComponents {
@@ -155,6 +181,41 @@ async function processGone(pid: number): Promise<boolean> {
 
 const quote = (text: string): string => JSON.stringify(text)
 
+/** `HOST:PORT` or `[IPv6]:PORT`. */
+function splitHostPort(listen: string): { host: string; port: number } {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(listen)
+  const port = Number(match?.[3])
+  if (!match || port > 65_535)
+    throw new NatsServerStartError(`the MQTT listen address '${listen}' is not HOST:PORT`)
+  return { host: match[1] ?? match[2]!, port }
+}
+
+async function prepareMqtt(init: EmbeddedMqttInit): Promise<EmbeddedMqtt> {
+  const { host, port } = splitHostPort(init.listen)
+  const chosen = port > 0 ? port : await freePort(host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host)
+  const tls = init.tls !== undefined
+  const shown = host.includes(':') ? `[${host}]` : host
+  return {
+    url: `${tls ? 'mqtts' : 'mqtt'}://${shown}:${chosen}`,
+    host,
+    port: chosen,
+    tls,
+    issuer: createAccount(),
+  }
+}
+
+function mqttBlock(mqtt: EmbeddedMqtt, init: EmbeddedMqttInit): string[] {
+  const host = mqtt.host.includes(':') ? `[${mqtt.host}]` : mqtt.host
+  return [
+    'mqtt {',
+    `  listen: ${quote(`${host}:${mqtt.port}`)}`,
+    ...(init.tls
+      ? ['  tls {', `    cert_file: ${quote(init.tls.cert)}`, `    key_file: ${quote(init.tls.key)}`, '  }']
+      : []),
+    '}',
+  ]
+}
+
 export class EmbeddedNatsServer {
   private child: ChildProcess | undefined
   private stopping = false
@@ -165,6 +226,7 @@ export class EmbeddedNatsServer {
   private credentialsValue: NatsCredentials | undefined
   private stateValue: EmbeddedNatsServerState = { status: 'stopped' }
   private lastOutput: string[] = []
+  private mqttValue: EmbeddedMqtt | undefined
   restarts = 0
 
   constructor(
@@ -194,6 +256,11 @@ export class EmbeddedNatsServer {
     return this.executablePath
   }
 
+  /** The MQTT listener, when `mqtt` was given and the server has started. */
+  get mqtt(): EmbeddedMqtt | undefined {
+    return this.mqttValue
+  }
+
   async start(options: { signal?: AbortSignal } = {}): Promise<void> {
     if (this.stateValue.status !== 'stopped') return
     this.stopping = false
@@ -207,6 +274,7 @@ export class EmbeddedNatsServer {
       await this.killOrphan()
       this.credentialsValue = await loadOrCreateCredentials(dir)
       this.portInUse = this.init.port && this.init.port > 0 ? this.init.port : await freePort()
+      if (this.init.mqtt && !this.mqttValue) this.mqttValue = await prepareMqtt(this.init.mqtt)
       await this.writeConfig()
       await this.spawnAndWait(options.signal)
       this.components.logger.info(
@@ -260,7 +328,17 @@ export class EmbeddedNatsServer {
       '}',
       'authorization {',
       `  users: [ { user: ${quote(credentials.user)}, password: ${quote(credentials.password)} } ]`,
+      ...(this.mqttValue
+        ? [
+            // Everyone but the node itself (MQTT clients) is decided by the callout service.
+            '  auth_callout {',
+            `    issuer: ${quote(this.mqttValue.issuer.getPublicKey())}`,
+            `    auth_users: [ ${quote(credentials.user)} ]`,
+            '  }',
+          ]
+        : []),
       '}',
+      ...(this.mqttValue ? mqttBlock(this.mqttValue, this.init.mqtt!) : []),
       '',
     ]
     await writeFile(this.configPath, lines.join('\n'), { mode: 0o600 })

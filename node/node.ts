@@ -10,6 +10,7 @@ import {
   connectDataPlane,
   DataPlane,
   EmbeddedNatsServer,
+  MqttAuthCallout,
   type RetentionLimits,
   redactUrl,
 } from '../data-plane/index.ts'
@@ -18,6 +19,8 @@ import {
   builtinPlugins,
   PluginConfigError,
   PluginHost,
+  type PluginHostMqtt,
+  type PluginNeeds,
   type PluginStatus,
   validatePluginConfig,
 } from '../plugins/index.ts'
@@ -130,8 +133,17 @@ export class OeNode {
     const log = this.components.logger
     try {
       // Plugin config is part of the config: a bad slice stops the start before anything runs.
+      let mqttNeed: PluginNeeds['mqtt']
       try {
-        validatePluginConfig(config.plugins, builtinPlugins)
+        for (const { definition, config: slice } of validatePluginConfig(config.plugins, builtinPlugins)) {
+          const needs = definition.needs?.(slice)
+          if (needs?.mqtt && !mqttNeed) mqttNeed = needs.mqtt
+          else if (needs?.mqtt && needs.mqtt.listen !== mqttNeed?.listen)
+            log.warn(
+              { plugin: definition.id, listen: needs.mqtt.listen, using: mqttNeed?.listen },
+              'one MQTT listener per node: this plugin shares the first one',
+            )
+        }
       } catch (error) {
         if (error instanceof PluginConfigError) throw new ConfigError(error.issues)
         throw error
@@ -159,6 +171,7 @@ export class OeNode {
             executable: config.nats.server_bin,
             maxMemoryStore: config.nats.max_memory_store,
             maxFileStore: config.nats.max_file_store,
+            ...(mqttNeed ? { mqtt: mqttNeed } : {}),
           },
           {
             logger: log.child({ component: 'nats-server' }),
@@ -221,6 +234,23 @@ export class OeNode {
       this.federationValue = federation
       this.stopSteps.push(() => federation.stop())
 
+      // MQTT clients of plugins are decided by the node's callout service on the embedded server.
+      let mqtt: PluginHostMqtt | undefined
+      const embeddedMqtt = this.embedded?.mqtt
+      if (embeddedMqtt) {
+        const callout = new MqttAuthCallout(
+          { issuer: embeddedMqtt.issuer },
+          { connection, logger: log.child({ component: 'mqtt-auth' }) },
+        )
+        await callout.start()
+        this.stopSteps.push(() => callout.stop())
+        mqtt = { url: embeddedMqtt.url, callout }
+      } else if (mqttNeed) {
+        mqtt = {
+          unavailable:
+            'the node uses an external NATS (--nats-url): enable MQTT on that cluster (mqtt { listen }, with its own authorization)',
+        }
+      }
       const plugins = new PluginHost(
         { config: config.plugins, dir: this.paths.plugins },
         {
@@ -228,6 +258,7 @@ export class OeNode {
           logger: log.child({ component: 'plugins' }),
           registry: this.metrics.registry,
           definitions: builtinPlugins,
+          ...(mqtt ? { mqtt } : {}),
         },
       )
       this.pluginHost = plugins

@@ -68,6 +68,113 @@ export interface PluginDataPlane {
     quantities: readonly string[],
     options: { since: number; max?: number; signal?: AbortSignal },
   ): Promise<TelemetryRecord[]>
+  /**
+   * MQTT on the node's own data plane (nats-server's MQTT listener), for plugins that notify
+   * outside clients over MQTT. The host always provides it; optional for in-memory harnesses.
+   */
+  mqtt?: PluginMqtt
+  /**
+   * Receive events of these kinds and types (`oe.evt.<kind>.<rid>.<type>`, from any plugin or
+   * client), at least once, in order, those published while the plugin was down too (a durable
+   * consumer per selector, from the first start on). The handler's promise settles the event:
+   * resolve to acknowledge it, reject to have it redelivered. The host always provides it;
+   * optional for in-memory harnesses.
+   */
+  onEvent?(selector: EventSelector, handler: (message: EventMessage) => Promise<void>): void
+  /**
+   * The standing data of these kinds (KV `oe-resources`): resolves once every current resource
+   * was handed to `handler`; changes follow as they happen (in order, one at a time) until
+   * the plugin stops. A deleted resource comes as `resource: undefined`. The host always
+   * provides it; optional for in-memory harnesses.
+   */
+  watchResources?(
+    kinds: readonly ResourceKind[],
+    handler: (change: ResourceChange) => Promise<void> | void,
+    options?: { signal?: AbortSignal },
+  ): Promise<void>
+  /**
+   * Ask whoever answers token authorisations on the node (e.g. the OCPI plugin, from the
+   * tokens eMSPs pushed) whether a driver's token may charge here. Resolves `Unknown` when no
+   * one answers in time. For plugins that admit drivers (OCPP Authorize / StartTransaction).
+   */
+  authorizeToken?(
+    request: TokenAuthorizationRequest,
+    options?: { timeoutMs?: number; signal?: AbortSignal },
+  ): Promise<TokenAuthorization>
+  /** Answer token authorisations (one answerer per request when several replicas answer). */
+  answerTokenAuthorization?(
+    handler: (request: TokenAuthorizationRequest) => Promise<TokenAuthorization>,
+  ): void
+}
+
+/** An event on `oe.evt.<kind>.<rid>.<type>`, decoded. */
+export interface EventMessage {
+  kind: ResourceKind
+  rid: string
+  type: string
+  payload: Record<string, unknown>
+}
+
+export interface EventSelector {
+  kinds: ResourceKind[]
+  types: string[]
+}
+
+/** A change of standing data; `resource` is undefined when it was deleted. */
+export interface ResourceChange {
+  kind: ResourceKind
+  rid: string
+  resource: Resource | undefined
+}
+
+/** A driver's token read at a charger (OCPP idTag / idToken), to be authorised. */
+export interface TokenAuthorizationRequest {
+  token: string
+  /** The token's type as the charger gave it (OCPP `ISO14443`, `Central`, … or OCPI `RFID`, …). */
+  type?: string
+  /** Where: the station or EVSE resource. */
+  kind: ResourceKind
+  rid: string
+}
+
+export interface TokenAuthorization {
+  status: 'Accepted' | 'Blocked' | 'Expired' | 'Invalid' | 'Unknown'
+  /** The plugin that decided. */
+  by?: string
+  /** A reference the decider wants on the session (OCPI `authorization_reference`). */
+  reference?: string
+  /** Until when the answer may be reused, epoch ms. */
+  until?: number
+}
+
+/** What a connecting MQTT client presented. */
+export interface MqttClientCredentials {
+  username: string
+  password: string
+  /** The MQTT client identifier. */
+  clientId: string
+}
+
+/**
+ * A plugin's MQTT topics: `<plugin id>/…`, levels of letters, digits, `_` and `-` (they are
+ * NATS subjects with `/` for `.`). MQTT clients only ever subscribe; they publish nothing.
+ */
+export interface PluginMqtt {
+  /** Where MQTT clients connect (`mqtt://HOST:PORT` or `mqtts://`); undefined without a listener. */
+  readonly url: string | undefined
+  /** Why there is no listener (e.g. the node uses an external NATS), when there is none. */
+  readonly unavailable?: string
+  /** Publish to this topic's MQTT subscribers (at most once, QoS 0). */
+  publish(topic: string, payload: Uint8Array): void
+  /**
+   * Decide who may connect: answer the topic filters (`<plugin id>/…`, `+` and a final `#`
+   * allowed) the client may subscribe to and until when, or a reason to refuse.
+   */
+  authorize(
+    decide: (
+      client: MqttClientCredentials,
+    ) => Promise<{ subscribe: string[]; expiresAt?: number; name?: string } | { refused: string }>,
+  ): void
 }
 
 /**
@@ -123,12 +230,20 @@ export interface PluginInstance {
   actions?: Record<string, (input: Record<string, unknown>) => Promise<unknown>>
 }
 
+/** What a plugin needs from the node's data plane before it starts (asked before NATS starts). */
+export interface PluginNeeds {
+  /** nats-server's MQTT listener on `HOST:PORT` (with TLS from these PEM files). */
+  mqtt?: { listen: string; tls?: { cert: string; key: string } }
+}
+
 export interface PluginDefinition<Schema extends z.ZodType = z.ZodType> {
   id: string
   version: string
   description: string
   configSchema: Schema
   create(ctx: PluginContext<z.output<Schema>>): PluginInstance | Promise<PluginInstance>
+  /** What this configuration needs from the data plane (the node provides it when it can). */
+  needs?(config: z.output<Schema>): PluginNeeds
 }
 
 export function definePlugin<Schema extends z.ZodType>(

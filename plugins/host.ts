@@ -6,7 +6,7 @@
 import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { AckPolicy, DeliverPolicy, type JsMsg } from '@nats-io/jetstream'
-import { Kvm } from '@nats-io/kv'
+import { type KV, Kvm, KvWatchInclude } from '@nats-io/kv'
 import { nanos } from '@nats-io/nats-core'
 import { Counter, Gauge, type Registry } from 'prom-client'
 import {
@@ -17,8 +17,12 @@ import {
   isResourceId,
   isResourceKind,
   type Logger,
+  type MqttAuthorizer,
+  mqttTopicToSubject,
   parseResource,
   parseTelemetryRecord,
+  RESOURCES_BUCKET,
+  type Resource,
   type ResourceKind,
   subjects,
   type TelemetryRecord,
@@ -26,15 +30,23 @@ import {
 import type {
   ControlMessage,
   ControlSelector,
+  EventMessage,
+  EventSelector,
   PluginDataPlane,
   PluginDefinition,
   PluginInstance,
   PluginMetrics,
+  PluginMqtt,
   PluginStore,
+  ResourceChange,
+  TokenAuthorization,
+  TokenAuthorizationRequest,
 } from './api.ts'
 import { PluginConfigError, PluginError } from './errors.ts'
 
 const STORE_NAME = /^[a-z0-9][a-z0-9-]{0,31}$/
+/** Core NATS subject of token authorisation requests (request/reply, not stored). */
+const TOKEN_AUTH_SUBJECT = 'oe.auth.token'
 const SUBJECT_TOKEN = /^[A-Za-z0-9_-]{1,64}$/
 /** JetStream KV keys: no leading/trailing dot, no empty tokens. */
 const STORE_KEY = /^[-/_=a-zA-Z0-9]+(?:\.[-/_=a-zA-Z0-9]+)*$/
@@ -51,7 +63,18 @@ export interface PluginHostComponents {
   logger: Logger
   registry: Registry
   definitions: readonly PluginDefinition[]
+  /** The data plane's MQTT listener, if the node runs one (else why not). */
+  mqtt?: PluginHostMqtt
 }
+
+export interface PluginHostMqtt {
+  url?: string
+  unavailable?: string
+  /** Decides connecting MQTT clients (the embedded server's authorization callout). */
+  callout?: { setAuthorizer(authorizer: MqttAuthorizer | undefined): void }
+}
+
+type MqttDecide = Parameters<PluginMqtt['authorize']>[0]
 
 export interface PluginStatus {
   id: string
@@ -116,6 +139,7 @@ export function validatePluginConfig(
 
 export class PluginHost {
   private readonly running: Running[] = []
+  private readonly mqttDeciders: { id: string; decide: MqttDecide }[] = []
 
   constructor(
     private readonly init: PluginHostInit,
@@ -156,6 +180,8 @@ export class PluginHost {
   }
 
   async stop(): Promise<void> {
+    this.components.mqtt?.callout?.setAuthorizer(undefined)
+    this.mqttDeciders.length = 0
     while (this.running.length > 0) {
       const entry = this.running.pop()!
       entry.abort.abort()
@@ -287,7 +313,59 @@ export class PluginHost {
         ])
       },
       readTelemetry: (kind, rid, quantities, options) => this.readTelemetry(kind, rid, quantities, options),
+      mqtt: this.mqtt(id),
+      onEvent: (selector, handler) => {
+        entry.setups.push(this.consumeEvents(entry, logger, selector, handler))
+      },
+      watchResources: (kinds, handler, options) =>
+        this.watchResources(entry, logger, kinds, handler, options),
+      authorizeToken: (request, options) => this.authorizeToken(request, options),
+      answerTokenAuthorization: (handler) => this.answerTokenAuthorization(entry, logger, handler),
     }
+  }
+
+  /** A plugin's MQTT: topics under `<id>/` only, so no client reaches the node's own subjects. */
+  private mqtt(id: string): PluginMqtt {
+    const { dataPlane } = this.components
+    const mqtt = this.components.mqtt
+    const own = (topic: string) => topic === `${id}/#` || topic.startsWith(`${id}/`)
+    return {
+      url: mqtt?.url,
+      ...(mqtt?.unavailable ? { unavailable: mqtt.unavailable } : {}),
+      publish: (topic, payload) => {
+        if (!own(topic)) throw new PluginError(id, `MQTT topic '${topic}' is not under '${id}/'`)
+        dataPlane.connection.publish(mqttTopicToSubject(topic), payload)
+      },
+      authorize: (decide) => {
+        this.mqttDeciders.push({ id, decide })
+        mqtt?.callout?.setAuthorizer((request) => this.authorizeMqtt(request))
+      },
+    }
+  }
+
+  /** The first plugin that grants a client decides; a grant outside its own topics is refused. */
+  private async authorizeMqtt(
+    request: Parameters<MqttAuthorizer>[0],
+  ): Promise<Awaited<ReturnType<MqttAuthorizer>>> {
+    let refusal = 'no plugin knows this client'
+    for (const { id, decide } of this.mqttDeciders) {
+      const decision = await decide({
+        username: request.username,
+        password: request.password,
+        clientId: request.clientId,
+      }).catch((error: Error) => ({ refused: error.message }))
+      if ('refused' in decision) {
+        refusal = decision.refused
+        continue
+      }
+      const outside = decision.subscribe.filter((topic) => topic !== `${id}/#` && !topic.startsWith(`${id}/`))
+      if (outside.length > 0) {
+        this.components.logger.error({ plugin: id, outside }, 'plugin granted MQTT topics outside its own')
+        return { refused: 'misconfigured grant' }
+      }
+      return decision
+    }
+    return { refused: refusal }
   }
 
   /** Readings of one resource from OE_TEL, through an ordered consumer that starts near `since`. */
@@ -411,5 +489,159 @@ export class PluginHost {
         msg.nak(5_000)
       }
     }
+  }
+
+  /** Events of a selector through a durable consumer of OE_EVT (one per plugin and selector). */
+  private async consumeEvents(
+    entry: Running,
+    logger: Logger,
+    selector: EventSelector,
+    handler: (message: EventMessage) => Promise<void>,
+  ): Promise<void> {
+    const { dataPlane } = this.components
+    const id = entry.definition.id
+    if (
+      selector.kinds.some((kind) => !isResourceKind(kind)) ||
+      selector.types.some((type) => !SUBJECT_TOKEN.test(type))
+    )
+      throw new PluginError(id, `event selector ${JSON.stringify(selector)}: not valid kinds and types`)
+    const filters = selector.kinds.flatMap((kind) => selector.types.map((type) => `oe.evt.${kind}.*.${type}`))
+    // Names are tokens; a digest keeps long selectors apart after the cut.
+    const digest = Bun.hash(filters.join(',')).toString(36)
+    const name = `oe-plugin-${id}-evt-${selector.kinds.join('-')}-${selector.types.join('-')}`.slice(0, 100)
+    const durable = `${name}-${digest}`
+    const config = {
+      durable_name: durable,
+      filter_subjects: filters,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.New,
+      ack_wait: nanos(30_000),
+    }
+    await dataPlane.manager.consumers.add('OE_EVT', config).catch(async () => {
+      await dataPlane.manager.consumers.update('OE_EVT', durable, { filter_subjects: filters })
+    })
+    const consumer = await dataPlane.jetstream.consumers.get('OE_EVT', durable)
+    const messages = await consumer.consume({ max_messages: 64 })
+    entry.closers.push(() => closeConsumerMessages(messages))
+    void (async () => {
+      for await (const msg of messages) {
+        const [, , kind, rid, type] = msg.subject.split('.')
+        let payload: Record<string, unknown>
+        try {
+          const decoded = decodeCbor(msg.data)
+          payload =
+            decoded !== null && typeof decoded === 'object' ? (decoded as Record<string, unknown>) : {}
+        } catch {
+          msg.term()
+          continue
+        }
+        try {
+          await handler({ kind: kind as ResourceKind, rid: rid!, type: type!, payload })
+          msg.ack()
+        } catch (error) {
+          logger.warn(
+            { subject: msg.subject, err: (error as Error).message },
+            'event handling failed: will retry',
+          )
+          msg.nak(5_000)
+        }
+      }
+    })().catch((error: Error) => logger.error({ err: error.message }, 'event subscription failed'))
+  }
+
+  /** Standing data of some kinds: what is there now, then every change (KV watch). */
+  private async watchResources(
+    entry: Running,
+    logger: Logger,
+    kinds: readonly ResourceKind[],
+    handler: (change: ResourceChange) => Promise<void> | void,
+    options: { signal?: AbortSignal } = {},
+  ): Promise<void> {
+    const id = entry.definition.id
+    if (kinds.length === 0 || kinds.some((kind) => !isResourceKind(kind)))
+      throw new PluginError(id, `watchResources: not valid kinds: ${kinds.join(', ')}`)
+    const kv: KV = await new Kvm(this.components.dataPlane.jetstream).open(RESOURCES_BUCKET)
+    const filters = kinds.map((kind) => `${kind}.*`)
+    const change = (key: string, value: Uint8Array | undefined): ResourceChange => {
+      const dot = key.indexOf('.')
+      const resource = value && value.length > 0 ? (decodeCbor(value) as Resource) : undefined
+      return { kind: key.slice(0, dot) as ResourceKind, rid: key.slice(dot + 1), resource }
+    }
+    // Watch first, then list: a change during the listing is handed over twice, never missed.
+    const watcher = await kv.watch({ key: filters, include: KvWatchInclude.UpdatesOnly })
+    const stop = async () => {
+      watcher.stop()
+    }
+    entry.closers.push(stop)
+    options.signal?.addEventListener('abort', () => void stop(), { once: true })
+    const keys: string[] = []
+    for await (const key of await kv.keys(filters)) keys.push(key)
+    for (let i = 0; i < keys.length; i += 64) {
+      const chunk = keys.slice(i, i + 64)
+      const entries = await Promise.all(chunk.map((key) => kv.get(key)))
+      for (const [index, item] of entries.entries()) {
+        if (item?.operation === 'PUT') await handler(change(chunk[index]!, item.value))
+      }
+    }
+    void (async () => {
+      for await (const item of watcher) {
+        try {
+          await handler(change(item.key, item.operation === 'PUT' ? item.value : undefined))
+        } catch (error) {
+          logger.warn({ key: item.key, err: (error as Error).message }, 'standing-data change not handled')
+        }
+      }
+    })().catch((error: Error) => logger.error({ err: error.message }, 'standing-data watch failed'))
+  }
+
+  /** Core NATS request to whoever answers `oe.auth.token` (queue group: one answer). */
+  private async authorizeToken(
+    request: TokenAuthorizationRequest,
+    options: { timeoutMs?: number; signal?: AbortSignal } = {},
+  ): Promise<TokenAuthorization> {
+    options.signal?.throwIfAborted()
+    try {
+      const reply = await this.components.dataPlane.connection.request(
+        TOKEN_AUTH_SUBJECT,
+        encodeCbor(request),
+        {
+          timeout: options.timeoutMs ?? 5_000,
+        },
+      )
+      const answer = decodeCbor(reply.data) as TokenAuthorization
+      return typeof answer?.status === 'string' ? answer : { status: 'Unknown' }
+    } catch {
+      // No answerer, or none in time.
+      return { status: 'Unknown' }
+    }
+  }
+
+  private answerTokenAuthorization(
+    entry: Running,
+    logger: Logger,
+    handler: (request: TokenAuthorizationRequest) => Promise<TokenAuthorization>,
+  ): void {
+    const subscription = this.components.dataPlane.connection.subscribe(TOKEN_AUTH_SUBJECT, {
+      queue: 'oe-auth',
+      callback: (error, msg) => {
+        if (error) return
+        void (async () => {
+          let answer: TokenAuthorization = { status: 'Unknown' }
+          try {
+            const request = decodeCbor(msg.data) as TokenAuthorizationRequest
+            if (
+              typeof request?.token === 'string' &&
+              isResourceKind(request.kind) &&
+              isResourceId(request.rid)
+            )
+              answer = await handler(request)
+          } catch (failure) {
+            logger.warn({ err: (failure as Error).message }, 'token authorisation failed')
+          }
+          msg.respond(encodeCbor({ ...answer, by: answer.by ?? entry.definition.id }))
+        })()
+      },
+    })
+    entry.closers.push(async () => subscription.unsubscribe())
   }
 }

@@ -13,6 +13,7 @@ export {
   PluginHost,
   type PluginHostComponents,
   type PluginHostInit,
+  type PluginHostMqtt,
   type PluginStatus,
   validatePluginConfig,
 } from './host.ts'

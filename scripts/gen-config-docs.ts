@@ -131,6 +131,17 @@ const DOCS: Record<string, KeyDoc> = {
     meaning: 'attempts per webhook notification, with back-off 1 s, 2 s, 4 s … up to 60 s',
   },
   'openadr-vtn.webhook_timeout': { meaning: 'time per webhook attempt', type: 'duration' },
+  'openadr-vtn.mqtt_listen': {
+    meaning:
+      "MQTT notifier binding (3.1.0): nats-server's MQTT listener on the embedded data plane; VENs log in with their client id and bearer token and may only subscribe to their own topics. With `--nats-url`, enable MQTT on that cluster instead",
+    type: 'HOST:PORT',
+    default: 'unset (off)',
+  },
+  'openadr-vtn.mqtt_tls_cert': {
+    meaning: 'PEM certificate (chain) for MQTT over TLS (`mqtts://`)',
+    type: 'path',
+  },
+  'openadr-vtn.mqtt_tls_key': { meaning: 'PEM private key for `mqtt_tls_cert`', type: 'path' },
   'openadr-ven.enabled': { meaning: "follow a utility's VTN as a VEN" },
   'openadr-ven.vtn_url': { meaning: "base URL of the VTN's API, e.g. `https://vtn.example/openadr3/3.1.0`" },
   'openadr-ven.client_id': { meaning: 'the OAuth2 client id the VTN issued' },

@@ -3,18 +3,29 @@
  * operation refuses a missing, unknown or expired token; every write refuses malformed bodies,
  * wrong types and missing required fields; requests generated from the documents' schemas get
  * answers the documents allow; lenient reading (nulls, unknown fields, offsets); the body bound;
- * wrong roles and other VENs' objects. Every answer is checked against the document, and the
- * node stays ready throughout.
+ * wrong roles and other VENs' objects. A request corpus generated from the documents (every
+ * operation with a body, every body schema and `oneOf` alternative, minimal and full valid
+ * instances and invalid ones made from them; every query parameter, valid and invalid; every
+ * path id) is sent end to end: valid requests are carried out, invalid ones refused with 400.
+ * Every answer is checked against the document, and the node stays ready throughout.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { freePort } from '../data-plane/index.ts'
 import { contractFor, OPENADR_VERSIONS, type OpenAdrVersion } from '../plugins/openadr/contract.ts'
 import { type AnyJson, RawOpenAdrClient } from '../plugins/openadr/testing.ts'
 import { cleanupAll, type RunningNode, startNode } from './helpers/node-process.ts'
+import { type BodyInstance, bodyCorpus, queryCorpus } from './helpers/openadr-corpus.ts'
 
 let node: RunningNode
 let base: string
-const SECRETS = { bl: 'bl-secret-123', ven1: 'ven1-secret-123', ven2: 'ven2-secret-123' }
+const SECRETS = {
+  bl: 'bl-secret-123',
+  ven1: 'ven1-secret-123',
+  ven2: 'ven2-secret-123',
+  /** The corpus' VEN (owns a ven, a resource, reports) and one that registers and is removed again. */
+  cven: 'cven-secret-123',
+  cven2: 'cven2-secret-123',
+}
 
 beforeAll(async () => {
   const port = await freePort()
@@ -247,6 +258,236 @@ describe.each(OPENADR_VERSIONS)('OpenADR %s', (version) => {
     await expectAnswer(bl, 'GET', `/subscriptions/${subscriptionID}`, 200)
     await expectAnswer(ven1, 'DELETE', `/subscriptions/${subscriptionID}`, 200)
     await expectAnswer(bl, 'DELETE', `/vens/${venID}`, 200)
+    await ready()
+  })
+})
+
+/** Ids of objects the corpus' requests refer to, per version. */
+interface CorpusObjects {
+  programID: string
+  eventID: string
+  venID: string
+  resourceID: string
+  reportID: string
+  subscriptionID: string
+}
+
+let unique = 0
+
+/**
+ * Make a generated body refer to objects that exist and use names nobody has (ids, names and
+ * callback URLs from the document's examples would collide or point off this machine).
+ */
+function fix(body: unknown, objects: CorpusObjects, variant: string): unknown {
+  if (Array.isArray(body)) return body.map((item) => fix(item, objects, variant))
+  if (body === null || typeof body !== 'object') return body
+  const out: Record<string, unknown> = {}
+  for (const [key, value] of Object.entries(body)) {
+    unique += 1
+    if (typeof value !== 'string') out[key] = fix(value, objects, variant)
+    else if (key === 'programID') out[key] = objects.programID
+    else if (key === 'eventID') out[key] = objects.eventID
+    else if (key === 'venID') out[key] = objects.venID
+    else if (key === 'clientID')
+      out[key] = variant.startsWith('Bl') && variant.includes('Ven') ? `corpus-client-${unique}` : 'cven'
+    else if (['programName', 'venName', 'resourceName'].includes(key)) out[key] = `${value}-${unique}`
+    else if (key === 'callbackUrl') out[key] = 'http://127.0.0.1:9/corpus'
+    else out[key] = value
+  }
+  return out
+}
+
+describe.each(OPENADR_VERSIONS)('request corpus of OpenADR %s', (version) => {
+  const contract = contractFor(version)
+  const objects = {} as CorpusObjects
+  const pathOf = (template: string, venID = objects.venID) =>
+    template.replace(/\{([^}]+)\}/g, (_all, name: string) =>
+      name === 'venID' ? venID : ((objects as unknown as Record<string, string>)[name] ?? 'some-id'),
+    )
+
+  beforeAll(async () => {
+    const bl = client('bl', version)
+    const cven = client('cven', version)
+    await Promise.all([bl.login(), cven.login()])
+    const post = async (who: RawOpenAdrClient, path: string, body: unknown) => {
+      const answer = await expectAnswer(who, 'POST', path, 201, { body })
+      return (answer.body as { id: string }).id
+    }
+    objects.programID = await post(bl, '/programs', { programName: `corpus-${version}` })
+    objects.eventID = await post(bl, '/events', {
+      programID: objects.programID,
+      intervals: [{ id: 0, payloads: [{ type: 'PRICE', values: [0.1] }] }],
+    })
+    objects.venID = await post(
+      cven,
+      '/vens',
+      version === '3.1.0'
+        ? { objectType: 'VEN_VEN_REQUEST', venName: `corpus-ven-${version}` }
+        : { venName: `corpus-ven-${version}` },
+    )
+    objects.resourceID = await post(
+      cven,
+      version === '3.1.0' ? '/resources' : `/vens/${objects.venID}/resources`,
+      version === '3.1.0'
+        ? { objectType: 'VEN_RESOURCE_REQUEST', resourceName: 'corpus-resource', venID: objects.venID }
+        : { resourceName: 'corpus-resource' },
+    )
+    objects.reportID = await post(cven, '/reports', {
+      programID: objects.programID,
+      eventID: objects.eventID,
+      clientName: 'corpus',
+      resources: [],
+    })
+    objects.subscriptionID = await post(bl, '/subscriptions', {
+      clientName: 'corpus',
+      programID: objects.programID,
+      objectOperations: [
+        { objects: ['EVENT'], operations: ['CREATE'], callbackUrl: 'http://127.0.0.1:9/corpus' },
+      ],
+    })
+  })
+
+  afterAll(async () => {
+    const bl = client('bl', version)
+    await bl.login()
+    await bl.delete(`/vens/${objects.venID}`)
+  })
+
+  /** Who sends a body: VENs write reports and their own vens and resources, BL the rest. */
+  const senderOf = (operationId: string, variant: string): keyof typeof SECRETS =>
+    operationId.endsWith('Report') ||
+    variant.startsWith('Ven') ||
+    (version === '3.0.1' && operationId === 'createVen')
+      ? operationId === 'createVen'
+        ? 'cven2'
+        : 'cven'
+      : 'bl'
+
+  const withBody = contract.operations.filter((operation) => operation.requestType === 'application/json')
+
+  /**
+   * The corpus of an operation with ids fixed. A mutation the document still accepts (a value of
+   * another type a `oneOf` allows, say) is no invalid instance: it is left out.
+   */
+  const corpusOf = (operation: (typeof withBody)[number]) =>
+    bodyCorpus(contract, operation)!
+      .instances.map((instance) => ({ ...instance, body: fix(instance.body, objects, instance.variant) }))
+      .filter((instance) => instance.valid || contract.validateRequest(operation, instance.body).length > 0)
+
+  /**
+   * Invalid by the document, carried out on purpose (lenient in): members the VTN provides
+   * itself whatever the client sent. Object metadata (`id`, `createdDateTime`,
+   * `modificationDateTime`, which 3.0.1 request bodies carry) is the VTN's to set; `objectType`
+   * of a request is its discriminator (the VTN
+   * reads the role from the token) and a payload descriptor without one gets the one its place
+   * implies (a wrong one is refused); on an
+   * update a ven's or resource's `clientID` and a resource's `venID` are the stored ones (in
+   * 3.0.1 a resource's ven is the one in its path), and a BL resource takes the `clientID` of
+   * its ven.
+   */
+  const LENIENT: RegExp[] = [
+    /^\/(objectType|id|createdDateTime|modificationDateTime) (wrong type|not in enum|missing)$/,
+    /^\/payloadDescriptors\/0\/objectType missing$/,
+  ]
+  const lenient = (operationId: string, variant: string, label: string) =>
+    LENIENT.some((pattern) => pattern.test(label)) ||
+    (operationId.startsWith('update') && /^\/(clientID|venID) (wrong type|missing)$/.test(label)) ||
+    (/^(create|update)Resource|updateVenResource/.test(operationId) &&
+      /^\/venID /.test(label) &&
+      version === '3.0.1') ||
+    (operationId === 'updateVenResource' && /^\/venID /.test(label)) ||
+    (operationId === 'createResource' &&
+      variant === 'BlResourceRequest' &&
+      /^\/clientID missing$/.test(label))
+
+  test('the corpus covers every operation with a JSON body, and checks itself against the document', () => {
+    expect(withBody.map((operation) => operation.id).sort()).toEqual(
+      [
+        'createEvent',
+        'createProgram',
+        'createReport',
+        'createResource',
+        'createSubscription',
+        'createVen',
+        'updateEvent',
+        'updateProgram',
+        'updateReport',
+        'updateSubscription',
+        'updateVen',
+        'updateVenResource',
+      ].sort(),
+    )
+    let valid = 0
+    let invalid = 0
+    for (const operation of withBody) {
+      const instances = corpusOf(operation)
+      const variants = new Set(instances.map((instance) => instance.variant))
+      if (['createVen', 'updateVen', 'createResource', 'updateVenResource'].includes(operation.id))
+        expect(variants.size, operation.id).toBe(version === '3.1.0' ? 2 : 1)
+      for (const instance of instances) {
+        const errors = contract.validateRequest(operation, instance.body)
+        expect(
+          errors.length === 0,
+          `${operation.id} ${instance.variant} ${instance.label}: ${errors.join('; ')}`,
+        ).toBe(instance.valid)
+        if (instance.valid) valid += 1
+        else invalid += 1
+      }
+    }
+    expect(valid).toBeGreaterThanOrEqual(withBody.length * 2)
+    expect(invalid).toBeGreaterThan(withBody.length * 10)
+  })
+
+  test('valid bodies are carried out (201 or 200), invalid ones refused with 400, end to end', async () => {
+    const clients = Object.fromEntries(
+      (['bl', 'cven', 'cven2'] as const).map((id) => [id, client(id, version)]),
+    ) as Record<'bl' | 'cven' | 'cven2', RawOpenAdrClient>
+    await Promise.all(Object.values(clients).map((who) => who.login()))
+    const bl = clients.bl
+    const failures: string[] = []
+    for (const operation of withBody) {
+      for (const instance of corpusOf(operation) as BodyInstance[]) {
+        const who = clients[senderOf(operation.id, instance.variant) as 'bl' | 'cven' | 'cven2']
+        const path = pathOf(operation.template)
+        const answer = await who.request(operation.method, path, instance.body)
+        const carriedOut = instance.valid || lenient(operation.id, instance.variant, instance.label)
+        const expected = carriedOut ? (operation.method === 'POST' ? 201 : 200) : 400
+        const problems = who.check(operation.method, path, answer)
+        if (answer.status !== expected || problems.length > 0)
+          failures.push(
+            `${operation.id} ${instance.variant} ${instance.label} → ${answer.status} (want ${expected}) ${JSON.stringify(answer.body).slice(0, 200)} ${problems.join('; ')}`,
+          )
+        // A ven a VEN client created is removed again, so that client may register once more.
+        if (answer.status === 201 && operation.id === 'createVen')
+          await bl.delete(`/vens/${(answer.body as { id: string }).id}`)
+      }
+    }
+    expect(failures).toEqual([])
+    await ready()
+  })
+
+  test('query parameters: valid values answer 200, invalid ones 400; malformed path ids 400', async () => {
+    const bl = client('bl', version)
+    await bl.login()
+    const failures: string[] = []
+    for (const operation of contract.operations.filter((op) => op.method === 'GET')) {
+      const path = pathOf(operation.template)
+      for (const instance of queryCorpus(contract, operation)) {
+        const answer = await bl.request('GET', `${path}?${instance.query}`)
+        const expected = instance.valid ? 200 : 400
+        const problems = bl.check('GET', path, answer)
+        if (answer.status !== expected || problems.length > 0)
+          failures.push(
+            `${operation.id} ${instance.label} → ${answer.status} (want ${expected}) ${problems.join('; ')}`,
+          )
+      }
+    }
+    for (const operation of contract.operations.filter((op) => op.pathParameters.length > 0)) {
+      const path = operation.template.replace(/\{[^}]+\}/g, 'bad%20id!')
+      const answer = await bl.request(operation.method, path, operation.requestType ? {} : undefined)
+      if (answer.status !== 400) failures.push(`${operation.id} with a malformed id → ${answer.status}`)
+    }
+    expect(failures).toEqual([])
     await ready()
   })
 })

@@ -35,6 +35,7 @@ import {
   type UiState,
   type Unreachable,
 } from './model.ts'
+import { pluginDetailLines, pluginSummary } from './plugin-detail.ts'
 import { type AgreementRate, sumDrops } from './rates.ts'
 import type { UiSnapshot } from './source.ts'
 
@@ -396,6 +397,8 @@ export function peerLines(props: PaneProps, now: number): LineSpec[] {
 
 /** Connected devices a plugin reports (`2 stations`), if it reports any. */
 export function pluginDevices(plugin: PluginView): string {
+  const summary = pluginSummary(plugin)
+  if (summary) return summary
   if (typeof plugin.devices === 'number') return `${plugin.devices} devices`
   if (typeof plugin.connected === 'number') return `${plugin.connected} devices`
   for (const [name, value] of Object.entries(plugin)) {
@@ -438,11 +441,11 @@ export function pluginLines(props: PaneProps): LineSpec[] {
       line(
         `plugin-${item.id}`,
         marker(isSelected),
-        seg(cell(item.id, 11), style),
+        seg(cell(item.id, 12), style),
         seg(cell(state, 9), { ...style, color: PLUGIN_COLORS[state] ?? 'white' }),
         item.error
-          ? seg(cell(item.error, Math.max(0, width - 22)), { ...style, color: 'red' })
-          : seg(cell(pluginDevices(item), Math.max(0, width - 22)), style),
+          ? seg(cell(item.error, Math.max(0, width - 23)), { ...style, color: 'red' })
+          : seg(cell(pluginDevices(item), Math.max(0, width - 23)), style),
       ),
     )
   }
@@ -698,12 +701,15 @@ export function hintsFor(state: UiState, agreement: AgreementSummary | undefined
           : ''
     return `${actions}↑↓ scroll · esc back · ? help · q quit`
   }
+  if (state.screen === 'plugin') return '↑↓ scroll · esc back · ? help · q quit'
   const pane =
     state.focus === 'pending'
       ? 'enter review · '
       : state.focus === 'agreements'
         ? 'enter details · x revoke · '
-        : ''
+        : state.focus === 'plugins'
+          ? 'enter details · '
+          : ''
   return `${pane}tab pane · ↑↓ select · ? help · q quit`
 }
 
@@ -741,6 +747,18 @@ export function screenLines({ view, state, size }: ScreenProps): LineSpec[] {
   const available = paneRows(size, unreachable !== undefined)
 
   if (state.screen === 'help') return [...top, ...helpLines(width).slice(0, available), footer]
+  if (state.screen === 'plugin') {
+    const pluginId = state.pluginId ?? ''
+    const detail = pluginDetailLines({
+      plugin: lists.plugins.find((candidate) => candidate.id === pluginId),
+      pluginId,
+      now,
+      width,
+      rows: available,
+      scroll: state.scroll,
+    })
+    return [...top, ...detail, footer]
+  }
   if (state.screen === 'review') {
     const peer = lists.peers.find((candidate) => candidate.alias === agreement?.peer)
     const review = reviewLines({

@@ -30,7 +30,7 @@ export interface KeyResult {
 export const KEY_HELP: readonly [string, string][] = [
   ['tab  → / shift-tab ←', 'next / previous pane'],
   ['↑ ↓  pgup pgdn', 'move the selection (scroll on the review screen)'],
-  ['enter', 'review the selected proposal or agreement'],
+  ['enter', 'review the selected proposal or agreement; details of the selected plugin'],
   ['a', 'accept (countersign) the proposal under review'],
   ['r', 'reject the proposal under review (or withdraw your own); asks y/n'],
   ['x', 'revoke the selected agreement now, on both nodes; asks y/n'],
@@ -88,6 +88,16 @@ export function reduceKey(
   if (state.busy) return { state }
   const cleared: UiState = { ...state, message: undefined }
 
+  if (state.screen === 'plugin') {
+    if (key.escape || key.backspace || key.delete || key.leftArrow || input === 'b')
+      return { state: { ...cleared, screen: 'dashboard', scroll: 0 } }
+    if (key.upArrow) return { state: { ...cleared, scroll: Math.max(0, state.scroll - 1) } }
+    if (key.downArrow) return { state: { ...cleared, scroll: state.scroll + 1 } }
+    if (key.pageUp) return { state: { ...cleared, scroll: Math.max(0, state.scroll - 10) } }
+    if (key.pageDown) return { state: { ...cleared, scroll: state.scroll + 10 } }
+    return { state }
+  }
+
   if (state.screen === 'review') {
     const agreement = reviewed(state, snapshot)
     if (key.escape || key.backspace || key.delete || key.leftArrow || input === 'b')
@@ -122,6 +132,19 @@ export function reduceKey(
   if (key.end) return { state: move(cleared, lists, state.focus, Infinity) }
 
   const pane = state.focus
+  if (pane === 'plugins' && key.return) {
+    const plugin = selectedItem(state, lists, 'plugins')
+    if (!plugin) return say(cleared, 'no plugin enabled')
+    return {
+      state: {
+        ...cleared,
+        screen: 'plugin',
+        pluginId: plugin.id,
+        scroll: 0,
+        selected: { ...state.selected, plugins: plugin.id },
+      },
+    }
+  }
   if (pane !== 'agreements' && pane !== 'pending') return { state }
   const agreement = selectedItem(state, lists, pane)
   if (key.return || ((input === 'a' || input === 'r') && pane === 'pending')) {

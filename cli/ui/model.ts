@@ -33,14 +33,16 @@ export interface Confirmation {
 }
 
 export interface UiState {
-  screen: 'dashboard' | 'review' | 'help'
+  screen: 'dashboard' | 'review' | 'plugin' | 'help'
   /** The screen help returns to. */
-  behindHelp: 'dashboard' | 'review'
+  behindHelp: 'dashboard' | 'review' | 'plugin'
   focus: PaneId
   /** Selected item per pane, by key (agreement id, alias, plugin id, audit seq). */
   selected: Partial<Record<PaneId, string>>
   reviewId?: string
-  /** First body line shown on the review screen. */
+  /** The plugin on the plugin screen. */
+  pluginId?: string
+  /** First body line shown on the review or plugin screen. */
   scroll: number
   confirm?: Confirmation
   /** An action in flight, said in words. */

@@ -95,8 +95,9 @@ const pickDefined = (value: Record<string, unknown>, fields: readonly string[]):
   return out
 }
 
+/** Objects in an array cleaned; anything else is left for the schema to refuse (never dropped silently). */
 const mapArray = <T>(value: unknown, each: (item: Record<string, unknown>) => T): T[] | undefined =>
-  Array.isArray(value) ? value.filter(isObject).map(each) : undefined
+  Array.isArray(value) ? value.map((item) => (isObject(item) ? each(item) : (item as T))) : undefined
 
 export const cleanIntervalPeriod = (value: unknown): Body | undefined =>
   isObject(value) ? pickDefined(value, ['start', 'duration', 'randomizeStart']) : undefined

@@ -57,36 +57,52 @@ const resourceKind = z
   .refine(isResourceKind, `must be one of ${RESOURCE_KINDS.join(', ')}`)
   .transform((kind) => kind as ResourceKind)
 
-export const vtnConfigSchema = z.strictObject({
-  listen: z
-    .string()
-    .default(DEFAULT_VTN_LISTEN)
-    .refine((value) => parseListen(value) !== undefined, 'must be "HOST:PORT" (e.g. "127.0.0.1:8081")'),
-  clients: z
-    .record(
-      z.string().regex(CLIENT_ID_PATTERN, 'a client id is letters, digits, . _ ~ - (at most 128)'),
-      vtnClientSchema,
-    )
-    .default({}),
-  /** Bearer tokens live this long. */
-  token_lifetime: duration('token_lifetime', 1, 7 * 86_400).default(3600),
-  /** Larger request bodies are refused with 413. */
-  max_body_bytes: z
-    .number()
-    .int()
-    .min(1024)
-    .max(64 * 1024 * 1024)
-    .default(DEFAULT_MAX_BODY_BYTES),
-  /** The kind VEN resources get on the data plane. */
-  resource_kind: resourceKind.default('der'),
-  /** Name of the program the node's own control events (limit_power) belong to. */
-  control_program: z.string().min(1).max(128).default('oe-node-control'),
-  /** Reports kept (the oldest are dropped beyond this; their telemetry is on the data plane). */
-  max_reports: z.number().int().min(100).max(10_000_000).default(50_000),
-  /** Webhook deliveries: attempts (with back-off 1 s, 2 s, 4 s, … up to 60 s) and time per attempt. */
-  webhook_attempts: z.number().int().min(1).max(20).default(6),
-  webhook_timeout: duration('webhook_timeout', 0.1, 60).default(5),
-})
+export const vtnConfigSchema = z
+  .strictObject({
+    listen: z
+      .string()
+      .default(DEFAULT_VTN_LISTEN)
+      .refine((value) => parseListen(value) !== undefined, 'must be "HOST:PORT" (e.g. "127.0.0.1:8081")'),
+    clients: z
+      .record(
+        z.string().regex(CLIENT_ID_PATTERN, 'a client id is letters, digits, . _ ~ - (at most 128)'),
+        vtnClientSchema,
+      )
+      .default({}),
+    /** Bearer tokens live this long. */
+    token_lifetime: duration('token_lifetime', 1, 7 * 86_400).default(3600),
+    /** Larger request bodies are refused with 413. */
+    max_body_bytes: z
+      .number()
+      .int()
+      .min(1024)
+      .max(64 * 1024 * 1024)
+      .default(DEFAULT_MAX_BODY_BYTES),
+    /** The kind VEN resources get on the data plane. */
+    resource_kind: resourceKind.default('der'),
+    /** Name of the program the node's own control events (limit_power) belong to. */
+    control_program: z.string().min(1).max(128).default('oe-node-control'),
+    /** Reports kept (the oldest are dropped beyond this; their telemetry is on the data plane). */
+    max_reports: z.number().int().min(100).max(10_000_000).default(50_000),
+    /** Webhook deliveries: attempts (with back-off 1 s, 2 s, 4 s, … up to 60 s) and time per attempt. */
+    webhook_attempts: z.number().int().min(1).max(20).default(6),
+    webhook_timeout: duration('webhook_timeout', 0.1, 60).default(5),
+    /**
+     * The MQTT notifier binding (3.1.0): nats-server's MQTT listener on this address, on the
+     * node's own data plane. Off when unset.
+     */
+    mqtt_listen: z
+      .string()
+      .refine((value) => parseListen(value) !== undefined, 'must be "HOST:PORT" (e.g. "127.0.0.1:1883")')
+      .optional(),
+    /** PEM certificate (chain) and key for MQTT over TLS (`mqtts://`); both or neither. */
+    mqtt_tls_cert: z.string().min(1).optional(),
+    mqtt_tls_key: z.string().min(1).optional(),
+  })
+  .refine((config) => (config.mqtt_tls_cert === undefined) === (config.mqtt_tls_key === undefined), {
+    message: 'mqtt_tls_cert and mqtt_tls_key go together',
+    path: ['mqtt_tls_key'],
+  })
 
 export type VtnConfig = z.output<typeof vtnConfigSchema>
 

@@ -6,6 +6,10 @@
  * (form or HTTP Basic), programs, events, reports, subscriptions (webhooks with retries), vens
  * and resources with each version's query parameters and the per-role visibility rules, every
  * answer validated against the official OpenAPI document of its version, state in JetStream KV.
+ * With `mqtt_listen` it also serves the 3.1.0 MQTT notifier binding from the node's own
+ * nats-server (clients log in with their bearer token; a VEN may only subscribe to its own
+ * topics). Its status lists the VENs (resources, last seen, active events, last report) and
+ * the events in force; the VEN's, its link to the VTN and the events it follows.
  * VEN resources become standing data, reports become telemetry, and `limit_power` on a VEN
  * resource becomes an IMPORT_CAPACITY_LIMIT event for that VEN (its reading and reporting show
  * as `control_result` events).
@@ -17,14 +21,16 @@
  * Modules: config.ts (both slices), contract.ts (the OpenAPI documents, ajv), codec.ts + v310.ts
  * + v301.ts (version codecs), model.ts (the VTN's object form), visibility.ts (who sees what),
  * timing.ts (intervals), normalise.ts (ids, units, reports ↔ telemetry, limits ↔ events),
- * state.ts (KV), auth.ts (OAuth tokens), webhooks.ts (notifications), server.ts (VTN
- * transport), vtn.ts (VTN glue), client.ts (VEN transport), ven.ts (VEN glue).
+ * state.ts (KV), auth.ts (OAuth tokens), webhooks.ts (notifications), mqtt.ts (the MQTT
+ * notifier binding: topics, served by the node's nats-server), server.ts (VTN transport),
+ * vtn.ts (VTN glue), client.ts (VEN transport), ven.ts (VEN glue).
  *
  * @example
  * # config.toml
  * [plugins.openadr-vtn]
  * enabled = true
  * listen = "127.0.0.1:8081"
+ * mqtt_listen = "127.0.0.1:1883"   # optional: the 3.1.0 MQTT notifier, on the node's nats-server
  * [plugins.openadr-vtn.clients.bl-1]
  * secret = "a long random secret"
  * role = "bl"
@@ -65,6 +71,17 @@ export const openadrVtnPlugin = definePlugin({
   version: '0.1.0',
   description: 'OpenADR 3.1.0 and 3.0.1 VTN (server) for VENs, with OAuth2, webhooks and KV state',
   configSchema: vtnConfigSchema,
+  needs: (config) =>
+    config.mqtt_listen
+      ? {
+          mqtt: {
+            listen: config.mqtt_listen,
+            ...(config.mqtt_tls_cert && config.mqtt_tls_key
+              ? { tls: { cert: config.mqtt_tls_cert, key: config.mqtt_tls_key } }
+              : {}),
+          },
+        }
+      : {},
   create: async (ctx) => {
     const { host, port } = parseListen(ctx.config.listen)!
     const open = async (name: string) => {

@@ -88,7 +88,11 @@ export const v310: VersionCodec = {
     return out
   },
 
-  encode(object: StoredObject, view: { targets?: string[] } = {}): Body {
+  encode(object: StoredObject, view: { targets?: string[] } = {}): Body | undefined {
+    // 3.1.0 requires a clientID on vens and resources; one a 3.0.1 BL made without is not shown
+    // here (a list skips it, a read answers 404) rather than failing the whole answer.
+    if ((object.kind === 'ven' || object.kind === 'resource') && object.clientID === undefined)
+      return undefined
     const body: Body = { ...object.body }
     if (object.clientID !== undefined) body.clientID = object.clientID
     if (view.targets !== undefined) body.targets = view.targets.length > 0 ? view.targets : undefined

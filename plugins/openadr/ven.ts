@@ -144,6 +144,8 @@ export class Ven {
   private readonly events = new Map<string, KnownEvent>()
   private readonly applied = new Map<string, Applied>()
   private readonly sentReports = new Set<string>()
+  /** Targeted events (id|modified) that made this VEN read its grants again. */
+  private readonly refreshedFor = new Set<string>()
   private abort = new AbortController()
   private started = false
   private loop: Promise<void> | undefined
@@ -223,14 +225,39 @@ export class Ven {
     return this.started
   }
 
+  /**
+   * For `oe-node status` and the terminal UI: the VTN link (URL, version, registered, last
+   * poll, last error) and the events in force or to come, with what applies now and to which
+   * of this node's resources (at most 50, soonest first).
+   */
   status(): Record<string, unknown> {
+    const now = Date.now()
+    const active = [...this.events.values()]
+      .filter((known) => known.resolved.end > now)
+      .sort((a, b) => a.resolved.start - b.resolved.start)
+      .slice(0, 50)
+      .map((known) => ({
+        id: String(known.event.id),
+        ...(typeof known.event.eventName === 'string' ? { name: known.event.eventName } : {}),
+        ...(typeof known.event.programID === 'string' ? { programID: known.event.programID } : {}),
+        start: known.resolved.start,
+        ...(Number.isFinite(known.resolved.end) ? { end: known.resolved.end } : {}),
+        resources: this.resources
+          .filter((resource) => this.applies(known.event, resource.name))
+          .map((resource) => resource.name),
+        now: valuesAt(known.resolved, now).map((value) => ({ type: value.type, value: value.value })),
+      }))
     return {
       vtn: this.init.config.vtn_url,
-      version: this.init.config.version,
+      // `version` is the plugin's own (the host sets it).
+      openadrVersion: this.init.config.version,
+      venName: this.init.config.ven_name,
       connected: this.connected,
+      registered: this.registration !== undefined,
       ...(this.registration ? { venID: this.registration.venID } : {}),
       resources: this.resources.length,
       events: this.events.size,
+      activeEvents: active,
       ...(this.lastPoll ? { lastPoll: this.lastPoll } : {}),
       ...(this.lastError ? { lastError: this.lastError } : {}),
     }
@@ -336,8 +363,32 @@ export class Ven {
     }
     this.metric.polls.inc()
     this.lastPoll = Date.now()
+    // The VTN shows a VEN only what it may see: a targeted event none of whose targets this VEN
+    // knows means the VTN granted a target since it last registered (as it does with the
+    // target of a control event on a resource). Read the grants again now rather than at the
+    // next periodic registration, once per version of such an event.
+    const unexplained = events.filter(
+      (event) =>
+        !this.refreshedFor.has(`${String(event.id)}|${String(event.modificationDateTime)}`) &&
+        this.targetsOf(event).length > 0 &&
+        !this.resources.some((resource) => this.applies(event, resource.name)),
+    )
+    if (unexplained.length > 0) {
+      for (const event of unexplained)
+        this.refreshedFor.add(`${String(event.id)}|${String(event.modificationDateTime)}`)
+      if (this.refreshedFor.size > 10_000) this.refreshedFor.clear()
+      await this.register(signal)
+    }
     this.absorb(events)
     return retryAfterS
+  }
+
+  private targetsOf(event: Body): string[] {
+    return (
+      (this.init.config.version === '3.1.0'
+        ? (event.targets as string[] | undefined)
+        : targetsFromValuesMaps(event.targets)) ?? []
+    )
   }
 
   private async register(signal: AbortSignal): Promise<void> {

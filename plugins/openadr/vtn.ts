@@ -20,10 +20,22 @@ import {
   type Role,
   type StoredObject,
 } from './model.ts'
+import {
+  BL_FILTERS,
+  blTopics,
+  brokerUri,
+  MQTT_ROOT,
+  mqttBinding,
+  type OperationTopics,
+  operationTopics,
+  topicBase,
+  venFilters,
+  venTopic,
+} from './mqtt.ts'
 import { limitToEventBody, reportToTelemetry, resourceIdFor } from './normalise.ts'
 import { CODECS, problem, type VtnRequest, type VtnResponse, VtnServer } from './server.ts'
 import { newId, VtnState } from './state.ts'
-import { resolveEvent } from './timing.ts'
+import { resolveEvent, valuesAt } from './timing.ts'
 import { mayWrite, OWNED_KINDS, owns, targetView } from './visibility.ts'
 import { WebhookSender } from './webhooks.ts'
 
@@ -110,6 +122,28 @@ for (const [kind, operations] of Object.entries(OPERATIONS) as [ObjectKind, Kind
 }
 
 const DEFAULT_LIMIT = 50
+/** VENs and events listed in the status (the counts cover all of them). */
+const STATUS_LIMIT = 50
+
+/** A report in a few fields: what, when, about which event, and its first value per type. */
+function reportSummary(report: StoredObject): Record<string, unknown> {
+  const values: Record<string, unknown> = {}
+  for (const resource of (report.body.resources as Body[] | undefined) ?? []) {
+    for (const interval of (resource.intervals as Body[] | undefined) ?? []) {
+      for (const payload of (interval.payloads as Body[] | undefined) ?? []) {
+        const type = payload.type as string
+        if (values[type] === undefined && Array.isArray(payload.values)) values[type] = payload.values[0]
+      }
+    }
+  }
+  return {
+    id: report.id,
+    ...(typeof report.body.reportName === 'string' ? { name: report.body.reportName } : {}),
+    eventID: report.body.eventID as string,
+    at: Date.parse(report.modificationDateTime),
+    values,
+  }
+}
 
 /** The target the node's control events carry for a resource (granted on its resource object). */
 export const controlTarget = (rid: string) => `oe:${rid}`
@@ -129,12 +163,15 @@ export class Vtn {
   private listening = false
   private pruneTimer: ReturnType<typeof setInterval> | undefined
   private controlProgramId: string | undefined
+  /** Last authenticated request per client (epoch ms), for the operator's view. */
+  private readonly lastSeen = new Map<string, number>()
   private readonly metric: {
     requests: { inc(value?: number): void }
     invalid: { inc(value?: number): void }
     records: { inc(value?: number): void }
     webhooksDelivered: { inc(value?: number): void }
     webhooksFailed: { inc(value?: number): void }
+    mqttPublished: { inc(value?: number): void }
   }
 
   constructor(
@@ -178,6 +215,7 @@ export class Vtn {
       records: metrics.counter('records_published_total', 'telemetry records published from OpenADR reports'),
       webhooksDelivered: metrics.counter('webhooks_delivered_total', 'OpenADR notifications delivered'),
       webhooksFailed: metrics.counter('webhooks_failed_total', 'OpenADR notifications given up on'),
+      mqttPublished: metrics.counter('mqtt_notifications_total', 'OpenADR notifications published over MQTT'),
     }
   }
 
@@ -204,6 +242,15 @@ export class Vtn {
       { kinds: [this.init.config.resource_kind], commands: ['limit_power'] },
       (message) => this.onLimitPower(message),
     )
+    if (this.mqttWanted) {
+      const mqtt = this.components.dataPlane.mqtt
+      if (mqtt?.url) mqtt.authorize((credentials) => this.authorizeMqtt(credentials))
+      else
+        this.components.logger.warn(
+          { reason: mqtt?.unavailable ?? 'this data plane has no MQTT' },
+          'openadr MQTT notifier not served by the node',
+        )
+    }
     const address = this.server.address!
     this.components.logger.info(
       { listen: `${address.host}:${address.port}`, clients: Object.keys(this.init.config.clients).length },
@@ -224,8 +271,75 @@ export class Vtn {
     return this.listening
   }
 
+  /** `mqtt_listen` is configured. */
+  private get mqttWanted(): boolean {
+    return this.init.config.mqtt_listen !== undefined
+  }
+
+  /** The MQTT listener VENs connect to, when the node serves one. */
+  private get mqttUrl(): string | undefined {
+    return this.mqttWanted ? this.components.dataPlane.mqtt?.url : undefined
+  }
+
+  /**
+   * For `oe-node status` and the terminal UI: the listener, the MQTT binding, each VEN (its
+   * resources, when its client was last heard from, its active events, its last report) and
+   * the events in force or to come (at most STATUS_LIMIT of each, newest first).
+   */
   status(): Record<string, unknown> {
     const address = this.server.address
+    const now = Date.now()
+    const active = this.state
+      .list('event')
+      .map((event) => ({
+        event,
+        timing: resolveEvent(event.body as never, Date.parse(event.createdDateTime), () => 0),
+      }))
+      .filter(({ timing }) => timing.end > now)
+    // One pass over vens and resources: what each VEN client was granted, and each ven's resources.
+    const resourcesOf = new Map<string, StoredObject[]>()
+    for (const resource of this.state.list('resource')) {
+      const venID = resource.body.venID as string
+      resourcesOf.set(venID, [...(resourcesOf.get(venID) ?? []), resource])
+    }
+    const allVens = this.state.list('ven')
+    const grantedTo = new Map<string, Set<string>>()
+    for (const ven of allVens) {
+      if (!ven.clientID) continue
+      const targets = grantedTo.get(ven.clientID) ?? new Set<string>()
+      for (const target of (ven.body.targets as string[] | undefined) ?? []) targets.add(target)
+      for (const resource of resourcesOf.get(ven.id) ?? [])
+        for (const target of (resource.body.targets as string[] | undefined) ?? []) targets.add(target)
+      grantedTo.set(ven.clientID, targets)
+    }
+    const lastReports = new Map<string, StoredObject>()
+    for (const report of this.state.list('report'))
+      if (report.clientID) lastReports.set(report.clientID, report)
+    const vens = allVens
+      .reverse()
+      .slice(0, STATUS_LIMIT)
+      .map((ven) => {
+        const clientId = ven.clientID
+        const client: Client | undefined = clientId ? { clientId, role: 'ven' } : undefined
+        const granted = clientId ? grantedTo.get(clientId) : undefined
+        const report = clientId ? lastReports.get(clientId) : undefined
+        const seen = clientId ? this.lastSeen.get(clientId) : undefined
+        return {
+          id: ven.id,
+          name: ven.body.venName as string,
+          ...(clientId ? { clientID: clientId } : {}),
+          resources: (resourcesOf.get(ven.id) ?? []).map((resource) => resource.body.resourceName as string),
+          ...(seen ? { lastSeen: seen } : {}),
+          activeEvents: client
+            ? active.filter(({ event }) => this.view(event, client, undefined, granted).visible).length
+            : 0,
+          ...(report ? { lastReport: reportSummary(report) } : {}),
+        }
+      })
+    const programNames = new Map(
+      this.state.list('program').map((program) => [program.id, program.body.programName as string]),
+    )
+    const mqttUrl = this.mqttUrl
     return {
       listen: address ? `${address.host}:${address.port}` : this.init.config.listen,
       versions: [...OPENADR_VERSIONS],
@@ -237,6 +351,34 @@ export class Vtn {
         ]),
       ),
       webhooksPending: this.webhooks.pending(),
+      ...(this.mqttWanted
+        ? {
+            mqtt: mqttUrl
+              ? { url: mqttUrl }
+              : {
+                  unavailable:
+                    this.components.dataPlane.mqtt?.unavailable ??
+                    'this data plane has no MQTT listener: enable MQTT on your NATS cluster',
+                },
+          }
+        : {}),
+      vens,
+      activeEvents: active
+        .reverse()
+        .slice(0, STATUS_LIMIT)
+        .map(({ event, timing }) => {
+          const current = valuesAt(timing, now)[0]
+          const targets = (event.body.targets as string[] | undefined) ?? []
+          return {
+            id: event.id,
+            ...(typeof event.body.eventName === 'string' ? { name: event.body.eventName } : {}),
+            program: programNames.get(event.body.programID as string) ?? (event.body.programID as string),
+            ...(targets.length > 0 ? { targets } : {}),
+            start: timing.start,
+            ...(Number.isFinite(timing.end) ? { end: timing.end } : {}),
+            ...(current ? { now: { type: current.type, value: current.value } } : {}),
+          }
+        }),
     }
   }
 
@@ -250,14 +392,22 @@ export class Vtn {
           return await this.fetchToken(request)
         case 'getAuthServerInfo':
           return { status: 200, body: { tokenURL: `${request.baseUrl}/auth/token` } }
-        case 'listAllNotifiers':
-          return { status: 200, body: { WEBHOOK: true } }
       }
-      if (operation.id.startsWith('listAllMqtt'))
-        return problem({ status: 404, detail: 'this VTN offers no MQTT notifier (see GET /notifiers)' })
+      const client = request.client!
+      this.lastSeen.set(client.clientId, Date.now())
+      if (operation.id === 'listAllNotifiers') {
+        const url = this.mqttUrl
+        return {
+          status: 200,
+          body: {
+            WEBHOOK: true,
+            ...(url ? { MQTT: mqttBinding([brokerUri(url, request.headers.get('host'))]) } : {}),
+          },
+        }
+      }
+      if (operation.id.startsWith('listAllMqtt')) return this.mqttTopics(request, client)
       const route = ROUTES.get(operation.id)
       if (!route) return problem({ status: request.contract.status(operation, 501, 404) })
-      const client = request.client!
       switch (route.action) {
         case 'search':
           return this.search(request, route.kind, client)
@@ -273,6 +423,170 @@ export class Vtn {
     } catch (error) {
       if (error instanceof Refusal) return error.response
       throw error
+    }
+  }
+
+  // ---- MQTT notifier binding ---------------------------------------------------------------
+
+  /** Who may connect to the MQTT listener: a client with a valid bearer token as password. */
+  private async authorizeMqtt(credentials: {
+    username: string
+    password: string
+  }): Promise<{ subscribe: string[]; expiresAt?: number; name?: string } | { refused: string }> {
+    const grant = await this.tokens.verify(credentials.password)
+    if (!grant) return { refused: 'the password is not a valid bearer token of this VTN' }
+    if (credentials.username !== grant.clientId)
+      return { refused: "the username is not the bearer token's client id" }
+    this.lastSeen.set(grant.clientId, Date.now())
+    const base = { expiresAt: grant.expiresAt, name: grant.clientId }
+    if (grant.role === 'bl') return { ...base, subscribe: BL_FILTERS }
+    const vens = this.ownVens(grant.clientId)
+    if (vens.length === 0) return { refused: 'this client has no ven object yet: register one first' }
+    return { ...base, subscribe: venFilters(vens.map((ven) => ven.id)) }
+  }
+
+  private ownVens(clientId: string): StoredObject[] {
+    return this.state.list('ven').filter((ven) => ven.clientID === clientId)
+  }
+
+  /** `/notifiers/mqtt/topics/…`: the topics this client may subscribe to for what it asked. */
+  private mqttTopics(request: VtnRequest, client: Client): VtnResponse {
+    if (!this.mqttUrl)
+      return problem({ status: 404, detail: 'this VTN offers no MQTT notifier (see GET /notifiers)' })
+    const { operation, params } = request
+    const answer = (topics: OperationTopics): VtnResponse => ({ status: 200, body: { topics } })
+    const isBl = client.role === 'bl'
+    const granted = isBl ? undefined : this.granted(client)
+    const visible = (kind: ObjectKind, id: string): StoredObject => {
+      const object = this.state.get(kind, id)
+      if (!object || !this.view(object, client, undefined, granted).visible) throw this.notFound(kind, id)
+      return object
+    }
+    const ownVen = (): string => {
+      const ven = this.ownVens(client.clientId)[0]
+      if (!ven)
+        throw new Refusal(
+          problem({ status: 404, detail: 'this client has no ven object: register one first' }),
+        )
+      return ven.id
+    }
+    const blOnly = () => {
+      if (!isBl)
+        throw new Refusal(
+          problem({
+            status: 403,
+            detail: `a VEN client subscribes under ${MQTT_ROOT}/vens/<its venID>/ (see /notifiers/mqtt/topics/vens/<venID>/…)`,
+          }),
+        )
+    }
+    switch (operation.id) {
+      case 'listAllMqttNotifierTopicsPrograms':
+        return answer(
+          operationTopics(
+            isBl ? topicBase.kind('program') : topicBase.venObjects(ownVen(), 'programs'),
+            true,
+          ),
+        )
+      case 'listAllMqttNotifierTopicsProgram': {
+        const program = visible('program', params.programID!)
+        return answer(
+          operationTopics(
+            isBl ? topicBase.program(program.id) : topicBase.venObjects(ownVen(), 'programs'),
+            false,
+          ),
+        )
+      }
+      case 'listAllMqttNotifierTopicsProgramEvents': {
+        const program = visible('program', params.programID!)
+        return answer(
+          operationTopics(
+            isBl ? topicBase.programEvents(program.id) : topicBase.venObjects(ownVen(), 'events'),
+            true,
+          ),
+        )
+      }
+      case 'listAllMqttNotifierTopicsEvents':
+        blOnly()
+        return answer(operationTopics(topicBase.kind('event'), true))
+      case 'listAllMqttNotifierTopicsReports':
+        blOnly()
+        return answer(operationTopics(topicBase.kind('report'), true))
+      case 'listAllMqttNotifierTopicsSubscriptions':
+        blOnly()
+        return answer(operationTopics(topicBase.kind('subscription'), true))
+      case 'listAllMqttNotifierTopicsVens':
+        blOnly()
+        return answer(operationTopics(topicBase.kind('ven'), true))
+      case 'listAllMqttNotifierTopicsResources':
+        blOnly()
+        return answer(operationTopics(topicBase.kind('resource'), true))
+      case 'listAllMqttNotifierTopicsVen':
+        return answer(operationTopics(topicBase.ven(visible('ven', params.venID!).id), false))
+      case 'listAllMqttNotifierTopicsVenEvents':
+        return answer(operationTopics(topicBase.venObjects(visible('ven', params.venID!).id, 'events'), true))
+      case 'listAllMqttNotifierTopicsVenPrograms':
+        return answer(
+          operationTopics(topicBase.venObjects(visible('ven', params.venID!).id, 'programs'), true),
+        )
+      case 'listAllMqttNotifierTopicsVenResources':
+        return answer(
+          operationTopics(topicBase.venObjects(visible('ven', params.venID!).id, 'resources'), true),
+        )
+      default:
+        return problem({ status: request.contract.status(operation, 501, 404) })
+    }
+  }
+
+  /** Publish a change on its MQTT topics: the full object for BL, each VEN's view under its ven. */
+  private publishMqtt(object: StoredObject, operation: Operation): void {
+    const mqtt = this.components.dataPlane.mqtt
+    if (!this.mqttWanted || !mqtt) return
+    const codec = CODECS['3.1.0']
+    const contract = contractFor('3.1.0')
+    const encode = (targets: string[] | undefined): Uint8Array | undefined => {
+      const rendered = codec.encode(
+        object,
+        object.kind === 'program' || object.kind === 'event' ? { targets: targets ?? [] } : {},
+      )
+      if (!rendered) return undefined
+      const notification: Body = {
+        objectType: OBJECT_TYPES[object.kind],
+        operation: codec.notificationOperation(operation),
+        object: rendered,
+      }
+      if (targets && targets.length > 0) notification.targets = codec.renderTargets(targets)
+      const errors = contract.validateNotification(notification)
+      if (errors.length > 0) {
+        this.components.logger.error(
+          { errors, objectType: notification.objectType },
+          'openadr MQTT notification does not fit the document: not sent',
+        )
+        this.metric.invalid.inc()
+        return undefined
+      }
+      return new TextEncoder().encode(JSON.stringify(notification))
+    }
+    const send = (topic: string, payload: Uint8Array) => {
+      try {
+        mqtt.publish(topic, payload)
+        this.metric.mqttPublished.inc()
+      } catch (error) {
+        this.components.logger.warn({ topic, err: (error as Error).message }, 'MQTT notification not sent')
+      }
+    }
+    const full = encode((object.body.targets as string[] | undefined) ?? [])
+    if (full) for (const topic of blTopics(object, operation)) send(topic, full)
+    if (object.kind !== 'program' && object.kind !== 'event') return
+    for (const ven of this.state.list('ven')) {
+      const clientId = ven.clientID
+      const configured = clientId ? this.init.config.clients[clientId] : undefined
+      if (!clientId || configured?.role !== 'ven') continue
+      const client: Client = { clientId, role: 'ven' }
+      const view = this.view(object, client, undefined, this.granted(client))
+      if (!view.visible) continue
+      const topic = venTopic(ven.id, object, operation)
+      const payload = encode(view.targets)
+      if (topic && payload) send(topic, payload)
     }
   }
 
@@ -729,6 +1043,7 @@ export class Vtn {
   }
 
   private notify(object: StoredObject, operation: Operation): void {
+    this.publishMqtt(object, operation)
     const objectType = OBJECT_TYPES[object.kind]
     for (const subscription of this.state.list('subscription')) {
       const body = subscription.body
