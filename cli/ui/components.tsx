@@ -25,11 +25,13 @@ import {
 import { confirmQuestion, KEY_HELP } from './keys.ts'
 import { allocateRows, type Block, MIN_SIZE, paneRows, type Size, windowStart } from './layout.ts'
 import {
+  keyOf,
   type Lists,
   listsOf,
   type NodeView,
   type PaneId,
   type PluginView,
+  RECEIPT_TYPE,
   reviewed,
   selectedIndex,
   type UiState,
@@ -454,6 +456,25 @@ export function pluginLines(props: PaneProps): LineSpec[] {
 
 /** The facts of an audit entry in a few words: peer, agreement, then the rest as key=value. */
 export function auditSummary(entry: AuditEntry): string {
+  if (entry.type === RECEIPT_TYPE) {
+    // The receipt line of an agreement: what its latest receipt took.
+    const { peer, id, batches, records, bytes } = entry.data as {
+      peer?: string
+      id?: string
+      batches?: [number, number]
+      records?: number
+      bytes?: number
+    }
+    return [
+      peer,
+      typeof id === 'string' ? shortId(id) : undefined,
+      batches ? `batches ${batches[0]}–${batches[1]}` : undefined,
+      typeof records === 'number' ? `${records.toLocaleString('en-US')} records` : undefined,
+      typeof bytes === 'number' ? `${bytes.toLocaleString('en-US')} B` : undefined,
+    ]
+      .filter((part) => part !== undefined)
+      .join(' · ')
+  }
   const { peer, id, ...rest } = entry.data
   const parts: string[] = []
   if (typeof peer === 'string') parts.push(peer)
@@ -486,7 +507,7 @@ export function auditLines(props: PaneProps, waiting: boolean): LineSpec[] {
     const alarming = /refused|violation|dropped|bad_frame|revoked|rejected/.test(item.type)
     lines.push(
       line(
-        `audit-${item.seq}`,
+        `audit-${keyOf('audit', item)}`,
         marker(isSelected),
         seg(cell(clockTime(item.ts), 9), { ...style, dim: !isSelected }),
         seg(cell(item.type, 25), { ...style, ...(alarming ? { color: 'yellow' } : {}) }),

@@ -145,3 +145,38 @@ describe('keys', () => {
     expect(press(busy, 'q').effect).toEqual({ kind: 'quit' })
   })
 })
+
+describe('the audit pane', () => {
+  const entry = (seq: number, type: string, data: Record<string, unknown>) => ({
+    seq,
+    ts: AT + seq * 1_000,
+    type,
+    data,
+    prev: '0'.repeat(64),
+    hash: '1'.repeat(64),
+  })
+  const receipt = (seq: number, id: string, first: number) =>
+    entry(seq, 'transfer.received', {
+      peer: 'chargeco',
+      id,
+      batches: [first, first + 9],
+      records: 100,
+      bytes: 9_000,
+    })
+
+  test('shows one receipt line per agreement, the newest, in a fixed place; other events stay in view', () => {
+    const entries = [
+      entry(1, 'peer.added', { peer: 'chargeco' }),
+      entry(2, 'agreement.active', { peer: 'chargeco', id: IDS.active }),
+      // A minute of receipts for two agreements: they would push everything else out.
+      ...Array.from({ length: 120 }, (_, i) =>
+        receipt(3 + i, i % 2 ? 'b'.repeat(64) : 'a'.repeat(64), i * 10),
+      ),
+      entry(200, 'connection.refused', { peerId: 'x' }),
+    ]
+    const audit = listsOf({ ...snapshot(), audit: entries }).audit
+    expect(audit.map((e) => e.seq)).toEqual([121, 122, 200, 2, 1])
+    expect(audit[0]!.data.id).toBe('a'.repeat(64))
+    expect(audit[1]!.data.id).toBe('b'.repeat(64))
+  })
+})

@@ -92,8 +92,33 @@ export function listsOf(snapshot: UiSnapshot | undefined): Lists {
     pending,
     peers,
     plugins,
-    audit: [...snapshot.audit].reverse(),
+    audit: collapseReceipts(snapshot.audit),
   }
+}
+
+export const RECEIPT_TYPE = 'transfer.received'
+/** Other audit events the pane lists, newest first, after the receipt lines. */
+const AUDIT_EVENTS_SHOWN = 50
+
+/**
+ * The audit pane's items: one line per agreement for its transfer receipts (the newest, in a
+ * fixed order so each line updates in place as receipts come every second), then the other
+ * events, newest first. The log itself keeps every receipt.
+ */
+export function collapseReceipts(entries: readonly AuditEntry[]): AuditEntry[] {
+  const receipts = new Map<string, AuditEntry>()
+  const events: AuditEntry[] = []
+  for (let i = entries.length - 1; i >= 0; i--) {
+    const entry = entries[i]!
+    if (entry.type !== RECEIPT_TYPE) {
+      if (events.length < AUDIT_EVENTS_SHOWN) events.push(entry)
+      continue
+    }
+    const id = String(entry.data.id ?? '')
+    if (!receipts.has(id)) receipts.set(id, entry)
+  }
+  const lines = [...receipts.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([, entry]) => entry)
+  return [...lines, ...events]
 }
 
 export function keyOf(pane: PaneId, item: unknown): string {
@@ -105,8 +130,11 @@ export function keyOf(pane: PaneId, item: unknown): string {
       return (item as PeerView).alias
     case 'plugins':
       return (item as PluginView).id
-    case 'audit':
-      return String((item as AuditEntry).seq)
+    case 'audit': {
+      // A receipt line keeps its key (its agreement) as newer receipts replace it.
+      const entry = item as AuditEntry
+      return entry.type === RECEIPT_TYPE ? `receipts-${String(entry.data.id)}` : String(entry.seq)
+    }
   }
 }
 

@@ -32,7 +32,10 @@ export const LIVE_STATES: ReadonlySet<AgreementState> = new Set(['proposed', 'ac
 
 export interface NodeApiSourceInit {
   dataDir: string
-  /** How many audit entries each snapshot asks for. */
+  /**
+   * How many audit entries each snapshot asks for: enough that receipts (one a second per
+   * flowing agreement, shown collapsed to one line each) do not push the other events out.
+   */
   auditLimit?: number
 }
 
@@ -47,7 +50,7 @@ export class NodeApiSource implements UiSource {
       const { signal } = options
       const [status, audit] = await Promise.all([
         client.getJson<NodeStatus>('/v1/status', { signal }),
-        client.getJson<AuditEntry[]>(`/v1/audit?limit=${this.init.auditLimit ?? 50}`, { signal }),
+        client.getJson<AuditEntry[]>(`/v1/audit?limit=${this.init.auditLimit ?? 500}`, { signal }),
       ])
       const live = status.agreements.filter((agreement) => LIVE_STATES.has(agreement.state))
       const fetched = await Promise.all(
