@@ -11,6 +11,7 @@
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { existsSync } from 'node:fs'
 import { chmod, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
@@ -170,6 +171,26 @@ export async function loadOrCreateCredentials(dir: string): Promise<NatsCredenti
 }
 
 /** True when the process no longer runs (absent, or a zombie nobody has reaped yet). */
+/**
+ * The embedded nats-server must not outlive the node, even after a `kill -9` of the node, which
+ * runs no cleanup. So it runs under a small /bin/sh watchdog: it checks every second that the
+ * node (its parent) is alive and ends the server when it is not, passes SIGTERM/SIGINT on, and
+ * exits with the server's status (the supervisor restarts a server that dies). Where there is no
+ * /bin/sh, the server is run directly and the next start's orphan check is the backstop.
+ */
+const WATCHDOG = [
+  '"$1" -c "$2" & child=$!',
+  "trap 'kill -TERM $child 2>/dev/null; wait $child; exit $?' TERM INT",
+  'while kill -0 "$PPID" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 1 & wait $!; done',
+  'kill -TERM "$child" 2>/dev/null',
+  'wait "$child"',
+].join('\n')
+
+function watchedCommand(executable: string, config: string): string[] {
+  if (!existsSync('/bin/sh')) return [executable, '-c', config]
+  return ['/bin/sh', '-c', WATCHDOG, 'oe-nats-watchdog', executable, config]
+}
+
 async function processGone(pid: number): Promise<boolean> {
   try {
     const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
@@ -301,7 +322,8 @@ export class EmbeddedNatsServer {
   kill(): void {
     this.stopping = true
     if (this.restartTimer) clearTimeout(this.restartTimer)
-    this.child?.kill('SIGKILL')
+    // The watchdog passes SIGTERM on; a SIGKILL would end only the watchdog.
+    this.child?.kill('SIGTERM')
   }
 
   private get configPath(): string {
@@ -344,7 +366,7 @@ export class EmbeddedNatsServer {
     await writeFile(this.configPath, lines.join('\n'), { mode: 0o600 })
   }
 
-  /** A nats-server left behind by a node that was killed holds our port and store: end it. */
+  /** A nats-server left behind anyway (its watchdog killed too) holds our port and store: end it. */
   private async killOrphan(): Promise<void> {
     let pid: number
     try {
@@ -373,9 +395,8 @@ export class EmbeddedNatsServer {
     const timeoutMs = this.init.readyTimeoutMs ?? 15_000
     return new Promise<void>((resolve, reject) => {
       this.lastOutput = []
-      const child = spawn(this.executablePath, ['-c', this.configPath], {
-        stdio: ['ignore', 'pipe', 'pipe'],
-      })
+      const [command, ...args] = watchedCommand(this.executablePath, this.configPath)
+      const child = spawn(command!, args, { stdio: ['ignore', 'pipe', 'pipe'] })
       this.child = child
       let settled = false
       let buffered = ''
@@ -479,6 +500,15 @@ export class EmbeddedNatsServer {
     child.kill('SIGTERM')
     const timeout = Bun.sleep(5_000).then(() => 'timeout' as const)
     if ((await Promise.race([exited, timeout])) === 'timeout') {
+      // The server itself (its pid file), then the watchdog.
+      const pid = Number((await readFile(this.pidPath, 'utf8').catch(() => '')).trim())
+      if (Number.isInteger(pid) && pid > 0) {
+        try {
+          process.kill(pid, 'SIGKILL')
+        } catch {
+          // Gone already.
+        }
+      }
       child.kill('SIGKILL')
       await exited
     }

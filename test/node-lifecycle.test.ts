@@ -232,18 +232,41 @@ describe('embedded nats-server', () => {
     await waitFor(() => !processAlive(natsPid), 5_000, 'nats-server to exit')
   })
 
-  test('after kill -9 of the node, a restart takes over the data dir and keeps the data', async () => {
+  test('after kill -9 of the node, its nats-server is gone within 5 s; a restart takes over and keeps the data', async () => {
     const node = await startNode()
     const response = await node.fetch('/v1/telemetry', {
       method: 'POST',
       body: JSON.stringify(telemetry(20, { rid: () => 'crash' })),
     })
     expect(await response.json()).toMatchObject({ accepted: 20 })
-    const orphan = await natsServerPid(node.dataDir)
+    const server = await natsServerPid(node.dataDir)
     await node.kill()
+    const killedAt = Date.now()
+    await waitFor(() => !processAlive(server), 5_000, 'the nats-server to end with its node')
+    console.log(`nats-server gone ${Date.now() - killedAt} ms after kill -9 of the node`)
     const again = await startNode({ dataDir: node.dataDir })
-    expect(processAlive(orphan)).toBe(false)
     expect(await readSubject(again, 'oe.tel.meter.crash.>', 500)).toHaveLength(20)
+  })
+
+  test('a nats-server left behind anyway (its watchdog killed too) is found by the next start and stopped', async () => {
+    const node = await startNode()
+    const response = await node.fetch('/v1/telemetry', {
+      method: 'POST',
+      body: JSON.stringify(telemetry(20, { rid: () => 'left' })),
+    })
+    expect(await response.json()).toMatchObject({ accepted: 20 })
+    const server = await natsServerPid(node.dataDir)
+    // Its parent is the watchdog; kill both it and the node at once.
+    const stat = readFileSync(`/proc/${server}/stat`, 'utf8')
+    const watchdog = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+    expect(readFileSync(`/proc/${watchdog}/cmdline`, 'utf8')).toContain('oe-nats-watchdog')
+    process.kill(watchdog, 'SIGKILL')
+    await node.kill()
+    await Bun.sleep(1_500)
+    expect(processAlive(server)).toBe(true)
+    const again = await startNode({ dataDir: node.dataDir })
+    expect(processAlive(server)).toBe(false)
+    expect(await readSubject(again, 'oe.tel.meter.left.>', 500)).toHaveLength(20)
   })
 })
 
