@@ -152,8 +152,21 @@ const DOCS: Record<string, KeyDoc> = {
     meaning: "token endpoint; default: the VTN's `auth/server` answer (3.1.0), else `<vtn_url>/auth/token`",
   },
   'openadr-ven.poll_interval': {
-    meaning: "how often events are polled (a VTN's Retry-After stretches it)",
+    meaning:
+      "how often events are polled (a VTN's Retry-After stretches it); default 10 s, or 300 s (a safety net) with `notifications`",
     type: 'duration',
+  },
+  'openadr-ven.notifications': {
+    meaning:
+      "how the VEN hears of events: `poll` only, `webhook` (a subscription on the VTN calls `webhook_url`) or `mqtt` (the VTN's MQTT notifier, 3.1.0); notified events are acted on at once",
+  },
+  'openadr-ven.webhook_listen': {
+    meaning: 'where the webhook callback is served (needed with `notifications = "webhook"`)',
+    type: 'HOST:PORT',
+  },
+  'openadr-ven.webhook_url': {
+    meaning:
+      'the callback URL the VTN is given; default `http://<webhook_listen>/openadr/notifications` (set it behind a proxy or when listening on every address)',
   },
   'openadr-ven.resources.<id>': {
     meaning:

@@ -112,22 +112,62 @@ const nodeResource = z.string().refine((value) => {
   return dot > 0 && isResourceKind(value.slice(0, dot)) && isResourceId(value.slice(dot + 1))
 }, 'must be "<kind>.<rid>" of a node resource (e.g. "battery.site1-bat")')
 
-export const venConfigSchema = z.strictObject({
-  /** Base URL of the VTN's API (where `/programs` is), e.g. `https://vtn.example/openadr3/3.1.0`. */
-  vtn_url: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }),
-  client_id: z.string().min(1).max(4096),
-  client_secret: z.string().min(1).max(4096),
-  ven_name: z.string().min(1).max(128),
-  version: z.enum(OPENADR_VERSIONS).default('3.1.0'),
-  /** Token endpoint; default: the VTN's `auth/server` answer (3.1.0), else `<vtn_url>/auth/token`. */
-  token_url: z.url({ protocol: /^https?$/ }).optional(),
-  /** How often events are polled (a VTN's Retry-After stretches it). */
-  poll_interval: duration('poll_interval', 0.2, 3600).default(10),
-  /** VTN resource name → node resource `<kind>.<rid>`: registered with the VTN, controlled, reported. */
-  resources: z.record(z.string().min(1).max(128), nodeResource).default({}),
-  /** Time per request to the VTN. */
-  request_timeout: duration('request_timeout', 0.5, 120).default(10),
-})
+/** How the VEN hears of new and changed events. */
+export const VEN_NOTIFICATIONS = ['poll', 'webhook', 'mqtt'] as const
+/** Poll interval when none is set: often when polling is all there is, rarely as a safety net. */
+export const DEFAULT_POLL_INTERVAL = { poll: 10, webhook: 300, mqtt: 300 } as const
+
+export const venConfigSchema = z
+  .strictObject({
+    /** Base URL of the VTN's API (where `/programs` is), e.g. `https://vtn.example/openadr3/3.1.0`. */
+    vtn_url: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }),
+    client_id: z.string().min(1).max(4096),
+    client_secret: z.string().min(1).max(4096),
+    ven_name: z.string().min(1).max(128),
+    version: z.enum(OPENADR_VERSIONS).default('3.1.0'),
+    /** Token endpoint; default: the VTN's `auth/server` answer (3.1.0), else `<vtn_url>/auth/token`. */
+    token_url: z.url({ protocol: /^https?$/ }).optional(),
+    /**
+     * How often events are polled (a VTN's Retry-After stretches it); default 10 s, or 300 s when
+     * notifications make polling a safety net.
+     */
+    poll_interval: duration('poll_interval', 0.2, 3600).optional(),
+    /**
+     * `poll` only; `webhook`: the VTN calls `webhook_url` (served on `webhook_listen`); `mqtt`
+     * (3.1.0): the VTN's MQTT notifier. Events notified are acted on at once.
+     */
+    notifications: z.enum(VEN_NOTIFICATIONS).default('poll'),
+    /** Where the webhook callback is served. */
+    webhook_listen: z
+      .string()
+      .refine((value) => parseListen(value) !== undefined, 'must be "HOST:PORT" (e.g. "127.0.0.1:8082")')
+      .optional(),
+    /** The callback URL given to the VTN; default `http://<webhook_listen>/openadr/notifications`. */
+    webhook_url: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }).optional(),
+    /** VTN resource name → node resource `<kind>.<rid>`: registered with the VTN, controlled, reported. */
+    resources: z.record(z.string().min(1).max(128), nodeResource).default({}),
+    /** Time per request to the VTN. */
+    request_timeout: duration('request_timeout', 0.5, 120).default(10),
+  })
+  .refine((config) => config.notifications !== 'webhook' || config.webhook_listen !== undefined, {
+    message: 'notifications = "webhook" needs webhook_listen',
+    path: ['webhook_listen'],
+  })
+  .refine(
+    (config) => {
+      if (config.notifications !== 'webhook' || config.webhook_url || !config.webhook_listen) return true
+      const host = parseListen(config.webhook_listen)?.host
+      return host !== '0.0.0.0' && host !== '::' && host !== '[::]'
+    },
+    {
+      message: 'webhook_listen on every address: set webhook_url to the URL the VTN reaches this node by',
+      path: ['webhook_url'],
+    },
+  )
+  .refine((config) => config.notifications !== 'mqtt' || config.version === '3.1.0', {
+    message: 'notifications = "mqtt" needs version "3.1.0" (3.0.1 has no MQTT notifier)',
+    path: ['notifications'],
+  })
 
 export type VenConfig = z.output<typeof venConfigSchema>
 

@@ -17,13 +17,17 @@
  * `openadr-ven` is a VEN (client) that follows any VTN: it registers itself and its resources,
  * polls events, turns capacity limits into `limit_power` commands and prices and levels into
  * events at the right time, and sends the reports the events ask for from the node's telemetry.
+ * With `notifications = "webhook"` or `"mqtt"` (3.1.0) the VTN tells it of events, which it acts
+ * on at once; polling goes on, every 300 s by default, as a safety net. Its registration, the
+ * reports it sent and its webhook token are kept in its store, so a restart loses nothing.
  *
  * Modules: config.ts (both slices), contract.ts (the OpenAPI documents, ajv), codec.ts + v310.ts
  * + v301.ts (version codecs), model.ts (the VTN's object form), visibility.ts (who sees what),
  * timing.ts (intervals), normalise.ts (ids, units, reports ↔ telemetry, limits ↔ events),
  * state.ts (KV), auth.ts (OAuth tokens), webhooks.ts (notifications), mqtt.ts (the MQTT
  * notifier binding: topics, served by the node's nats-server), server.ts (VTN transport),
- * vtn.ts (VTN glue), client.ts (VEN transport), ven.ts (VEN glue).
+ * vtn.ts (VTN glue), client.ts (VEN transport), ven-notifications.ts (VEN webhook and MQTT
+ * notifications), ven.ts (VEN glue).
  *
  * @example
  * # config.toml
@@ -45,6 +49,8 @@
  * client_secret = "another long secret"
  * ven_name = "site-7"
  * version = "3.1.0"
+ * notifications = "webhook"          # or "mqtt", or "poll" (the default)
+ * webhook_listen = "127.0.0.1:8082"  # the VTN calls http://127.0.0.1:8082/openadr/notifications
  * [plugins.openadr-ven.resources]
  * "battery-1" = "battery.site7-bat"
  */

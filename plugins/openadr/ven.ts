@@ -3,7 +3,9 @@
  * Retry-After, backing off while the VTN is away) it makes sure its ven object and its resources
  * exist on the VTN, then reads the events it may see. Between polls a timer wakes it at every
  * moment an interval (or sub-interval) starts or ends, so what applies is acted on at the right
- * time, from the events last read, also while the VTN is unreachable.
+ * time, from the events last read, also while the VTN is unreachable. With notifications
+ * (ven-notifications.ts) an event the VTN notifies is taken in and acted on at once, and the
+ * polls are a safety net.
  *
  * An event applies to a resource when it has no targets, or shares one with the resource's or
  * the ven's targets (as the VTN granted them). What an event's payloads become on the node, per
@@ -21,11 +23,12 @@
  * `power`, kW), USAGE (kWh from the `energy_import` register, else from `power`),
  * STORAGE_CHARGE_LEVEL (last `soc`, as a PERCENT fraction), SETPOINT (the limit applied, kW).
  */
+import { randomBytes } from 'node:crypto'
 import type { Logger, ResourceKind, TelemetryRecord } from '../../data-plane/index.ts'
 import type { PluginDataPlane, PluginMetrics, PluginStore } from '../api.ts'
 import { VtnClient } from './client.ts'
 import { isoString } from './codec.ts'
-import { splitNodeResource, type VenConfig } from './config.ts'
+import { DEFAULT_POLL_INTERVAL, parseListen, splitNodeResource, type VenConfig } from './config.ts'
 import { OpenAdrError, VtnRequestError } from './errors.ts'
 import type { Body } from './model.ts'
 import { limitWatts } from './normalise.ts'
@@ -39,6 +42,7 @@ import {
   valuesAt,
 } from './timing.ts'
 import { targetsFromValuesMaps } from './v301.ts'
+import { MqttNotifier, type VenNotification, type VenNotifier, WebhookNotifier } from './ven-notifications.ts'
 
 export interface VenInit {
   config: VenConfig
@@ -88,6 +92,8 @@ const REPORT_TYPES = new Set(['USAGE', 'DEMAND', 'STORAGE_CHARGE_LEVEL', 'SETPOI
 const MAX_BACKOFF_MS = 300_000
 /** What an ad hoc report covers: the last five minutes. */
 const AD_HOC_WINDOW_MS = 300_000
+/** Events kept in the store across restarts (those ending soonest are kept when there are more). */
+const MAX_SAVED_EVENTS = 500
 const encoder = new TextEncoder()
 const decoder = new TextDecoder()
 
@@ -157,11 +163,19 @@ export class Ven {
   private failures = 0
   private cycles = 0
   private evaluating: Promise<void> = Promise.resolve()
+  private notifier: VenNotifier | undefined
+  /** Events notified (id → when): a poll that started before is older news about them. */
+  private readonly notifiedAt = new Map<string, number>()
+  private notifierError: string | undefined
+  private readonly pollIntervalS: number
+  /** What was last written to the store's `events` (written again only when it changes). */
+  private savedEvents = ''
   private readonly metric: {
     polls: { inc(value?: number): void }
     failures: { inc(value?: number): void }
     controls: { inc(value?: number): void }
     reports: { inc(value?: number): void }
+    notifications: { inc(value?: number): void }
   }
 
   constructor(
@@ -180,6 +194,7 @@ export class Ven {
       },
       { logger: components.logger },
     )
+    this.pollIntervalS = config.poll_interval ?? DEFAULT_POLL_INTERVAL[config.notifications]
     this.resources = Object.entries(config.resources).map(([name, target]) => ({
       name,
       ...splitNodeResource(target),
@@ -193,6 +208,10 @@ export class Ven {
         'limit_power commands published from OpenADR events',
       ),
       reports: metrics.counter('reports_sent_total', 'reports sent to the VTN'),
+      notifications: metrics.counter(
+        'notifications_received_total',
+        'event notifications received from the VTN (webhook or MQTT)',
+      ),
     }
   }
 
@@ -206,8 +225,79 @@ export class Ven {
       )
     this.started = true
     this.abort = new AbortController()
-    await this.loadState()
+    try {
+      await this.loadState()
+      this.notifier = await this.createNotifier()
+      await this.notifier?.start(options)
+    } catch (error) {
+      this.started = false
+      await this.notifier?.stop().catch(() => {})
+      this.notifier = undefined
+      throw error
+    }
+    // Events known before a restart apply at once, whether or not the VTN answers now.
+    if (this.events.size > 0) void this.evaluate()
     this.loop = this.run()
+  }
+
+  /** The notifier of config `notifications` (the webhook's bearer token is kept in the store). */
+  private async createNotifier(): Promise<VenNotifier | undefined> {
+    const { config } = this.init
+    const components = {
+      client: this.client,
+      logger: this.components.logger,
+      onNotification: (notification: VenNotification) => this.notified(notification),
+    }
+    if (config.notifications === 'mqtt')
+      return new MqttNotifier(
+        { clientId: config.client_id, connectTimeoutMs: config.request_timeout * 1000 },
+        components,
+      )
+    if (config.notifications !== 'webhook' || !config.webhook_listen) return undefined
+    const stored = await this.components.store.get('webhook-token')
+    let bearerToken = stored ? decoder.decode(stored) : ''
+    if (bearerToken.length < 32) {
+      bearerToken = randomBytes(32).toString('base64url')
+      await this.components.store.put('webhook-token', encoder.encode(bearerToken))
+    }
+    const { host, port } = parseListen(config.webhook_listen)!
+    return new WebhookNotifier(
+      {
+        host,
+        port,
+        url: config.webhook_url,
+        bearerToken,
+        clientName: config.ven_name,
+        version: config.version,
+      },
+      components,
+    )
+  }
+
+  /** An event the VTN notified: taken in at once, acted on at once. */
+  private notified(notification: VenNotification): void {
+    if (!this.started) return
+    this.metric.notifications.inc()
+    if (notification.objectType !== 'EVENT') {
+      // A program changed (or another object): the next poll reads what follows from it.
+      this.wake?.()
+      return
+    }
+    const event = notification.object
+    const id = String(event.id)
+    this.notifiedAt.set(id, Date.now())
+    if (notification.operation === 'DELETE') this.events.delete(id)
+    else {
+      this.upsert(event, Date.now())
+      // A target this VEN does not know yet: read its grants (in a full cycle) now.
+      if (
+        this.targetsOf(event).length > 0 &&
+        !this.resources.some((resource) => this.applies(event, resource.name))
+      )
+        this.wake?.()
+    }
+    this.components.logger.debug({ eventID: id, operation: notification.operation }, 'event notified')
+    void this.evaluate()
   }
 
   async stop(): Promise<void> {
@@ -218,6 +308,8 @@ export class Ven {
     this.wake?.()
     await this.loop?.catch(() => {})
     await this.evaluating.catch(() => {})
+    await this.notifier?.stop().catch(() => {})
+    this.notifier = undefined
   }
 
   ready(): boolean {
@@ -258,6 +350,12 @@ export class Ven {
       resources: this.resources.length,
       events: this.events.size,
       activeEvents: active,
+      notifications: {
+        mode: this.init.config.notifications,
+        pollInterval: this.pollIntervalS,
+        ...this.notifier?.status(),
+        ...(this.notifierError ? { lastError: this.notifierError } : {}),
+      },
       ...(this.lastPoll ? { lastPoll: this.lastPoll } : {}),
       ...(this.lastError ? { lastError: this.lastError } : {}),
     }
@@ -280,6 +378,39 @@ export class Ven {
     )
       this.registration = registration
     for (const key of ((await read('reports')) as string[] | undefined) ?? []) this.sentReports.add(key)
+    // Events keep the time this VEN first read them (and their random offset), so a restart
+    // moves no 'do it now' start and draws no new offset.
+    const saved = (await read('events')) as
+      | { vtn?: string; events?: { event: Body; obtained: number; offset?: number }[] }
+      | undefined
+    if (saved?.vtn === this.init.config.vtn_url && Array.isArray(saved.events)) {
+      for (const { event, obtained, offset } of saved.events) {
+        if (typeof event?.id !== 'string' || typeof obtained !== 'number') continue
+        let drawn = offset
+        const resolved = resolveEvent(event as never, obtained, (range) => {
+          drawn ??= uniformOffset(range)
+          return drawn
+        })
+        this.events.set(event.id, { event, obtained, offset: drawn, resolved })
+      }
+    }
+  }
+
+  /** The events not yet over, when they changed since last written. */
+  private async saveEvents(now: number): Promise<void> {
+    const events = [...this.events.values()]
+      .filter((known) => known.resolved.end > now)
+      .sort((a, b) => a.resolved.end - b.resolved.end)
+      .slice(0, MAX_SAVED_EVENTS)
+      .map((known) => ({
+        event: known.event,
+        obtained: known.obtained,
+        ...(known.offset !== undefined ? { offset: known.offset } : {}),
+      }))
+    const text = JSON.stringify({ vtn: this.init.config.vtn_url, events })
+    if (text === this.savedEvents) return
+    await this.components.store.put('events', encoder.encode(text))
+    this.savedEvents = text
   }
 
   private async saveRegistration(): Promise<void> {
@@ -305,7 +436,7 @@ export class Ven {
   private async run(): Promise<void> {
     const { logger } = this.components
     while (this.started) {
-      let waitMs = this.init.config.poll_interval * 1000
+      let waitMs = this.pollIntervalS * 1000
       try {
         const retryAfterS = await this.cycle()
         if (!this.connected) logger.info({ vtn: this.init.config.vtn_url }, 'VTN reached')
@@ -346,9 +477,12 @@ export class Ven {
   /** One poll; answers the Retry-After the VTN gave, if any. */
   private async cycle(): Promise<number | undefined> {
     const signal = this.abort.signal
-    if (!this.registration || this.cycles % 10 === 0) await this.register(signal)
+    const registering = !this.registration || this.cycles % 10 === 0
+    if (registering) await this.register(signal)
     this.cycles += 1
+    await this.maintainNotifier(registering, signal)
     const events: Body[] = []
+    const pollStarted = Date.now()
     let retryAfterS: number | undefined
     for (let skip = 0; skip < 10_000; skip += 50) {
       const answer = await this.client.call<Body[]>(
@@ -379,8 +513,30 @@ export class Ven {
       if (this.refreshedFor.size > 10_000) this.refreshedFor.clear()
       await this.register(signal)
     }
-    this.absorb(events)
+    this.absorb(events, pollStarted)
     return retryAfterS
+  }
+
+  /** A notifier that fails does not stop polling: it is retried next cycle and shown in status. */
+  private async maintainNotifier(recheck: boolean, signal: AbortSignal): Promise<void> {
+    if (!this.notifier || !this.registration) return
+    try {
+      await this.notifier.maintain(this.registration.venID, recheck || this.notifierError !== undefined, {
+        signal,
+      })
+      if (this.notifierError)
+        this.components.logger.info({ mode: this.init.config.notifications }, 'notifications set up')
+      this.notifierError = undefined
+    } catch (error) {
+      if (!this.started) return
+      const message = (error as Error).message.slice(0, 300)
+      if (this.notifierError === undefined)
+        this.components.logger.warn(
+          { mode: this.init.config.notifications, err: message },
+          'notifications not set up: polling only, trying again next cycle',
+        )
+      this.notifierError = message
+    }
   }
 
   private targetsOf(event: Body): string[] {
@@ -447,23 +603,31 @@ export class Ven {
   }
 
   /** Take a fresh list of events: keep timing of known ones, forget deleted ones. */
-  private absorb(events: Body[]): void {
+  private absorb(events: Body[], pollStarted: number): void {
     const now = Date.now()
     const seen = new Set<string>()
+    const newer = (id: string) => (this.notifiedAt.get(id) ?? 0) >= pollStarted
     for (const event of events) {
       const id = String(event.id)
       seen.add(id)
-      const known = this.events.get(id)
-      if (known && known.event.modificationDateTime === event.modificationDateTime) continue
-      const obtained = known?.obtained ?? now
-      let offset = known?.offset
-      const resolved = resolveEvent(event as never, obtained, (range) => {
-        offset ??= uniformOffset(range)
-        return offset
-      })
-      this.events.set(id, { event, obtained, offset, resolved })
+      if (!newer(id)) this.upsert(event, now)
     }
-    for (const id of this.events.keys()) if (!seen.has(id)) this.events.delete(id)
+    for (const id of this.events.keys()) if (!seen.has(id) && !newer(id)) this.events.delete(id)
+    for (const [id, at] of this.notifiedAt) if (at < pollStarted) this.notifiedAt.delete(id)
+  }
+
+  /** Take one event in (a new version of a known one keeps its first reading time and offset). */
+  private upsert(event: Body, now: number): void {
+    const id = String(event.id)
+    const known = this.events.get(id)
+    if (known && known.event.modificationDateTime === event.modificationDateTime) return
+    const obtained = known?.obtained ?? now
+    let offset = known?.offset
+    const resolved = resolveEvent(event as never, obtained, (range) => {
+      offset ??= uniformOffset(range)
+      return offset
+    })
+    this.events.set(id, { event, obtained, offset, resolved })
   }
 
   // ---- acting on events ---------------------------------------------------------------------
@@ -530,6 +694,9 @@ export class Ven {
       }
       for (const key of this.applied.keys()) if (!winners.has(key)) this.applied.delete(key)
       await this.sendDueReports(now)
+      await this.saveEvents(now).catch((error) =>
+        this.components.logger.warn({ err: (error as Error).message }, 'events not saved'),
+      )
       this.schedule(now)
     }
     this.evaluating = this.evaluating.then(run, run)
