@@ -7,6 +7,7 @@ import { registerCard } from './commands/card.ts'
 import { registerDemo } from './commands/demo.ts'
 import { registerIngest } from './commands/ingest.ts'
 import { registerInit } from './commands/init.ts'
+import { registerOcpi } from './commands/ocpi.ts'
 import { registerOcpp } from './commands/ocpp.ts'
 import { registerPeers } from './commands/peers.ts'
 import { registerStart } from './commands/start.ts'
@@ -47,6 +48,7 @@ export function createProgram(): Command {
   registerAgreement(program)
   registerAudit(program)
   registerOcpp(program)
+  registerOcpi(program)
   registerDemo(program)
   registerUi(program)
   const override = (command: Command): void => {

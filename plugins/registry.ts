@@ -1,5 +1,6 @@
 /** The plugins built into the binary. A plugin is enabled with `[plugins.<id>] enabled = true`. */
 import type { PluginDefinition } from './api.ts'
+import { ocpiPlugin } from './ocpi/index.ts'
 import { ocppPlugin } from './ocpp/index.ts'
 import { openadrVenPlugin, openadrVtnPlugin } from './openadr/index.ts'
 import { simulatorPlugin } from './simulator/index.ts'
@@ -9,4 +10,5 @@ export const builtinPlugins: readonly PluginDefinition[] = [
   simulatorPlugin,
   openadrVtnPlugin,
   openadrVenPlugin,
+  ocpiPlugin,
 ]

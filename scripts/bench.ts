@@ -39,6 +39,10 @@ const SUITES: Record<string, { describe: string; load: () => Promise<Suite> }> =
     describe: 'VTN serving 1,000 VENs polling events every 10 s while 100 post reports each second: p99, RSS',
     load: async () => (await import('./bench/openadr.ts')).openadrSuite,
   },
+  ocpi: {
+    describe: 'OCPI CPO, 10,000 EVSEs, an eMSP: status change → PATCH p99 at 1,000/s, push and pull of all',
+    load: async () => (await import('./bench/ocpi.ts')).ocpiSuite,
+  },
 }
 
 function usage(): string {
