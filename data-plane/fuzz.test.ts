@@ -307,7 +307,8 @@ describe('fuzz: parseTelemetryRecord', () => {
       }
       expect(problems.slice(0, 5)).toEqual([])
       // Both outcomes are exercised, so neither half of the check is vacuous.
-      expect(accepted).toBeGreaterThan(ITERATIONS * 0.05)
+      // (About 4 % of candidates pass since values and times must also be plausible.)
+      expect(accepted).toBeGreaterThan(ITERATIONS * 0.02)
       expect(accepted).toBeLessThan(ITERATIONS * 0.95)
     },
     HANG_GUARD_MS,

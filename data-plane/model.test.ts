@@ -1,7 +1,7 @@
 import { describe, expect, test } from 'vitest'
 import { SPEC_NOT_ELECTRICAL, SPEC_UNITS } from '../test/helpers/check.ts'
 import { decodeCbor } from './codec.ts'
-import { parseResource, parseTelemetryRecord } from './model.ts'
+import { checkTelemetryRecord, MIN_TIME_MS, parseResource, parseTelemetryRecord } from './model.ts'
 
 const NOW = 1_700_000_000_000
 const FIVE_MINUTES = 5 * 60 * 1000
@@ -51,14 +51,16 @@ describe('parseTelemetryRecord', () => {
   })
 
   test.each(Object.entries(UNITS))('accepts base quantity %s with its unit %s', (q, u) => {
-    expect(parseTelemetryRecord({ ...valid, q }, NOW).q).toBe(q)
-    expect(parseTelemetryRecord({ ...valid, q, u }, NOW).u).toBe(u)
+    // 50 is plausible for every quantity (soc is 0–100 %).
+    expect(parseTelemetryRecord({ ...valid, q, v: 50 }, NOW).q).toBe(q)
+    expect(parseTelemetryRecord({ ...valid, q, v: 50, u }, NOW).u).toBe(u)
   })
 
   const phased = ELECTRICAL.flatMap((q) => ['l1', 'l2', 'l3'].map((phase) => [`${q}_${phase}`, UNITS[q]!]))
   test.each(phased)('accepts phase-suffixed quantity %s with unit %s', (q, u) => {
-    expect(parseTelemetryRecord({ ...valid, q }, NOW).q).toBe(q)
-    expect(parseTelemetryRecord({ ...valid, q, u }, NOW).u).toBe(u)
+    // 50 is plausible for every quantity (soc is 0–100 %).
+    expect(parseTelemetryRecord({ ...valid, q, v: 50 }, NOW).q).toBe(q)
+    expect(parseTelemetryRecord({ ...valid, q, v: 50, u }, NOW).u).toBe(u)
   })
 
   test.each([
@@ -166,10 +168,19 @@ describe('parseTelemetryRecord', () => {
     expect(parseTelemetryRecord({ ...valid, t }, t).t).toBe(t)
   })
 
-  test('accepts old readings, down to the epoch', () => {
-    expect(parseTelemetryRecord({ ...valid, t: 0 }, NOW).t).toBe(0)
+  test('accepts old readings, down to 2000-01-01T00:00:00Z', () => {
+    expect(parseTelemetryRecord({ ...valid, t: MIN_TIME_MS }, NOW).t).toBe(Date.UTC(2000, 0, 1))
     expect(parseTelemetryRecord({ ...valid, t: NOW - 10 * 365 * 24 * 3600 * 1000 }, NOW).t).toBeLessThan(NOW)
   })
+
+  test.each([0, 1, MIN_TIME_MS - 1, 1_700_000_000])(
+    'rejects time %d, before 2000 (a zero, or seconds sent as milliseconds), with path t',
+    (t) => {
+      const error = validationError(() => parseTelemetryRecord({ ...valid, t }, NOW))
+      expect(error.path).toBe('t')
+      expect(error.message).toMatch(/before 2000-01-01/)
+    },
+  )
 
   test.each([
     NOW + 0.5,
@@ -227,6 +238,46 @@ describe('parseTelemetryRecord', () => {
       rejectsRecord(input, '')
     },
   )
+
+  test.each([
+    ['energy_import', -1],
+    ['energy_export', -0.001],
+    ['energy_import_l2', -5],
+    ['soc', -0.1],
+    ['soc', 100.01],
+    ['soc', 250],
+  ])('rejects an implausible %s of %d with path v and the range in the reason', (q, v) => {
+    const error = validationError(() => parseTelemetryRecord({ ...valid, q, v }, NOW))
+    expect(error.path).toBe('v')
+    expect(error.message).toMatch(q === 'soc' ? /between 0 and 100/ : /cannot be negative/)
+  })
+
+  test.each([
+    ['energy_import', 0],
+    ['energy_export', 1e12],
+    ['energy_import_l3', 0],
+    ['soc', 0],
+    ['soc', 100],
+    ['soc', 55.5],
+    ['power', -1e9],
+    ['temperature', -40],
+  ])('accepts a plausible %s of %d', (q, v) => {
+    expect(parseTelemetryRecord({ ...valid, q, v }, NOW).v).toBe(v)
+  })
+
+  test('checkTelemetryRecord answers the same as parseTelemetryRecord without throwing', () => {
+    expect(checkTelemetryRecord(valid, NOW)).toEqual({ ok: true, record: valid })
+    expect(checkTelemetryRecord({ ...valid, q: 'soc', v: 101 }, NOW)).toEqual({
+      ok: false,
+      path: 'v',
+      reason: 'soc must be between 0 and 100 %, got 101',
+    })
+    expect(checkTelemetryRecord({}, NOW)).toEqual({
+      ok: false,
+      path: 'kind',
+      reason: 'must be a string, got undefined',
+    })
+  })
 
   test('names the field in the error message', () => {
     const error = validationError(() => parseTelemetryRecord({ ...valid, rid: 'a.b' }, NOW))

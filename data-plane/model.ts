@@ -119,68 +119,115 @@ const describe = (value: unknown): string =>
   value === null ? 'null' : Array.isArray(value) ? 'array' : typeof value
 
 /**
- * Check one telemetry record. Returns the typed record or throws a ValidationError naming the
- * field. `now` is the node's clock, used to refuse readings stamped too far in the future.
+ * Earliest time a reading may carry: 2000-01-01T00:00:00Z. A zero, or seconds sent where
+ * milliseconds belong (1.7e9 is January 1970), is a sender's mistake, not an old reading.
  */
-export function parseTelemetryRecord(input: unknown, now = Date.now()): TelemetryRecord {
+export const MIN_TIME_MS = Date.UTC(2000, 0, 1)
+
+/**
+ * Plausible values per base quantity (also for its phases), inclusive: outside them a reading is
+ * a sign or unit mistake. Energy registers are cumulative (§5) and never negative; a state of
+ * charge is a percentage.
+ */
+export const QUANTITY_RANGES: Readonly<Partial<Record<BaseQuantity, { min?: number; max?: number }>>> = {
+  energy_import: { min: 0 },
+  energy_export: { min: 0 },
+  soc: { min: 0, max: 100 },
+}
+
+/** The base quantity of a known quantity: `energy_import_l1` → `energy_import`. */
+function baseQuantity(quantity: string): BaseQuantity {
+  return (UNITS.has(quantity) ? quantity : quantity.slice(0, -3)) as BaseQuantity
+}
+
+/** Why a value is implausible for a (known) quantity, or undefined when it is plausible. */
+export function implausibleValue(quantity: string, value: number): string | undefined {
+  const base = baseQuantity(quantity)
+  const range = QUANTITY_RANGES[base]
+  if (range === undefined) return undefined
+  if (range.max !== undefined && range.min !== undefined && (value < range.min || value > range.max)) {
+    return `${quantity} must be between ${range.min} and ${range.max} ${QUANTITY_UNITS[base]}, got ${value}`
+  }
+  if (range.min !== undefined && value < range.min) {
+    return `${quantity} is a cumulative register and cannot be negative, got ${value}`
+  }
+  return undefined
+}
+
+/** A record checked: the typed record, or the field at fault and why. */
+export type TelemetryRecordCheck =
+  | { ok: true; record: TelemetryRecord }
+  | { ok: false; path: string; reason: string }
+
+const problem = (path: string, reason: string): TelemetryRecordCheck => ({ ok: false, path, reason })
+
+/**
+ * Check one telemetry record without throwing: what an edge that reads many records uses, so a
+ * body of bad records costs a few strings, not an Error (and its stack) each. `now` is the node's
+ * clock, used to refuse readings stamped too far in the future.
+ */
+export function checkTelemetryRecord(input: unknown, now = Date.now()): TelemetryRecordCheck {
   if (typeof input !== 'object' || input === null || Array.isArray(input)) {
-    throw new ValidationError('', `a record must be an object, got ${describe(input)}`)
+    return problem('', `a record must be an object, got ${describe(input)}`)
   }
   const r = input as Record<string, unknown>
-  if (typeof r.kind !== 'string')
-    throw new ValidationError('kind', `must be a string, got ${describe(r.kind)}`)
+  if (typeof r.kind !== 'string') return problem('kind', `must be a string, got ${describe(r.kind)}`)
   if (!kindSet.has(r.kind)) {
-    throw new ValidationError(
+    return problem(
       'kind',
-      `unknown resource kind '${r.kind}' (one of ${RESOURCE_KINDS.join(', ')})`,
+      `unknown resource kind '${truncate(r.kind)}' (one of ${RESOURCE_KINDS.join(', ')})`,
     )
   }
-  if (typeof r.rid !== 'string') throw new ValidationError('rid', `must be a string, got ${describe(r.rid)}`)
+  if (typeof r.rid !== 'string') return problem('rid', `must be a string, got ${describe(r.rid)}`)
   if (!RESOURCE_ID_PATTERN.test(r.rid)) {
-    throw new ValidationError(
-      'rid',
-      `'${truncate(r.rid)}' is not a resource id (${RESOURCE_ID_PATTERN.source})`,
-    )
+    return problem('rid', `'${truncate(r.rid)}' is not a resource id (${RESOURCE_ID_PATTERN.source})`)
   }
-  if (typeof r.q !== 'string') throw new ValidationError('q', `must be a string, got ${describe(r.q)}`)
+  if (typeof r.q !== 'string') return problem('q', `must be a string, got ${describe(r.q)}`)
   const unit = canonicalUnit(r.q)
-  if (unit === undefined) throw new ValidationError('q', `unknown quantity '${truncate(r.q)}'`)
-  if (typeof r.v !== 'number') throw new ValidationError('v', `must be a number, got ${describe(r.v)}`)
-  if (!Number.isFinite(r.v)) throw new ValidationError('v', `must be finite, got ${r.v}`)
-  if (typeof r.t !== 'number')
-    throw new ValidationError('t', `must be epoch milliseconds, got ${describe(r.t)}`)
+  if (unit === undefined) return problem('q', `unknown quantity '${truncate(r.q)}'`)
+  if (typeof r.v !== 'number') return problem('v', `must be a number, got ${describe(r.v)}`)
+  if (!Number.isFinite(r.v)) return problem('v', `must be finite, got ${r.v}`)
+  const implausible = implausibleValue(r.q, r.v)
+  if (implausible !== undefined) return problem('v', implausible)
+  if (typeof r.t !== 'number') return problem('t', `must be epoch milliseconds, got ${describe(r.t)}`)
   if (!Number.isSafeInteger(r.t) || r.t < 0) {
-    throw new ValidationError('t', `must be a non-negative integer of epoch milliseconds, got ${r.t}`)
+    return problem('t', `must be a non-negative integer of epoch milliseconds, got ${r.t}`)
+  }
+  if (r.t < MIN_TIME_MS) {
+    return problem('t', `${r.t} is before 2000-01-01T00:00:00Z: epoch milliseconds expected (not seconds)`)
   }
   if (r.t > now + MAX_FUTURE_SKEW_MS) {
-    throw new ValidationError(
-      't',
-      `is ${Math.round((r.t - now) / 1000)} s in the future (at most 300 s allowed)`,
-    )
+    return problem('t', `is ${Math.round((r.t - now) / 1000)} s in the future (at most 300 s allowed)`)
   }
   const record: TelemetryRecord = { kind: r.kind as ResourceKind, rid: r.rid, q: r.q, v: r.v, t: r.t }
   if (r.u !== undefined) {
     if (r.u !== unit) {
-      throw new ValidationError(
-        'u',
-        `'${truncate(String(r.u))}' is not the canonical unit '${unit}' of ${r.q}`,
-      )
+      return problem('u', `'${truncate(String(r.u))}' is not the canonical unit '${unit}' of ${r.q}`)
     }
     record.u = unit
   }
   if (r.ql !== undefined) {
     if (typeof r.ql !== 'string' || !qualitySet.has(r.ql)) {
-      throw new ValidationError(
-        'ql',
-        `unknown quality '${truncate(String(r.ql))}' (one of ${QUALITIES.join(', ')})`,
-      )
+      return problem('ql', `unknown quality '${truncate(String(r.ql))}' (one of ${QUALITIES.join(', ')})`)
     }
     record.ql = r.ql as Quality
   }
-  for (const key of Object.keys(r)) {
-    if (!RECORD_KEYS.has(key)) throw new ValidationError(key, 'is not a field of a telemetry record')
+  for (const key in r) {
+    if (Object.hasOwn(r, key) && !RECORD_KEYS.has(key)) {
+      return problem(truncate(key), 'is not a field of a telemetry record')
+    }
   }
-  return record
+  return { ok: true, record }
+}
+
+/**
+ * Check one telemetry record. Returns the typed record or throws a ValidationError naming the
+ * field. `now` is the node's clock, used to refuse readings stamped too far in the future.
+ */
+export function parseTelemetryRecord(input: unknown, now = Date.now()): TelemetryRecord {
+  const checked = checkTelemetryRecord(input, now)
+  if (!checked.ok) throw new ValidationError(checked.path, checked.reason)
+  return checked.record
 }
 
 const RECORD_KEYS: ReadonlySet<string> = new Set(['kind', 'rid', 'q', 'v', 't', 'u', 'ql'])

@@ -53,8 +53,9 @@ export async function ensureStreams(jsm: JetStreamManager, limits: RetentionLimi
       max_age: nanos(limits[name].maxAgeMs),
       max_bytes: limits[name].maxBytes,
       num_replicas: 1,
-      // Peer ingress deduplicates by (agreement, sequence) through message ids.
-      duplicate_window: nanos(2 * 60 * 1000),
+      // Records published with a message id (an ingest request's Idempotency-Key and index) are
+      // stored once within the window: as long as the API promises to honour a repeated key.
+      duplicate_window: nanos(10 * 60 * 1000),
     }
     let exists = true
     try {

@@ -230,6 +230,37 @@ describe('durations and sizes', () => {
   })
 })
 
+describe('API limits and host names', () => {
+  test('api.max_records defaults to 100000; the file and OE_NODE_API_MAX_RECORDS set it', async () => {
+    expect((await loadConfig({ env: {} })).api.max_records).toBe(100_000)
+    const file = await configFile('[api]\nmax_records = 5000\n')
+    expect((await loadConfig({ file, env: {} })).api.max_records).toBe(5000)
+    expect((await loadConfig({ env: { OE_NODE_API_MAX_RECORDS: '250' } })).api.max_records).toBe(250)
+  })
+
+  test('api.max_records must be a whole number from 1 to 10000000', async () => {
+    for (const value of [0, -1, 1.5, 10_000_001]) {
+      const error = await loadError({ flags: { 'api.max_records': value } })
+      expect(issuePaths(error), String(value)).toEqual(['api.max_records (flag)'])
+    }
+  })
+
+  test('api.allowed_hosts: host names, empty by default, comma-separated from the environment', async () => {
+    expect((await loadConfig({ env: {} })).api.allowed_hosts).toEqual([])
+    const file = await configFile('[api]\nallowed_hosts = ["node.example.internal", "Metrics.Local"]\n')
+    expect((await loadConfig({ file, env: {} })).api.allowed_hosts).toEqual([
+      'node.example.internal',
+      'metrics.local',
+    ])
+    const env = { OE_NODE_API_ALLOWED_HOSTS: 'a.example, b.example' }
+    expect((await loadConfig({ env })).api.allowed_hosts).toEqual(['a.example', 'b.example'])
+    for (const bad of ['http://node.example', 'node.example:7410', 'a b', '']) {
+      const error = await loadError({ flags: { 'api.allowed_hosts': [bad] } })
+      expect(issuePaths(error), bad).toEqual(['api.allowed_hosts.0 (flag)'])
+    }
+  })
+})
+
 describe('federation batching', () => {
   test('defaults: 500 records, 5 ms wait, 8 batches of credit; the file and OE_NODE_* set them', async () => {
     const defaults = await loadConfig({})

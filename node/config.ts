@@ -84,6 +84,23 @@ export const configSchema = z.strictObject({
       listen: hostPort.default('127.0.0.1:7410'),
       max_body_bytes: size.prefault('16MiB').refine((value) => value > 0, 'must be positive'),
       ingest_tokens: z.array(z.string().min(16, 'an ingest token needs at least 16 characters')).default([]),
+      // Records per ingest request; a body holding more is refused (413) before it is parsed.
+      max_records: z.coerce
+        .number({ error: 'must be a number of records (1-10000000)' })
+        .int('must be a whole number of records')
+        .min(1, 'must be at least 1 record')
+        .max(10_000_000, 'must be at most 10000000 records')
+        .default(100_000),
+      // Host names (besides loopback, IP literals and api.listen's host) under which health and
+      // metrics are open without a token: a DNS name for this host that local tools use.
+      allowed_hosts: z
+        .array(
+          z
+            .string()
+            .regex(/^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$/, 'must be a host name (no scheme, port or spaces)')
+            .transform((name) => name.toLowerCase().replace(/\.$/, '')),
+        )
+        .default([]),
     })
     .prefault({}),
   federation: z
@@ -150,6 +167,8 @@ const SETTINGS: Record<string, 'string' | 'list' | 'number'> = {
   'api.listen': 'string',
   'api.max_body_bytes': 'string',
   'api.ingest_tokens': 'list',
+  'api.max_records': 'number',
+  'api.allowed_hosts': 'list',
   'federation.listen': 'list',
   'federation.batch_records': 'number',
   'federation.batch_wait': 'string',

@@ -199,6 +199,36 @@ describe('admin token', () => {
   })
 })
 
+describe('ensureDataDir', () => {
+  test('a data dir (or one of its folders) others may write to is made 0700, and the change is reported', async () => {
+    const root = join(await tempDir(), 'shared')
+    const paths = dataDirPaths(root)
+    await ensureDataDir(paths)
+    await chmod(root, 0o777)
+    await chmod(paths.nats, 0o775)
+    await chmod(paths.audit, 0o750)
+    const fixed = await ensureDataDir(paths)
+    expect(await modeOf(root)).toBe(0o700)
+    expect(await modeOf(paths.nats)).toBe(0o700)
+    // Readable by the group but not writable: the operator's choice, left alone.
+    expect(await modeOf(paths.audit)).toBe(0o750)
+    expect(fixed).toEqual([
+      { path: root, from: 0o777, to: 0o700 },
+      { path: paths.nats, from: 0o775, to: 0o700 },
+    ])
+    expect(await ensureDataDir(paths)).toEqual([])
+  })
+
+  test('initDataDir (what start runs) fixes a world-writable data dir too', async () => {
+    const root = join(await tempDir(), 'world')
+    const paths = dataDirPaths(root)
+    await initDataDir(paths, 'Gridco')
+    await chmod(root, 0o777)
+    await initDataDir(paths, 'Gridco')
+    expect(await modeOf(root)).toBe(0o700)
+  })
+})
+
 describe('initDataDir', () => {
   test('creates keys/, the key, config.toml and admin.token with tight permissions', async () => {
     const paths = dataDirPaths(join(await tempDir(), 'fresh'))

@@ -42,12 +42,32 @@ export function dataDirPaths(root: string): DataDirPaths {
   }
 }
 
-export async function ensureDataDir(paths: DataDirPaths): Promise<void> {
+/** A folder of the data dir whose mode was tightened. */
+export interface DataDirModeFix {
+  path: string
+  from: number
+  to: number
+}
+
+/**
+ * Create the data dir and its folders (0700). A folder that group or others may write to is made
+ * 0700: whoever can write there can swap the config, the nats-server executable the node
+ * extracts into `nats/`, or the API file the CLI trusts. The changes are returned, to be logged.
+ */
+export async function ensureDataDir(paths: DataDirPaths): Promise<DataDirModeFix[]> {
   await mkdir(paths.root, { recursive: true, mode: 0o700 })
   for (const dir of [paths.keys, paths.nats, paths.audit, paths.plugins]) {
     await mkdir(dir, { recursive: true, mode: 0o700 })
   }
   await chmod(paths.keys, 0o700)
+  const fixed: DataDirModeFix[] = []
+  for (const dir of [paths.root, paths.nats, paths.audit, paths.plugins]) {
+    const mode = (await stat(dir)).mode & 0o7777
+    if ((mode & 0o022) === 0) continue
+    await chmod(dir, 0o700)
+    fixed.push({ path: dir, from: mode, to: 0o700 })
+  }
+  return fixed
 }
 
 export async function fileExists(path: string): Promise<boolean> {

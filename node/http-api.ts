@@ -5,17 +5,22 @@
  * with a specific reason and never disturbs what was already accepted.
  */
 import { createHash, timingSafeEqual } from 'node:crypto'
+import { isIPv4 } from 'node:net'
+import { headers as natsHeaders } from '@nats-io/nats-core'
 import type { Server } from 'bun'
 import {
+  checkTelemetryRecord,
   type DataPlane,
   DataPlaneError,
   DecodeError,
   decodeCbor,
+  encodeTelemetryPayload,
   isValidSubjectFilter,
   NotConnectedError,
+  type OutgoingMessage,
   PublishError,
   parseResource,
-  parseTelemetryRecord,
+  subjects,
   type TelemetryRecord,
   ValidationError,
 } from '../data-plane/index.ts'
@@ -36,6 +41,7 @@ import {
 import { PluginError, type PluginHost } from '../plugins/index.ts'
 import { parseCard } from './card.ts'
 import { CardError } from './errors.ts'
+import { IDEMPOTENCY_KEY_PATTERN, IdempotencyStore } from './idempotency.ts'
 import type { Logger } from './logger.ts'
 import type { NodeMetrics } from './metrics.ts'
 
@@ -43,8 +49,15 @@ export interface HttpApiInit {
   /** HOST:PORT; port 0 picks a free one. */
   listen: string
   maxBodyBytes: number
+  /** Records one ingest request may carry (`api.max_records`); default 100,000. */
+  maxRecords?: number
   adminToken: string
   ingestTokens: readonly string[]
+  /**
+   * Host names (besides loopback ones, IP literals and the listen host) under which health and
+   * metrics are answered without a token (`api.allowed_hosts`).
+   */
+  allowedHosts?: readonly string[]
 }
 
 export interface HealthReport {
@@ -68,10 +81,22 @@ export interface HttpApiComponents {
 export interface IngestResult {
   accepted: number
   rejected: number
+  /** The first MAX_REPORTED_ERRORS rejections, by index. */
   errors: { index: number; reason: string }[]
+  /** Present (true) when more records were rejected than `errors` lists. */
+  errorsTruncated?: true
 }
 
-const MAX_REPORTED_ERRORS = 1000
+export const MAX_REPORTED_ERRORS = 1000
+export const DEFAULT_MAX_RECORDS = 100_000
+/**
+ * Parts a body may hold per record it may carry: a record with every field is 15 (the object, 7
+ * keys and values, separators). A body is refused when it holds more parts than `max_records`
+ * full records would, so no body costs more to parse than the largest valid one.
+ */
+export const ITEMS_PER_RECORD = 16
+/** Longest path echoed back in an error message. */
+const MAX_ECHOED_PATH = 200
 const JSON_HEADERS = { 'content-type': 'application/json' }
 
 type Access = 'open-on-loopback' | 'ingest' | 'admin'
@@ -91,6 +116,8 @@ export class HttpError extends Error {
     readonly status: number,
     readonly errorName: string,
     message: string,
+    /** More fields for the JSON answer (e.g. the limit that was passed). */
+    readonly extra: Record<string, unknown> = {},
   ) {
     super(message)
   }
@@ -120,6 +147,45 @@ function tokenMatches(given: string, expected: readonly Buffer[]): boolean {
   return match
 }
 
+/** A decoded path parameter; a broken percent-encoding is the client's mistake (400). */
+function decodePathParameter(text: string): string {
+  try {
+    return decodeURIComponent(text)
+  } catch {
+    const shown = text.length > 100 ? `${text.slice(0, 100)}…` : text
+    throw new HttpError(400, 'InvalidPath', `'${shown}' is not a valid percent-encoded path segment`)
+  }
+}
+
+/** `Host: name[:port]` or `[v6]:port` (RFC 9110 §7.2), as the client sent it. */
+const HOST_HEADER = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?$/
+
+/** The host name of the Host header, normalised; missing or malformed is a 400. */
+function parseHostHeader(header: string | null): string {
+  if (header === null || header.trim() === '') {
+    throw new HttpError(400, 'MissingHost', 'a Host header is required (HTTP/1.1)')
+  }
+  const match = HOST_HEADER.exec(header.trim())
+  if (!match || (match[2] !== undefined && Number(match[2]) > 65_535)) {
+    const shown = header.length > 100 ? `${header.slice(0, 100)}…` : header
+    throw new HttpError(400, 'InvalidHost', `'${shown}' is not a Host header (host[:port], one of them)`)
+  }
+  return normaliseHostName(match[1]!)
+}
+
+/** Lower case, without a trailing dot; IPv4 in dotted-quad form (as a browser would send it). */
+function normaliseHostName(name: string): string {
+  const lower = name.toLowerCase().replace(/\.$/, '')
+  if (lower.startsWith('[') || !/^[0-9a-fx.]+$/.test(lower)) return lower
+  try {
+    // 127.1 and 0x7f.0.0.1 are IPv4 literals to a browser too.
+    const parsed = new URL(`http://${lower}/`).hostname
+    return isIPv4(parsed) ? parsed : lower
+  } catch {
+    return lower
+  }
+}
+
 function isLoopback(address: string | undefined): boolean {
   if (!address) return false
   return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.')
@@ -140,11 +206,21 @@ async function readBody(request: Request, limit: number): Promise<Uint8Array> {
   if (!request.body) return new Uint8Array(0)
   const chunks: Uint8Array[] = []
   let total = 0
-  for await (const chunk of request.body) {
-    total += chunk.byteLength
-    if (total > limit)
-      throw new HttpError(413, 'PayloadTooLarge', `the body is larger than the limit of ${limit} bytes`)
-    chunks.push(chunk)
+  try {
+    for await (const chunk of request.body) {
+      total += chunk.byteLength
+      if (total > limit)
+        throw new HttpError(413, 'PayloadTooLarge', `the body is larger than the limit of ${limit} bytes`)
+      chunks.push(chunk)
+    }
+  } catch (error) {
+    if (error instanceof HttpError) throw error
+    // The client went away or sent a broken chunked encoding.
+    throw new HttpError(
+      400,
+      'BodyReadError',
+      `the request body could not be read: ${(error as Error).message}`,
+    )
   }
   if (chunks.length === 1) return chunks[0]!
   const body = new Uint8Array(total)
@@ -170,15 +246,227 @@ function decodeText(body: Uint8Array): string {
   }
 }
 
+const NDJSON_TYPES: ReadonlySet<string> = new Set([
+  'application/x-ndjson',
+  'application/ndjson',
+  'application/jsonl',
+])
+
+/** What an ingest body holds, as far as a count before parsing could tell. */
+export interface BodyCount {
+  /** Top-level records (array elements, or non-blank NDJSON lines). */
+  records: number
+  /** Parts: JSON containers, separators and key colons; CBOR data items. */
+  items: number
+}
+
+/**
+ * Count a JSON array or NDJSON body without parsing it: records, and parts (every `{` `[` `,` `:`
+ * outside strings). Stops as soon as either passes its limit, so the cost is one pass over the
+ * bytes at most. Malformed JSON is counted as best it can be; parsing then says what is wrong.
+ */
+export function countJsonBody(
+  body: Uint8Array,
+  ndjson: boolean,
+  limits: { records: number; items: number },
+): BodyCount {
+  const recordDepth = ndjson ? 0 : 1
+  let depth = 0
+  let records = 0
+  let items = 0
+  let inRecord = false
+  const length = body.length
+  for (let i = 0; i < length; i++) {
+    const c = body[i]!
+    if (c === 0x20 || c === 0x09 || c === 0x0d) continue
+    if (c === 0x0a) {
+      if (ndjson && depth === 0) inRecord = false
+      continue
+    }
+    if (depth === recordDepth && !inRecord && c !== 0x2c && c !== 0x5d && c !== 0x7d) {
+      inRecord = true
+      if (++records > limits.records) break
+    }
+    switch (c) {
+      case 0x22: // a string: skip to its closing quote
+        for (i++; i < length && body[i] !== 0x22; i++) if (body[i] === 0x5c) i++
+        break
+      case 0x5b:
+      case 0x7b:
+        depth++
+        items++
+        break
+      case 0x5d:
+      case 0x7d:
+        depth--
+        break
+      case 0x2c:
+        items++
+        if (depth === recordDepth) inRecord = false
+        break
+      case 0x3a:
+        items++
+        break
+    }
+    if (items > limits.items) break
+  }
+  return { records, items }
+}
+
+/**
+ * Count a CBOR body without decoding it: the elements of its top-level array (after any tags)
+ * and every data item inside (RFC 8949 §3), stopping once either passes its limit. Undefined
+ * when the body is not a well-formed array, which decoding then reports.
+ */
+export function countCborBody(
+  body: Uint8Array,
+  limits: { records: number; items: number },
+): BodyCount | undefined {
+  const length = body.length
+  let pos = 0
+  /** Items left per open container; -1 for an indefinite one (ended by a break, 0xff). */
+  const remaining: number[] = []
+  let records = 0
+  let items = 0
+  // The argument of the head at `pos` (RFC 8949 §3.1), leaving `pos` after it; -1 if malformed.
+  const argument = (info: number): number => {
+    if (info < 24) return info
+    const size = info === 24 ? 1 : info === 25 ? 2 : info === 26 ? 4 : info === 27 ? 8 : 0
+    if (size === 0 || pos + size > length) return -1
+    let value = 0
+    for (let k = 0; k < size; k++) value = value * 256 + body[pos + k]!
+    pos += size
+    return value
+  }
+  // Tags before the array (e.g. self-described CBOR, 55799).
+  while (pos < length && body[pos]! >> 5 === 6) {
+    const info = body[pos++]! & 0x1f
+    if (argument(info) < 0) return undefined
+  }
+  if (pos >= length || body[pos]! >> 5 !== 4) return undefined
+  const top = body[pos++]! & 0x1f
+  if (top === 31) remaining.push(-1)
+  else {
+    const count = argument(top)
+    if (count < 0) return undefined
+    remaining.push(count)
+  }
+  while (remaining.length > 0) {
+    const level = remaining.length - 1
+    const left = remaining[level]!
+    if (left === 0) {
+      remaining.pop()
+      continue
+    }
+    if (pos >= length) return undefined
+    const initial = body[pos]!
+    if (initial === 0xff) {
+      if (left !== -1) return undefined
+      pos++
+      remaining.pop()
+      continue
+    }
+    if (left > 0) remaining[level] = left - 1
+    if (level === 0 && ++records > limits.records) return { records, items }
+    if (++items > limits.items) return { records, items }
+    pos++
+    const major = initial >> 5
+    const info = initial & 0x1f
+    const indefinite = info === 31
+    const value = indefinite ? 0 : argument(info)
+    if (value < 0) return undefined
+    switch (major) {
+      case 0:
+      case 1:
+        if (indefinite) return undefined
+        break
+      case 2:
+      case 3:
+        if (!indefinite) {
+          pos += value
+          if (pos > length) return undefined
+          break
+        }
+        // Chunks of the same major type, each definite, until a break.
+        for (;;) {
+          if (pos >= length) return undefined
+          const chunk = body[pos++]!
+          if (chunk === 0xff) break
+          if (chunk >> 5 !== major || (chunk & 0x1f) === 31) return undefined
+          const size = argument(chunk & 0x1f)
+          if (size < 0 || pos + size > length) return undefined
+          pos += size
+        }
+        break
+      case 4:
+        remaining.push(indefinite ? -1 : value)
+        break
+      case 5:
+        remaining.push(indefinite ? -1 : value * 2)
+        break
+      case 6:
+        if (indefinite) return undefined
+        remaining.push(1)
+        break
+      default:
+        // Simple values and floats carry no items; a break outside an indefinite item is malformed.
+        if (indefinite) return undefined
+    }
+  }
+  return { records, items }
+}
+
+/**
+ * Refuse a body that holds more records than `maxRecords`, or more parts than that many full
+ * records would, before it is parsed: a few megabytes of `{}` must not become millions of
+ * objects. A body no longer than `maxRecords` bytes cannot hold more, so it is not counted.
+ */
+export function checkBodySize(body: Uint8Array, type: string, maxRecords: number): void {
+  if (body.length <= maxRecords) return
+  const limits = { records: maxRecords, items: maxRecords * ITEMS_PER_RECORD + 1 }
+  let count: BodyCount | undefined
+  if (type === 'application/cbor') {
+    count = countCborBody(body, limits)
+    if (count === undefined) throw new DecodeError('malformed CBOR: the body is not a well-formed CBOR array')
+  } else if (NDJSON_TYPES.has(type) || type === 'application/json' || type === '') {
+    count = countJsonBody(body, NDJSON_TYPES.has(type), limits)
+  } else return
+  if (count.records > maxRecords) throw tooManyRecords(maxRecords)
+  if (count.items > limits.items) {
+    throw new HttpError(
+      413,
+      'TooManyRecords',
+      `the body holds more values than ${maxRecords} records would (api.max_records); a record is a flat object`,
+      { maxRecords },
+    )
+  }
+}
+
+const tooManyRecords = (maxRecords: number): HttpError =>
+  new HttpError(
+    413,
+    'TooManyRecords',
+    `the body holds more than ${maxRecords} records (api.max_records); send them in several requests`,
+    { maxRecords },
+  )
+
 /** Parse an ingest body into the list of candidate records; malformed bodies throw DecodeError. */
-export function parseIngestBody(body: Uint8Array, type: string): unknown[] {
+export function parseIngestBody(body: Uint8Array, type: string, maxRecords = DEFAULT_MAX_RECORDS): unknown[] {
+  if (type !== 'application/cbor' && type !== 'application/json' && type !== '' && !NDJSON_TYPES.has(type)) {
+    throw new HttpError(
+      415,
+      'UnsupportedMediaType',
+      `content-type '${type.slice(0, 100)}' is not supported; use application/json, application/x-ndjson or application/cbor`,
+    )
+  }
+  checkBodySize(body, type, maxRecords)
+  let records: unknown[]
   if (type === 'application/cbor') {
     const decoded = decodeCbor(body)
     if (!Array.isArray(decoded)) throw new DecodeError('a CBOR body must be an array of records')
-    return decoded
-  }
-  if (type === 'application/x-ndjson' || type === 'application/ndjson' || type === 'application/jsonl') {
-    const records: unknown[] = []
+    records = decoded
+  } else if (NDJSON_TYPES.has(type)) {
+    records = []
     const lines = decodeText(body).split('\n')
     for (let i = 0; i < lines.length; i++) {
       const line = lines[i]!.trim()
@@ -189,9 +477,7 @@ export function parseIngestBody(body: Uint8Array, type: string): unknown[] {
         throw new DecodeError(`malformed NDJSON at line ${i + 1}: ${(error as Error).message}`)
       }
     }
-    return records
-  }
-  if (type === 'application/json' || type === '') {
+  } else {
     let decoded: unknown
     try {
       decoded = JSON.parse(decodeText(body))
@@ -200,32 +486,44 @@ export function parseIngestBody(body: Uint8Array, type: string): unknown[] {
       throw new DecodeError(`malformed JSON: ${(error as Error).message}`)
     }
     if (!Array.isArray(decoded)) throw new DecodeError('a JSON body must be an array of records')
-    return decoded
+    records = decoded
   }
-  throw new HttpError(
-    415,
-    'UnsupportedMediaType',
-    `content-type '${type}' is not supported; use application/json, application/x-ndjson or application/cbor`,
-  )
+  // The count above is exact for well-formed bodies; this holds whatever it skipped.
+  if (records.length > maxRecords) throw tooManyRecords(maxRecords)
+  return records
 }
 
-/** Validate candidates; the valid ones are returned with the reasons for the others. */
+/**
+ * Validate candidates; the valid ones are returned with the reasons for the others. A rejected
+ * record costs a short reason at most: past MAX_REPORTED_ERRORS only the count grows.
+ */
 export function validateRecords(
   candidates: readonly unknown[],
   now = Date.now(),
-): { records: TelemetryRecord[]; result: IngestResult } {
+): { records: TelemetryRecord[]; indices: number[]; result: IngestResult } {
   const records: TelemetryRecord[] = []
+  /** Where each record stood in the body. */
+  const indices: number[] = []
   const errors: IngestResult['errors'] = []
   let rejected = 0
   for (let index = 0; index < candidates.length; index++) {
-    try {
-      records.push(parseTelemetryRecord(candidates[index], now))
-    } catch (error) {
-      rejected += 1
-      if (errors.length < MAX_REPORTED_ERRORS) errors.push({ index, reason: (error as Error).message })
+    const checked = checkTelemetryRecord(candidates[index], now)
+    if (checked.ok) {
+      records.push(checked.record)
+      indices.push(index)
+      continue
+    }
+    rejected += 1
+    if (errors.length < MAX_REPORTED_ERRORS) {
+      errors.push({
+        index,
+        reason: checked.path === '' ? checked.reason : `${checked.path}: ${checked.reason}`,
+      })
     }
   }
-  return { records, result: { accepted: records.length, rejected, errors } }
+  const result: IngestResult = { accepted: records.length, rejected, errors }
+  if (rejected > errors.length) result.errorsTruncated = true
+  return { records, indices, result }
 }
 
 export class HttpApi {
@@ -321,8 +619,9 @@ export class HttpApi {
     this.server = Bun.serve({
       hostname,
       port,
-      // Our own limit answers 413 with a reason; Bun's is only a backstop.
-      maxRequestBodySize: this.init.maxBodyBytes + 1024 * 1024,
+      // Every body limit is ours, so that a 413 says why in JSON: Bun's own answer to a declared
+      // length over its limit is an empty 413. Unread bodies are discarded by Bun.
+      maxRequestBodySize: Number.MAX_SAFE_INTEGER,
       idleTimeout: 60,
       fetch: (request, server) => this.handle(request, server),
       error: (error) => {
@@ -342,11 +641,10 @@ export class HttpApi {
   }
 
   private async handle(request: Request, server: Server<undefined>): Promise<Response> {
-    const url = new URL(request.url)
     let routeName = 'unknown'
     let response: Response
     try {
-      response = await this.route(request, server, url, (name) => {
+      response = await this.route(request, server, (name) => {
         routeName = name
       })
     } catch (error) {
@@ -359,28 +657,84 @@ export class HttpApi {
   private async route(
     request: Request,
     server: Server<undefined>,
-    url: URL,
     named: (name: string) => void,
   ): Promise<Response> {
-    const matching = this.routes.filter((route) => route.pattern.test(url.pathname))
-    if (matching.length === 0) return errorResponse(404, 'NotFound', `no such path: ${url.pathname}`)
+    const host = parseHostHeader(request.headers.get('host'))
+    let url: URL
+    try {
+      url = new URL(request.url)
+    } catch {
+      throw new HttpError(400, 'InvalidUrl', 'the request target is not a valid URL')
+    }
+    const declared = request.headers.get('content-length')
+    if (declared !== null && Number(declared) > this.init.maxBodyBytes) {
+      throw new HttpError(
+        413,
+        'PayloadTooLarge',
+        `the body has ${declared.slice(0, 20)} bytes; the limit is ${this.init.maxBodyBytes} (api.max_body_bytes)`,
+      )
+    }
+    const path = url.pathname
+    const echoed = path.length > MAX_ECHOED_PATH ? `${path.slice(0, MAX_ECHOED_PATH)}…` : path
+    const matching = this.routes.filter((route) => route.pattern.test(path))
+    if (matching.length === 0) return errorResponse(404, 'NotFound', `no such path: ${echoed}`)
     const route = matching.find((candidate) => candidate.method === request.method)
     if (!route) {
       const allow = [...new Set(matching.map((candidate) => candidate.method))].join(', ')
-      const message = `${request.method} is not allowed on ${url.pathname}; use ${allow}`
+      const message = `${request.method.slice(0, 20)} is not allowed on ${echoed}; use ${allow}`
       return errorResponse(405, 'MethodNotAllowed', message, {}, { allow })
     }
     named(route.name)
     if (!this.accepting) return errorResponse(503, 'ShuttingDown', 'the node is shutting down')
-    const denied = this.authorize(request, server, route.access)
+    const denied = this.authorize(request, server, route.access, host)
     if (denied) return denied
-    const params = (route.pattern.exec(url.pathname) ?? []).slice(1).map(decodeURIComponent)
+    const params = (route.pattern.exec(path) ?? []).slice(1).map(decodePathParameter)
     return route.handler(request, params, url)
   }
 
-  private authorize(request: Request, server: Server<undefined>, access: Access): Response | undefined {
-    if (access === 'open-on-loopback' && isLoopback(server.requestIP(request)?.address)) return undefined
+  /** Host names answered without a token, lower case, besides IP literals and `localhost`. */
+  private get namedHosts(): ReadonlySet<string> {
+    this.namedHostsValue ??= new Set(
+      [parseListen(this.init.listen).hostname, ...(this.init.allowedHosts ?? [])].map(normaliseHostName),
+    )
+    return this.namedHostsValue
+  }
+
+  private namedHostsValue: Set<string> | undefined
+
+  /**
+   * Loopback clients read health and metrics without a token, but only under a host name a
+   * DNS-rebinding page cannot use: a browser tricked into sending a stranger's page to 127.0.0.1
+   * still names the stranger's host. IP literals cannot be rebound; `localhost`, the listen host
+   * and `api.allowed_hosts` are the operator's. Any other name needs a token, as from afar.
+   */
+  private hostAnswersWithoutToken(hostname: string): boolean {
+    return (
+      hostname === 'localhost' ||
+      hostname.startsWith('[') ||
+      isIPv4(hostname) ||
+      this.namedHosts.has(hostname)
+    )
+  }
+
+  private authorize(
+    request: Request,
+    server: Server<undefined>,
+    access: Access,
+    host: string,
+  ): Response | undefined {
     const header = request.headers.get('authorization') ?? ''
+    if (access === 'open-on-loopback' && isLoopback(server.requestIP(request)?.address)) {
+      if (this.hostAnswersWithoutToken(host)) return undefined
+      if (header === '') {
+        return errorResponse(
+          421,
+          'MisdirectedRequest',
+          `'${host.slice(0, 100)}' is not a host name this API answers without a token: use 127.0.0.1 or localhost, ` +
+            'list the name in api.allowed_hosts, or send a token',
+        )
+      }
+    }
     const match = /^Bearer\s+(\S+)$/i.exec(header)
     if (!match)
       return errorResponse(401, 'Unauthorized', 'missing bearer token (Authorization: Bearer <token>)')
@@ -396,7 +750,11 @@ export class HttpApi {
   }
 
   private toErrorResponse(error: unknown): Response {
-    if (error instanceof HttpError) return errorResponse(error.status, error.errorName, error.message)
+    if (error instanceof HttpError) {
+      // After a 413 the rest of the body is not wanted: close rather than read it.
+      const headers: Record<string, string> = error.status === 413 ? { connection: 'close' } : {}
+      return errorResponse(error.status, error.errorName, error.message, error.extra, headers)
+    }
     if (error instanceof ValidationError) {
       return errorResponse(400, error.name, error.message, { path: error.path, reason: error.reason })
     }
@@ -546,15 +904,86 @@ export class HttpApi {
 
   private async ingest(request: Request): Promise<Response> {
     const started = performance.now()
+    const key = request.headers.get('idempotency-key')
+    if (key !== null && !IDEMPOTENCY_KEY_PATTERN.test(key)) {
+      throw new HttpError(
+        400,
+        'InvalidIdempotencyKey',
+        'Idempotency-Key must be 1 to 255 visible ASCII characters',
+      )
+    }
     const body = await readBody(request, this.init.maxBodyBytes)
-    const candidates = parseIngestBody(body, mediaType(request))
-    const { records, result } = validateRecords(candidates)
-    if (records.length > 0) await this.requireDataPlane().publishTelemetry(records)
+    const type = mediaType(request)
+    if (key === null) return json(await this.ingestBody(body, type, started))
+    const dataPlane = this.requireDataPlane()
+    this.idempotency ??= new IdempotencyStore(() => dataPlane.jetstream)
+    // The token that was accepted scopes the key.
+    const scope = /^Bearer\s+(\S+)$/i.exec(request.headers.get('authorization') ?? '')?.[1] ?? ''
+    const claim = await this.idempotency.claim(digest(scope).toString('hex'), key, type, body)
+    switch (claim.kind) {
+      case 'replay':
+        return json(claim.answer, 200, { 'idempotent-replayed': 'true' })
+      case 'in-progress':
+        throw new HttpError(
+          409,
+          'IdempotencyKeyInUse',
+          'a request with this Idempotency-Key is still being processed; retry later',
+        )
+      case 'other-body':
+        throw new HttpError(
+          422,
+          'IdempotencyKeyReused',
+          'this Idempotency-Key was used for another body in the last 10 minutes',
+        )
+    }
+    let result: IngestResult
+    try {
+      result = await this.ingestBody(body, type, started, claim.messageId)
+    } catch (error) {
+      await claim.abandon().catch(() => {})
+      throw error
+    }
+    await claim.complete(result).catch((error: Error) => {
+      this.components.logger.warn(
+        { err: error.message },
+        'idempotent answer not kept; a repeat is deduplicated by JetStream',
+      )
+    })
+    return json(result)
+  }
+
+  private idempotency: IdempotencyStore | undefined
+
+  /** Parse, check and store one body; with `messageId`, each record carries its Nats-Msg-Id. */
+  private async ingestBody(
+    body: Uint8Array,
+    type: string,
+    started: number,
+    messageId?: (index: number) => string,
+  ): Promise<IngestResult> {
+    const candidates = parseIngestBody(body, type, this.init.maxRecords ?? DEFAULT_MAX_RECORDS)
+    const { records, indices, result } = validateRecords(candidates)
+    if (records.length > 0) {
+      const dataPlane = this.requireDataPlane()
+      if (messageId === undefined) await dataPlane.publishTelemetry(records)
+      else {
+        const messages: OutgoingMessage[] = records.map((record, i) => {
+          const headers = natsHeaders()
+          headers.set('Nats-Msg-Id', messageId(indices[i]!))
+          return {
+            subject: subjects.telemetry(record.kind, record.rid, record.q),
+            payload: encodeTelemetryPayload(record),
+            headers,
+          }
+        })
+        await dataPlane.publishConfirmed(messages)
+      }
+    }
     const { ingestRecords, ingestBatchSeconds } = this.components.metrics
     ingestRecords.inc({ result: 'accepted' }, result.accepted)
     if (result.rejected > 0) ingestRecords.inc({ result: 'rejected' }, result.rejected)
     ingestBatchSeconds.observe((performance.now() - started) / 1000)
-    return json(result)
+    return result
   }
 
   private async putResource(request: Request, params: string[]): Promise<Response> {

@@ -2,7 +2,15 @@ import { fileURLToPath } from 'node:url'
 import { encode } from 'cbor-x'
 import { describe, expect, test } from 'vitest'
 import { type ChildOutcome, inChildBun as runInChildBun } from '../test/helpers/child-bun.ts'
-import { type HttpError, parseIngestBody, validateRecords } from './http-api.ts'
+import {
+  checkBodySize,
+  countCborBody,
+  countJsonBody,
+  type HttpError,
+  ITEMS_PER_RECORD,
+  parseIngestBody,
+  validateRecords,
+} from './http-api.ts'
 
 const NOW = Date.UTC(2025, 5, 1, 12, 0, 0)
 const text = (value: string): Uint8Array => new TextEncoder().encode(value)
@@ -125,8 +133,9 @@ describe('validateRecords', () => {
       { ...RECORDS[0], extra: true },
       { ...RECORDS[0], q: 'temperature', u: 'F' },
     ]
-    const { records, result } = validateRecords(candidates, NOW)
+    const { records, indices, result } = validateRecords(candidates, NOW)
     expect(records).toEqual(RECORDS)
+    expect(indices).toEqual([0, 2, 7])
     expect(result.accepted).toBe(3)
     expect(result.rejected).toBe(9)
     expect(result.errors.map((error) => error.index)).toEqual([1, 3, 4, 5, 6, 8, 9, 10, 11])
@@ -178,13 +187,143 @@ describe('validateRecords', () => {
     expect(result.rejected).toBe(1500)
     expect(result.errors).toHaveLength(1000)
     expect(result.errors[0]!.index).toBe(1)
+    expect(result.errorsTruncated).toBe(true)
+    // Exactly 1000 rejections are all listed: nothing is truncated, and the flag is absent.
+    const full = validateRecords(
+      Array.from({ length: 1000 }, () => ({})),
+      NOW,
+    ).result
+    expect(full.errors).toHaveLength(1000)
+    expect(full).not.toHaveProperty('errorsTruncated')
+  })
+
+  test('implausible readings are rejected per record with the range: negative registers, soc outside 0–100, t before 2000', () => {
+    const { records, result } = validateRecords(
+      [
+        { ...RECORDS[1], v: -1 },
+        { ...RECORDS[0], q: 'energy_export_l1', v: -0.5 },
+        { ...RECORDS[0], q: 'soc', v: 101 },
+        { ...RECORDS[0], q: 'soc', v: -3 },
+        { ...RECORDS[0], t: 0 },
+        { ...RECORDS[0], t: Math.floor(NOW / 1000) },
+        { ...RECORDS[0], q: 'soc', v: 100 },
+        { ...RECORDS[1], v: 0 },
+      ],
+      NOW,
+    )
+    expect(records.map((record) => [record.q, record.v])).toEqual([
+      ['soc', 100],
+      ['energy_import', 0],
+    ])
+    expect(result.errors).toEqual([
+      { index: 0, reason: 'v: energy_import is a cumulative register and cannot be negative, got -1' },
+      { index: 1, reason: 'v: energy_export_l1 is a cumulative register and cannot be negative, got -0.5' },
+      { index: 2, reason: 'v: soc must be between 0 and 100 %, got 101' },
+      { index: 3, reason: 'v: soc must be between 0 and 100 %, got -3' },
+      { index: 4, reason: expect.stringMatching(/^t: 0 is before 2000-01-01T00:00:00Z/) },
+      {
+        index: 5,
+        reason: expect.stringMatching(/^t: \d+ is before 2000-01-01T00:00:00Z: epoch milliseconds expected/),
+      },
+    ])
   })
 
   test('an empty batch is fine', () => {
     expect(validateRecords([], NOW)).toEqual({
       records: [],
+      indices: [],
       result: { accepted: 0, rejected: 0, errors: [] },
     })
+  })
+})
+
+describe('counting a body before it is parsed', () => {
+  const limits = { records: 1_000_000, items: 100_000_000 }
+
+  test('JSON arrays and NDJSON: records and parts, strings and escapes skipped', () => {
+    const body = JSON.stringify([
+      ...RECORDS,
+      { ...RECORDS[0], rid: 'a,b:c[{' },
+      { ...RECORDS[0], rid: 'q\\"],' },
+    ])
+    expect(countJsonBody(text(body), false, limits).records).toBe(5)
+    expect(countJsonBody(text('[]'), false, limits)).toEqual({ records: 0, items: 1 })
+    expect(countJsonBody(text(' [ {} , [1,2] , "x" , 3 ] '), false, limits).records).toBe(4)
+    const ndjson = `\n${RECORDS.map((record) => JSON.stringify(record)).join('\r\n\n  \n')}\n`
+    expect(countJsonBody(text(ndjson), true, limits).records).toBe(3)
+    // A full record (every field) is fewer parts than ITEMS_PER_RECORD.
+    const full = { kind: 'evse', rid: 'a', q: 'soc', v: 1, t: NOW, u: '%', ql: 'good' }
+    expect(countJsonBody(text(JSON.stringify([full, full])), false, limits).items).toBeLessThan(
+      2 * ITEMS_PER_RECORD,
+    )
+  })
+
+  test('counting stops once a limit is passed', () => {
+    const many = text(`[${Array(1000).fill('{}').join(',')}]`)
+    expect(countJsonBody(many, false, { records: 10, items: 1e9 }).records).toBe(11)
+    const nested = text(`[{"x":[${Array(1000).fill('{}').join(',')}]}]`)
+    expect(countJsonBody(nested, false, { records: 10, items: 50 })).toEqual({ records: 1, items: 51 })
+  })
+
+  test('CBOR: definite and indefinite arrays, maps, strings, tags and floats, as cbor-x writes them', () => {
+    const records = Array.from({ length: 300 }, (_, i) => ({
+      ...RECORDS[1],
+      rid: `evse-${i}`,
+      v: i + 0.5,
+      u: 'Wh',
+      ql: 'good',
+      t: NOW - i,
+    }))
+    // cbor-x's default encoder shares record structures through tags: still plain CBOR items.
+    expect(countCborBody(encode(records), limits)?.records).toBe(300)
+    const definite = new Uint8Array([0x83, 0xa0, 0x80, 0xf9, 0x3c, 0x00])
+    expect(countCborBody(definite, limits)).toEqual({ records: 3, items: 3 })
+    const indefinite = new Uint8Array([
+      0x9f, 0xa1, 0x61, 0x76, 0x01, 0x7f, 0x61, 0x61, 0x61, 0x62, 0xff, 0xff,
+    ])
+    expect(countCborBody(indefinite, limits)).toEqual({ records: 2, items: 4 })
+    const tagged = new Uint8Array([0xd9, 0xd9, 0xf7, 0x81, 0xc1, 0x1a, 0x5f, 0x00, 0x00, 0x00])
+    expect(countCborBody(tagged, limits)).toEqual({ records: 1, items: 2 })
+  })
+
+  test('CBOR that is not a well-formed array is undefined (decoding then says why)', () => {
+    for (const bytes of [
+      [0xa0],
+      [0x83, 0xa0],
+      [0x9f, 0xa0],
+      [0x81, 0x5a, 0xff, 0xff, 0xff, 0xff],
+      [0x81, 0xfc],
+      [0x81, 0xff],
+      [],
+    ]) {
+      expect(countCborBody(new Uint8Array(bytes), limits), JSON.stringify(bytes)).toBeUndefined()
+    }
+  })
+
+  test('checkBodySize refuses too many records or parts with 413 naming api.max_records, and lets the rest through', () => {
+    const status = (body: Uint8Array, type: string, max: number) => {
+      try {
+        checkBodySize(body, type, max)
+        return 200
+      } catch (error) {
+        return (error as HttpError).status
+      }
+    }
+    const json = text(JSON.stringify(Array(200).fill(RECORDS[0])))
+    expect(status(json, 'application/json', 200)).toBe(200)
+    expect(status(json, 'application/json', 199)).toBe(413)
+    expect(status(encode(Array(200).fill(RECORDS[0])), 'application/cbor', 199)).toBe(413)
+    expect(status(encode(Array(200).fill(RECORDS[0])), 'application/cbor', 200)).toBe(200)
+    // Few records, but a value nested in one of them larger than the whole allowance.
+    const nested = text(`[{"kind":[${Array(20_000).fill('1').join(',')}]}]`)
+    expect(status(nested, 'application/json', 1000)).toBe(413)
+    const error = thrown(() => checkBodySize(json, 'application/x-ndjson', 10))
+    expect((error as HttpError).errorName).toBe('TooManyRecords')
+    expect(error.message).toContain('api.max_records')
+    expect((error as HttpError).extra).toEqual({ maxRecords: 10 })
+    // parseIngestBody applies the same limit.
+    expect((thrown(() => parseIngestBody(json, 'application/json', 199)) as HttpError).status).toBe(413)
+    expect(parseIngestBody(json, 'application/json', 200)).toHaveLength(200)
   })
 })
 

@@ -269,6 +269,8 @@ export class OeNode {
         {
           listen: config.api.listen,
           maxBodyBytes: config.api.max_body_bytes,
+          maxRecords: config.api.max_records,
+          allowedHosts: config.api.allowed_hosts,
           adminToken,
           ingestTokens: config.api.ingest_tokens,
         },

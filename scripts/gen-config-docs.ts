@@ -42,6 +42,15 @@ const DOCS: Record<string, KeyDoc> = {
   'api.ingest_tokens': {
     meaning: 'bearer tokens that may ingest (≥ 16 characters); the admin token always may',
   },
+  'api.max_records': {
+    meaning:
+      'records one `POST /v1/telemetry` may carry (1–10000000); a body holding more is answered 413 before it is parsed',
+  },
+  'api.allowed_hosts': {
+    meaning:
+      'host names under which `/livez`, `/readyz` and `/metrics` answer loopback clients without a token, besides `localhost`, IP literals and the `api.listen` host (other names get 421: DNS rebinding)',
+    type: 'list of host names',
+  },
   'federation.listen': {
     meaning: 'libp2p listen addresses (`--listen`, repeatable)',
     type: 'list of multiaddrs',

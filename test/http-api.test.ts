@@ -175,6 +175,46 @@ describe('POST /v1/telemetry', () => {
     expect(stored.map((m) => m.data.v).sort()).toEqual([0, 2, 7])
   })
 
+  test('implausible readings are rejected per record with the reason; the plausible ones are stored', async () => {
+    const now = Date.now()
+    const reading = (q: string, v: number, t = now) => ({ kind: 'battery', rid: 'plausible-1', q, v, t })
+    const body = [
+      reading('soc', 55),
+      reading('soc', 120),
+      reading('soc', -1),
+      reading('energy_import', -5),
+      reading('energy_export_l2', -0.5),
+      reading('energy_import', 1234),
+      reading('power', -3000, 0),
+      reading('power', -3000, Math.floor(now / 1000)),
+      reading('power', -3000),
+    ]
+    const response = await postJson(JSON.stringify(body))
+    expect(response.status).toBe(200)
+    const result = (await response.json()) as {
+      accepted: number
+      errors: { index: number; reason: string }[]
+    }
+    expect(result.accepted).toBe(3)
+    expect(result.errors).toEqual([
+      { index: 1, reason: 'v: soc must be between 0 and 100 %, got 120' },
+      { index: 2, reason: 'v: soc must be between 0 and 100 %, got -1' },
+      { index: 3, reason: 'v: energy_import is a cumulative register and cannot be negative, got -5' },
+      { index: 4, reason: 'v: energy_export_l2 is a cumulative register and cannot be negative, got -0.5' },
+      { index: 6, reason: expect.stringMatching(/^t: 0 is before 2000-01-01T00:00:00Z/) },
+      {
+        index: 7,
+        reason: expect.stringMatching(/^t: \d+ is before 2000-01-01T00:00:00Z: epoch milliseconds expected/),
+      },
+    ])
+    const stored = await readSubject(node, 'oe.tel.battery.plausible-1.>', 300)
+    expect(stored.map((m) => [m.subject.split('.').at(-1), m.data.v]).sort()).toEqual([
+      ['energy_import', 1234],
+      ['power', -3000],
+      ['soc', 55],
+    ])
+  })
+
   test.each([
     ['application/json', '[{"kind":"meter",', /malformed JSON/],
     ['application/json', '{"kind":"meter"}', /must be an array/],

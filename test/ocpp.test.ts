@@ -33,7 +33,14 @@ let node: RunningNode
 let port: number
 const clients: RPCClient[] = []
 
-const PASSWORDS = { CS16: 'pw-16-secret', CS201: 'pw-201-secret', RAW1: 'raw-secret', SILENT: 'quiet' }
+const PASSWORDS = {
+  CS16: 'pw-16-secret',
+  CS201: 'pw-201-secret',
+  RAW1: 'raw-secret',
+  SILENT: 'quiet',
+  HARD16: 'hard-16-secret',
+  HARD201: 'hard-201-secret',
+}
 
 beforeAll(async () => {
   port = await freePort()
@@ -164,7 +171,7 @@ describe('connections', () => {
     expect(ocpp).toMatchObject({
       ready: true,
       listen: `127.0.0.1:${port}`,
-      stations: { connected: 2, known: 4 },
+      stations: { connected: 2, known: 6 },
       versions: { 'ocpp1.6': 1, 'ocpp2.0.1': 1 },
     })
   })
@@ -550,6 +557,138 @@ describe('malformed input', () => {
     expect(Number(/^oe_plugin_ocpp_messages_invalid_total (\d+)/m.exec(metrics)?.[1])).toBeGreaterThanOrEqual(
       8,
     )
+  })
+})
+
+describe('hardening', () => {
+  const skippedSamples = async () =>
+    metricValue(
+      await (await node.fetch('/metrics', { token: null })).text(),
+      'oe_plugin_ocpp_samples_skipped_total',
+    ) ?? 0
+
+  test('a sample that overflows (1e308 kWh) or is implausible is skipped and counted; the rest of the message is published and the station gets its normal answer', async () => {
+    const skippedBefore = await skippedSamples()
+    const t1 = Date.now() - 60_000
+    const cs16 = await rawStation('HARD16', PASSWORDS.HARD16, 'ocpp1.6')
+    cs16.ws.send(
+      JSON.stringify([
+        2,
+        'mv16',
+        'MeterValues',
+        {
+          connectorId: 1,
+          meterValue: [
+            {
+              timestamp: iso(t1),
+              sampledValue: [
+                { measurand: 'Energy.Active.Import.Register', unit: 'kWh', value: '1e308' },
+                { measurand: 'Power.Active.Import', unit: 'kW', value: '7.4' },
+                { measurand: 'SoC', unit: 'Percent', value: '150', location: 'EV' },
+                { measurand: 'Energy.Active.Export.Register', unit: 'Wh', value: '-5' },
+                { measurand: 'Voltage', unit: 'V', value: '231' },
+              ],
+            },
+            { timestamp: '1999-06-01T00:00:00Z', sampledValue: [{ value: '100' }] },
+          ],
+        },
+      ]),
+    )
+    expect(await cs16.reply('mv16')).toEqual([3, 'mv16', {}])
+    // A negative meter start: the session starts, its register reading is skipped.
+    cs16.ws.send(
+      JSON.stringify([
+        2,
+        'start',
+        'StartTransaction',
+        { connectorId: 1, idTag: 'T1', meterStart: -1, timestamp: iso(t1 + 1000) },
+      ]),
+    )
+    const started = await cs16.reply('start')
+    expect(started.slice(0, 2)).toEqual([3, 'start'])
+    expect(started[2]).toMatchObject({ idTagInfo: { status: 'Accepted' } })
+
+    const cs201 = await rawStation('HARD201', PASSWORDS.HARD201, 'ocpp2.0.1')
+    cs201.ws.send(
+      JSON.stringify([
+        2,
+        'mv201',
+        'MeterValues',
+        {
+          evseId: 1,
+          meterValue: [
+            {
+              timestamp: iso(t1),
+              sampledValue: [
+                { value: 1e308, measurand: 'Energy.Active.Import.Register', unitOfMeasure: { unit: 'kWh' } },
+                { value: 11, measurand: 'Power.Active.Import', unitOfMeasure: { unit: 'kW' } },
+              ],
+            },
+          ],
+        },
+      ]),
+    )
+    expect(await cs201.reply('mv201')).toEqual([3, 'mv201', {}])
+
+    expect(await telemetryOf(node, 'oe.tel.evse.HARD16-1')).toEqual({
+      power: [[7400, t1]],
+      voltage: [[231, t1]],
+    })
+    expect(await telemetryOf(node, 'oe.tel.evse.HARD201-1')).toEqual({ power: [[11_000, t1]] })
+    // 1e308 kWh twice, SoC 150 %, a negative register, the 1999 sample and the negative meter start.
+    expect((await skippedSamples()) - skippedBefore).toBe(6)
+    cs16.ws.close()
+    cs201.ws.close()
+    expect(await readyz()).toBe(200)
+  })
+
+  test('a schema violation is answered with its detail capped, not with the whole payload echoed', async () => {
+    const raw = await rawStation('HARD16', PASSWORDS.HARD16, 'ocpp1.6')
+    const padding = 'P'.repeat(30_000)
+    raw.ws.send(
+      JSON.stringify([
+        2,
+        'fv',
+        'StatusNotification',
+        { connectorId: 1, errorCode: 'Melted', status: 'Available', info: padding },
+      ]),
+    )
+    const reply = await raw.reply('fv')
+    expect(reply.slice(0, 3)).toEqual([4, 'fv', 'FormationViolation'])
+    expect(JSON.stringify(reply).length).toBeLessThan(2 * 512 + 200)
+    expect(JSON.stringify(reply)).not.toContain('P'.repeat(600))
+    raw.ws.send(JSON.stringify([2, 'ok', 'Heartbeat', {}]))
+    expect((await raw.reply('ok')).slice(0, 2)).toEqual([3, 'ok'])
+    raw.ws.close()
+  })
+
+  test('message ids longer than the 36 characters OCPP-J allows are refused with the version’s error', async () => {
+    const id36 = 'i'.repeat(36)
+    const long = 'L'.repeat(10_000)
+    for (const [id, password, version, code] of [
+      ['HARD16', PASSWORDS.HARD16, 'ocpp1.6', 'FormationViolation'],
+      ['HARD201', PASSWORDS.HARD201, 'ocpp2.0.1', 'RpcFrameworkError'],
+    ] as const) {
+      const raw = await rawStation(id, password, version)
+      raw.ws.send(JSON.stringify([2, long, 'Heartbeat', {}]))
+      const refused = await raw.reply(long)
+      expect(refused.slice(0, 3), version).toEqual([4, long, code])
+      expect(String(refused[3])).toMatch(/at most 36 characters/)
+      // Any action, not only Heartbeat.
+      raw.ws.send(
+        JSON.stringify([
+          2,
+          `${long}-2`,
+          'Authorize',
+          version === 'ocpp1.6' ? { idTag: 'T' } : { idToken: { idToken: 'T', type: 'Central' } },
+        ]),
+      )
+      expect((await raw.reply(`${long}-2`)).slice(0, 3), version).toEqual([4, `${long}-2`, code])
+      raw.ws.send(JSON.stringify([2, id36, 'Heartbeat', {}]))
+      expect(await raw.reply(id36)).toEqual([3, id36, { currentTime: expect.any(String) }])
+      raw.ws.close()
+    }
+    expect(await readyz()).toBe(200)
   })
 })
 

@@ -7,7 +7,12 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { createRPCError, type RPCError } from 'ocpp-rpc'
 import type RPCServerClient from 'ocpp-rpc/lib/server-client'
-import type { Logger, ResourceKind, TelemetryRecord } from '../../data-plane/index.ts'
+import {
+  checkTelemetryRecord,
+  type Logger,
+  type ResourceKind,
+  type TelemetryRecord,
+} from '../../data-plane/index.ts'
 import type { ControlMessage, PluginDataPlane, PluginMetrics } from '../api.ts'
 import { defined, type OutboundCall, type StationLink, type VersionCodec } from './codec.ts'
 import type { OcppConfig } from './config.ts'
@@ -81,6 +86,22 @@ export function parseEvseId(rid: string): { station: string; evse: number } | un
 
 const digest = (value: Buffer) => createHash('sha256').update(value).digest()
 
+/** OCPP-J (1.6 §4.1.3, 2.0.1 §4.2): a message id is at most 36 characters. */
+export const MAX_MESSAGE_ID_LENGTH = 36
+
+/**
+ * Refuse a call whose message id is longer than OCPP-J allows, before it is processed: 1.6 has
+ * no framework error and calls a malformed frame a FormationViolation; 2.0.1 says RpcFrameworkError.
+ */
+function checkMessageId(messageId: unknown, version: OcppVersion): void {
+  if (typeof messageId === 'string' && messageId.length <= MAX_MESSAGE_ID_LENGTH) return
+  throw createRPCError(
+    version === 'ocpp1.6' ? 'FormationViolation' : 'RpcFrameworkError',
+    `a message id is at most ${MAX_MESSAGE_ID_LENGTH} characters`,
+    {},
+  )
+}
+
 export class OcppCsms {
   private readonly server: OcppServer
   private readonly state: OcppState
@@ -141,7 +162,10 @@ export class OcppCsms {
         'OCPP frames or calls refused as malformed or invalid',
       ),
       records: metrics.counter('records_published_total', 'canonical telemetry records published from OCPP'),
-      skipped: metrics.counter('samples_skipped_total', 'OCPP sampled values without a canonical quantity'),
+      skipped: metrics.counter(
+        'samples_skipped_total',
+        'OCPP sampled values skipped: no canonical quantity, out of range or implausible',
+      ),
     }
   }
 
@@ -280,7 +304,8 @@ export class OcppCsms {
 
     const { codec } = connection
     for (const [method, handler] of Object.entries(codec.handlers)) {
-      client.handle(method, async ({ params }) => {
+      client.handle(method, async ({ params, messageId }) => {
+        checkMessageId(messageId, version)
         try {
           return await this.serial(connection, () => handler(params, connection.link))
         } catch (error) {
@@ -292,7 +317,8 @@ export class OcppCsms {
         }
       })
     }
-    client.handle(async ({ method }) => {
+    client.handle(async ({ method, messageId }) => {
+      checkMessageId(messageId, version)
       if (method !== undefined && codec.acknowledged.has(method)) {
         logger.debug({ station: id, method }, 'notification acknowledged')
         return {}
@@ -393,7 +419,18 @@ export class OcppCsms {
         await this.publish(records)
       },
       reading: async (evse, quantity, value, t) => {
-        await this.publish([{ ...this.target(id, evse), q: quantity, v: value, t }])
+        // A register the model refuses (negative, stamped before 2000) is skipped like a sample,
+        // so the station's message is still answered and the rest of it kept.
+        const checked = checkTelemetryRecord({ ...this.target(id, evse), q: quantity, v: value, t })
+        if (!checked.ok) {
+          this.metric.skipped.inc()
+          logger.debug(
+            { station: id, evse, quantity, reason: `${checked.path}: ${checked.reason}` },
+            'reading skipped',
+          )
+          return
+        }
+        await this.publish([checked.record])
       },
       event: async (evse, type, event) => {
         const { kind, rid } = this.target(id, evse)

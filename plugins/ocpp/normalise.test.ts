@@ -106,6 +106,99 @@ describe('units', () => {
   })
 })
 
+describe('out of range and implausible samples', () => {
+  test('a value that overflows on conversion (1e308 kWh) is skipped; the other samples of the meter value are kept', () => {
+    const result = values(
+      evse,
+      { measurand: 'Energy.Active.Import.Register', value: '1e308', unit: 'kWh' },
+      { measurand: 'Power.Active.Import', value: '7.4', unit: 'kW' },
+      { measurand: 'Voltage', value: '230' },
+    )
+    expect(result.records.map((r) => [r.q, r.v])).toEqual([
+      ['power', 7400],
+      ['voltage', 230],
+    ])
+    expect(result.skipped).toEqual([
+      { measurand: 'Energy.Active.Import.Register', reason: 'value is out of range after conversion to Wh' },
+    ])
+  })
+
+  test('2.0.1 multipliers that overflow, and netting that would, are skipped too', () => {
+    const [meterValue] = meterValues201([
+      {
+        timestamp: T,
+        sampledValue: [
+          { value: 1e300, measurand: 'Power.Active.Import', unitOfMeasure: { unit: 'W', multiplier: 9 } },
+          { value: 5, measurand: 'Current.Import' },
+        ],
+      },
+    ])
+    const result = normaliseMeterValues(evse, [meterValue!])
+    expect(result.records.map((r) => [r.q, r.v])).toEqual([['current', 5]])
+    expect(result.skipped).toHaveLength(1)
+    const netted = values(
+      evse,
+      { measurand: 'Power.Active.Import', value: '1.7e308', unit: 'W' },
+      { measurand: 'Power.Active.Export', value: '-1.7e308', unit: 'W' },
+    )
+    expect(netted.records).toEqual([])
+    expect(netted.skipped).toEqual([
+      { measurand: 'Power.Active.Import', reason: 'v: must be finite, got Infinity' },
+    ])
+  })
+
+  test('negative energy registers and a state of charge outside 0–100 % are skipped with the reason', () => {
+    const result = values(
+      evse,
+      { measurand: 'Energy.Active.Import.Register', value: '-1', unit: 'kWh' },
+      { measurand: 'Energy.Active.Export.Register', value: '-5', phase: 'L1' },
+      { measurand: 'SoC', value: '101' },
+      { measurand: 'SoC', value: '-2', location: 'EV' },
+      { measurand: 'Temperature', value: '-20' },
+      { measurand: 'Power.Active.Import', value: '-3000' },
+    )
+    expect(result.records.map((r) => [r.q, r.v])).toEqual([
+      ['power', -3000],
+      ['temperature', -20],
+    ])
+    expect(result.skipped).toEqual([
+      {
+        measurand: 'Energy.Active.Import.Register',
+        reason: 'energy_import is a cumulative register and cannot be negative, got -1000',
+      },
+      {
+        measurand: 'Energy.Active.Export.Register',
+        reason: 'energy_export_l1 is a cumulative register and cannot be negative, got -5',
+      },
+      { measurand: 'SoC', reason: 'soc must be between 0 and 100 %, got 101' },
+      { measurand: 'SoC', reason: 'soc must be between 0 and 100 %, got -2' },
+    ])
+  })
+
+  test('a timestamp before 2000 skips its meter value; later meter values are kept', () => {
+    const result = normaliseMeterValues(evse, [
+      {
+        timestamp: '1970-01-01T00:00:00Z',
+        sampledValue: [{ value: '1' }, { measurand: 'SoC', value: '50' }],
+      },
+      { timestamp: '1999-12-31T23:59:59.999Z', sampledValue: [{ value: '2' }] },
+      { timestamp: T, sampledValue: [{ value: '3' }] },
+    ])
+    expect(result.records).toEqual([{ kind: 'evse', rid: 'CS1-1', q: 'energy_import', v: 3, t }])
+    expect(result.skipped.map((s) => s.reason)).toEqual([
+      'timestamp is before 2000-01-01',
+      'timestamp is before 2000-01-01',
+      'timestamp is before 2000-01-01',
+    ])
+  })
+
+  test('the session energy register ignores implausible and overflowing registers', () => {
+    const register = (value: string, unit = 'Wh') => ({ timestamp: T, sampledValue: [{ value, unit }] })
+    expect(energyRegisterWh([register('5', 'kWh'), register('-1')])).toBe(5000)
+    expect(energyRegisterWh([register('1e308', 'kWh')])).toBeUndefined()
+  })
+})
+
 describe('phases', () => {
   test('L1/L2/L3 and L1-N… become _l1/_l2/_l3; N and line-to-line are skipped', () => {
     const result = values(

@@ -28,9 +28,20 @@
  *   reading at its timestamp. Signed values (1.6 `format: SignedData`) are not numbers and are
  *   skipped.
  * - time: the meter value's timestamp in epoch ms; values stamped more than 5 minutes ahead of
- *   the node's clock are skipped (the record validation would refuse them).
+ *   the node's clock, or before 2000, are skipped (the record validation would refuse them).
+ * - range: a value that is not finite once converted (1e308 kWh), a negative energy register and
+ *   a state of charge outside 0–100 % are skipped (the model's plausibility ranges); the other
+ *   samples of the same message are kept, and the station gets its normal answer.
  */
-import { MAX_FUTURE_SKEW_MS, type ResourceKind, type TelemetryRecord } from '../../data-plane/index.ts'
+import {
+  canonicalUnit,
+  checkTelemetryRecord,
+  implausibleValue,
+  MAX_FUTURE_SKEW_MS,
+  MIN_TIME_MS,
+  type ResourceKind,
+  type TelemetryRecord,
+} from '../../data-plane/index.ts'
 
 /** One sampled value as either version sends it, decoded to common field names. */
 export interface SampledValueInput {
@@ -214,10 +225,13 @@ export function normaliseSample(
       value = raw * unit.factor
     }
   }
-  const result: { quantity: string; value: number; sign?: 1 | -1 } = {
-    quantity: spec.quantity + suffix,
-    value: tidy(value),
-  }
+  const quantity = spec.quantity + suffix
+  value = tidy(value)
+  if (!Number.isFinite(value))
+    return { skip: `value is out of range after conversion to ${canonicalUnit(quantity)}` }
+  const implausible = implausibleValue(quantity, value)
+  if (implausible !== undefined) return { skip: implausible }
+  const result: { quantity: string; value: number; sign?: 1 | -1 } = { quantity, value }
   if (spec.sign !== undefined) result.sign = spec.sign
   return result
 }
@@ -239,40 +253,52 @@ export function normaliseMeterValues(
   const skipped: SkippedSample[] = []
   for (const meterValue of meterValues) {
     const t = parseTimestamp(meterValue.timestamp)
-    if (t === undefined || t > now + MAX_FUTURE_SKEW_MS) {
+    const badTime =
+      t === undefined
+        ? 'timestamp is not a date'
+        : t > now + MAX_FUTURE_SKEW_MS
+          ? 'timestamp is too far in the future'
+          : t < MIN_TIME_MS
+            ? 'timestamp is before 2000-01-01'
+            : undefined
+    if (t === undefined || badTime !== undefined) {
       for (const sample of meterValue.sampledValue) {
-        skipped.push({
-          measurand: sample.measurand ?? DEFAULT_MEASURAND,
-          reason: t === undefined ? 'timestamp is not a date' : 'timestamp is too far in the future',
-        })
+        skipped.push({ measurand: sample.measurand ?? DEFAULT_MEASURAND, reason: badTime! })
       }
       continue
     }
     // One meter value is one instant: per quantity, the last sample of each direction wins and
     // import and export are netted.
-    const plain = new Map<string, number>()
-    const directed = new Map<string, { import?: number; export?: number }>()
+    const plain = new Map<string, { v: number; measurand: string }>()
+    const directed = new Map<string, { import?: number; export?: number; measurand: string }>()
     for (const sample of meterValue.sampledValue) {
+      const measurand = sample.measurand ?? DEFAULT_MEASURAND
       const result = normaliseSample(sample, target.stationLevel)
       if ('skip' in result) {
-        skipped.push({ measurand: sample.measurand ?? DEFAULT_MEASURAND, reason: result.skip })
+        skipped.push({ measurand, reason: result.skip })
         continue
       }
       if (result.sign === undefined) {
         plain.delete(result.quantity)
-        plain.set(result.quantity, result.value)
+        plain.set(result.quantity, { v: result.value, measurand })
       } else {
-        const entry = directed.get(result.quantity) ?? {}
+        const entry = directed.get(result.quantity) ?? { measurand }
         if (result.sign === 1) entry.import = result.value
         else entry.export = result.value
         directed.set(result.quantity, entry)
       }
     }
+    const candidates: [string, number, string][] = []
     for (const [q, entry] of directed) {
-      const v = tidy((entry.import ?? 0) - (entry.export ?? 0))
-      records.push({ kind: target.kind, rid: target.rid, q, v, t })
+      candidates.push([q, tidy((entry.import ?? 0) - (entry.export ?? 0)), entry.measurand])
     }
-    for (const [q, v] of plain) records.push({ kind: target.kind, rid: target.rid, q, v, t })
+    for (const [q, { v, measurand }] of plain) candidates.push([q, v, measurand])
+    // The model's own check last (netting can overflow too): what it refuses is skipped here.
+    for (const [q, v, measurand] of candidates) {
+      const checked = checkTelemetryRecord({ kind: target.kind, rid: target.rid, q, v, t }, now)
+      if (checked.ok) records.push(checked.record)
+      else skipped.push({ measurand, reason: `${checked.path}: ${checked.reason}` })
+    }
   }
   return { records, skipped }
 }

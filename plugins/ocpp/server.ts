@@ -5,6 +5,7 @@
  * the WebSocket exists, in this order: path (404), station id (400), credentials (401:
  * Security Profile 1, HTTP Basic with the station id as user; Security Profile 2 when TLS is on),
  * subprotocol (400 unless the station offers `ocpp2.0.1` or `ocpp1.6`; 2.0.1 preferred).
+ * Refusals are logged at most once a minute per station, with a count (refusals.ts).
  */
 import { readFile } from 'node:fs/promises'
 import { createServer as createHttpServer, type IncomingMessage, type Server } from 'node:http'
@@ -16,6 +17,7 @@ import type RPCServerClient from 'ocpp-rpc/lib/server-client'
 import type { Logger } from '../../data-plane/index.ts'
 import { STATION_ID_PATTERN } from './config.ts'
 import { OcppListenError } from './errors.ts'
+import { type StationRefusal, StationRefusals } from './refusals.ts'
 import { OCPP_VERSIONS, type OcppVersion, strictValidators } from './validators.ts'
 
 export const OCPP_PATH = '/ocpp'
@@ -31,6 +33,8 @@ export interface OcppServerInit {
   pingIntervalMs?: number
   /** Consecutive malformed frames tolerated before the connection is closed (1002). */
   maxBadMessages?: number
+  /** Refusals of one station are logged once per this interval, with a count. */
+  refusalLogIntervalMs?: number
 }
 
 export type AuthDecision = 'accept' | 'unknown' | 'wrong-password'
@@ -49,6 +53,8 @@ export class OcppServer {
   private rpc: RPCServer | undefined
   private http: Server | undefined
   private bound: { host: string; port: number } | undefined
+  private refusals: StationRefusals | undefined
+  private refusalTimer: ReturnType<typeof setInterval> | undefined
 
   constructor(
     private readonly init: OcppServerInit,
@@ -80,13 +86,18 @@ export class OcppServer {
       respondWithDetailedErrors: false,
       wssOptions: { maxPayload: this.init.maxMessageBytes },
     })
+    const refusals = new StationRefusals(this.init.refusalLogIntervalMs ?? 60_000)
+    this.refusals = refusals
+    const noteRefusal = (refusal: StationRefusal, code: number): void => {
+      this.components.onRefused?.(refusal.reason)
+      if (refusals.note(refusal)) logger.warn({ ...refusal, code }, 'station refused')
+    }
     rpc.auth((accept, reject, handshake) => {
       const refuse = (code: number, message: string, reason: string): void => {
-        logger.info(
-          { station: handshake.identity, remote: handshake.remoteAddress, code, reason },
-          'station refused',
+        noteRefusal(
+          { station: handshake.identity.slice(0, 128), reason, remote: handshake.remoteAddress },
+          code,
         )
-        this.components.onRefused?.(reason)
         reject(code, message)
       }
       if (handshake.endpoint !== OCPP_PATH)
@@ -137,7 +148,10 @@ export class OcppServer {
       try {
         decodeURIComponent(new URL(request.url ?? '/', 'http://localhost').pathname.split('/').pop() ?? '')
       } catch {
-        this.components.onRefused?.('station-id')
+        noteRefusal(
+          { station: '(undecodable id)', reason: 'station-id', remote: request.socket.remoteAddress },
+          400,
+        )
         socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n')
         return
       }
@@ -160,9 +174,22 @@ export class OcppServer {
     this.bound = { host: this.init.host, port: address.port }
     this.rpc = rpc
     this.http = http
+    this.refusalTimer = setInterval(() => this.logRefusals(), Math.min(refusals.intervalMs / 4, 10_000))
+    this.refusalTimer.unref?.()
+  }
+
+  /** One line per station whose refusals were counted in an interval that ended. */
+  private logRefusals(all = false): void {
+    for (const summary of this.refusals?.flush(Date.now(), all) ?? []) {
+      this.components.logger.warn(summary, `station refused ${summary.count} more time(s)`)
+    }
   }
 
   async stop(): Promise<void> {
+    if (this.refusalTimer) clearInterval(this.refusalTimer)
+    this.refusalTimer = undefined
+    this.logRefusals(true)
+    this.refusals = undefined
     const rpc = this.rpc
     const http = this.http
     this.rpc = undefined
