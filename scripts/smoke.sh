@@ -29,7 +29,7 @@ api=$(cat "$dir/api")
 [ "$(curl -s -o /dev/null -w '%{http_code}' "$api/readyz")" = "200" ] || fail "/readyz is not 200"
 
 now=$(date +%s%3N)
-awk -v now="$now" 'BEGIN { for (i = 0; i < 1000; i++) printf "{\"kind\":\"meter\",\"rid\":\"smoke-%d\",\"q\":\"power\",\"v\":%d,\"t\":%d}\n", i % 50, i, now + i }' > "$work/records.ndjson"
+awk -v now="$now" 'BEGIN { for (i = 0; i < 1000; i++) printf "{\"kind\":\"meter\",\"rid\":\"smoke-%d\",\"q\":\"power\",\"v\":%d,\"t\":%.0f}\n", i % 50, i, now + i }' > "$work/records.ndjson"
 "$bin" --data-dir "$dir" ingest "$work/records.ndjson" --json > "$work/ingest.json" || fail "ingest: $(cat "$work/ingest.json")"
 grep -q '"accepted":1000,"rejected":0' "$work/ingest.json" || fail "ingest answered $(cat "$work/ingest.json")"
 
