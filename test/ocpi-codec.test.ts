@@ -21,9 +21,9 @@ import {
 } from '../plugins/ocpi/normalise.ts'
 import { tokenCandidates } from '../plugins/ocpi/server.ts'
 import { formatDateTime, ocpi221, parseDateTime } from '../plugins/ocpi/v221.ts'
-import { ROOT } from './helpers/node-process.ts'
+import { TESTDATA } from './helpers/testdata.ts'
 
-const EXAMPLES = join(ROOT, '..', 'shared', 'testdata', 'ocpi', '2.2.1', 'examples')
+const EXAMPLES = join(TESTDATA, 'ocpi', '2.2.1', 'examples')
 
 type Mode = 'strict' | 'lenient'
 

@@ -5,9 +5,10 @@
  */
 import { join } from 'node:path'
 import { describe, expect, test } from 'vitest'
+import { TESTDATA as TESTDATA_ROOT } from '../../test/helpers/testdata.ts'
 import { Contract, contractFor, ERRATA, OPENADR_VERSIONS, openApiDocument } from './contract.ts'
 
-const TESTDATA = join(import.meta.dirname, '..', '..', '..', 'shared', 'testdata', 'openadr3')
+const TESTDATA = join(TESTDATA_ROOT, 'openadr3')
 
 describe.each(OPENADR_VERSIONS)('OpenADR %s', (version) => {
   test('schemas/openadr-<version>.json is the official openadr3.yaml, parsed', async () => {
