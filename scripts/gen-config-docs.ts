@@ -15,6 +15,7 @@ import { readFile, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import type { z } from 'zod'
 import { configSchema } from '../node/index.ts'
+import { csipConfigDocs } from '../plugins/ieee2030-5/index.ts'
 import { builtinPlugins } from '../plugins/index.ts'
 
 const README = join(resolve(import.meta.dir, '..'), 'README.md')
@@ -36,6 +37,7 @@ interface KeyDoc {
  * Plugin keys are prefixed with the plugin id.
  */
 const DOCS: Record<string, KeyDoc> = {
+  ...csipConfigDocs,
   org: { meaning: 'organisation name on the node card', type: 'text', default: 'host name' },
   'api.listen': { meaning: 'HTTP API, health and metrics (`--api`)', type: 'HOST:PORT' },
   'api.max_body_bytes': { meaning: 'larger request bodies get 413', type: 'size' },

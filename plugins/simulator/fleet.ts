@@ -108,9 +108,21 @@ interface Meter {
   voltageNoise: number
 }
 
+/** Site-level commands (ARCHITECTURE §5) the simulator obeys at the connection point. */
+export const SITE_COMMANDS = [
+  'limit_export',
+  'limit_import',
+  'limit_generation',
+  'limit_load',
+  'connect',
+] as const
+export type SiteCommand = (typeof SITE_COMMANDS)[number]
+
 interface Site {
   rid: string
   name: string
+  /** Limits in force at the connection point; `connect` holds `w` 1 (connected) or 0. */
+  limits: Partial<Record<SiteCommand, PowerLimit>>
   connectionLimitW: number
   loadScale: number
   loadNoise: number
@@ -196,6 +208,7 @@ export class Fleet {
       const site: Site = {
         rid,
         name: `Site ${n}`,
+        limits: {},
         connectionLimitW: phases === 3 ? 43_470 : 14_490,
         loadScale: random.between(0.6, 1.6),
         loadNoise: 0,
@@ -335,6 +348,37 @@ export class Fleet {
     }
   }
 
+  /** Whether this fleet has site `rid`. */
+  hasSite(rid: string): boolean {
+    return this.sites.some((site) => site.rid === rid)
+  }
+
+  /**
+   * Put a site command in force from the next step: the site's DER are curtailed (PV, battery
+   * discharge), its flexible loads reduced (EV charging, battery charging) or, with `connect` 0,
+   * its DER stop, so the connection point keeps within the limit.
+   */
+  applySiteLimit(rid: string, command: SiteCommand, limit: PowerLimit): FleetOutput {
+    const site = this.sites.find((candidate) => candidate.rid === rid)
+    if (!site) return { records: [], events: [] }
+    site.limits[command] = limit
+    return { records: [], events: [] }
+  }
+
+  private expireSiteLimits(site: Site, t: number, now: number, events: FleetEvent[]): void {
+    for (const command of SITE_COMMANDS) {
+      const limit = site.limits[command]
+      if (limit?.until === undefined || limit.until > now) continue
+      delete site.limits[command]
+      events.push({
+        kind: 'site',
+        rid: site.rid,
+        type: 'limit_expired',
+        event: { command, v: limit.w, u: command === 'connect' ? '1' : 'W', until: limit.until, t },
+      })
+    }
+  }
+
   /** Plug a car into an EVSE now (an operator's demo action); it charges from the next step. */
   plugIn(evse: Evse, t: number, energyWh: number, hours: number): FleetOutput {
     if (evse.session) return { records: [], events: [] }
@@ -384,15 +428,20 @@ export class Fleet {
         this.expireLimit(evse, t, now, records, events)
         this.stepEvse(evse, t, dtMs, hour, site.connectionLimitW * 0.9 - houseLoad - evsePower, events)
         evsePower += evse.power
-        records.push(
-          { kind: 'evse', rid: evse.rid, q: 'power', v: evse.power, t, u: 'W' },
-          { kind: 'evse', rid: evse.rid, q: 'energy_import', v: round(evse.importWh, 3), t, u: 'Wh' },
-        )
       }
 
       const { battery } = site
       this.expireLimit(battery, t, now, records, events)
       this.stepBattery(battery, houseLoad + pv.power, houseLoad + pv.power + evsePower, dtHours)
+
+      this.expireSiteLimits(site, t, now, events)
+      evsePower = constrainSite(site, round(houseLoad), dtHours)
+      for (const evse of site.evses) {
+        records.push(
+          { kind: 'evse', rid: evse.rid, q: 'power', v: evse.power, t, u: 'W' },
+          { kind: 'evse', rid: evse.rid, q: 'energy_import', v: round(evse.importWh, 3), t, u: 'Wh' },
+        )
+      }
 
       const { meter } = site
       meter.power = round(houseLoad) + pv.power + evsePower + battery.power
@@ -556,6 +605,94 @@ export class Fleet {
       }
     }
   }
+}
+
+/**
+ * Keep a site within its connection-point limits after the free-running step: returns the EVSEs'
+ * new total. Generation is curtailed PV first, then battery discharge; load is reduced battery
+ * charging first, then EV charging. Energy registers are corrected for what changed.
+ */
+function constrainSite(site: Site, houseLoad: number, dtHours: number): number {
+  const { limits, pv, battery, evses } = site
+  const before = { pv: pv.power, battery: battery.power, evses: evses.map((evse) => evse.power) }
+  const evseTotal = () => evses.reduce((sum, evse) => sum + evse.power, 0)
+  const net = () => houseLoad + pv.power + battery.power + evseTotal()
+  /** Lower the EVSEs' draw by up to `watts`; returns what it took. */
+  const shedEvses = (watts: number): number => {
+    let left = watts
+    for (const evse of evses) {
+      const cut = Math.min(left, evse.power)
+      evse.power -= cut
+      left -= cut
+    }
+    return watts - left
+  }
+  if (limits.connect && limits.connect.w < 0.5) {
+    pv.power = 0
+    battery.power = 0
+    for (const evse of evses) evse.power = 0
+  } else {
+    const generation = limits.limit_generation
+    if (generation) {
+      let over = -pv.power - Math.min(0, battery.power) - generation.w
+      if (over > 0) {
+        const cut = Math.min(over, -pv.power)
+        pv.power += cut
+        over -= cut
+        if (over > 0 && battery.power < 0) battery.power += Math.min(over, -battery.power)
+      }
+    }
+    const load = limits.limit_load
+    if (load) {
+      let over = evseTotal() + Math.max(0, battery.power) - load.w
+      if (over > 0 && battery.power > 0) {
+        const cut = Math.min(over, battery.power)
+        battery.power -= cut
+        over -= cut
+      }
+      if (over > 0) shedEvses(over)
+    }
+    const exportLimit = limits.limit_export
+    if (exportLimit) {
+      let over = -exportLimit.w - net()
+      if (over > 0) {
+        const cut = Math.min(over, -pv.power)
+        pv.power += cut
+        over -= cut
+        if (over > 0 && battery.power < 0) battery.power += Math.min(over, -battery.power)
+      }
+    }
+    const importLimit = limits.limit_import
+    if (importLimit) {
+      let over = net() - importLimit.w
+      if (over > 0) over -= shedEvses(over)
+      if (over > 0 && battery.power > 0) {
+        const cut = Math.min(over, battery.power)
+        battery.power -= cut
+      }
+    }
+  }
+  pv.power = Math.round(pv.power) + 0
+  battery.power = Math.trunc(battery.power) + 0
+  pv.exportWh += -(pv.power - before.pv) * dtHours
+  const batteryDelta = battery.power - before.battery
+  if (batteryDelta !== 0) {
+    // Undo the step's register change and book the constrained power instead.
+    if (before.battery > 0) battery.importWh -= before.battery * dtHours
+    else battery.exportWh -= -before.battery * dtHours
+    if (battery.power > 0) battery.importWh += battery.power * dtHours
+    else battery.exportWh += -battery.power * dtHours
+  }
+  for (const [index, evse] of evses.entries()) {
+    evse.power = Math.floor(evse.power) + 0
+    const delta = (evse.power - before.evses[index]!) * dtHours
+    evse.importWh += delta
+    if (evse.session) {
+      evse.session.remainingWh -= delta
+      evse.session.deliveredWh += delta
+    }
+  }
+  return evseTotal()
 }
 
 function clampToLimit(power: number, limit: PowerLimit): number {

@@ -2,7 +2,10 @@
  * simulator: a synthetic DER fleet for demos and benchmarks. Each site `site-<n>` has a grid
  * meter (`<site>-meter`), PV (`<site>-pv`), a battery (`<site>-bat`) and EVSEs
  * (`<site>-evse-<k>`), published as standing data at start and as telemetry every interval, with
- * daily shapes and (seeded) noise. EVSEs and batteries obey `limit_power`.
+ * daily shapes and (seeded) noise. EVSEs and batteries obey `limit_power`; sites obey
+ * `limit_export`, `limit_import`, `limit_generation`, `limit_load` and `connect` at the connection
+ * point (PV and battery discharge curtailed, EV and battery charging reduced, DER off when
+ * disconnected).
  *
  * @example
  * # config.toml

@@ -7,7 +7,7 @@ import type { ControlMessage, PluginDataPlane, PluginInstance, PluginMetrics } f
 import { PluginError } from '../errors.ts'
 import type { SimulatorConfig } from './config.ts'
 import { parseLimitPower } from './control.ts'
-import { Fleet, type FleetOutput } from './fleet.ts'
+import { Fleet, type FleetOutput, SITE_COMMANDS, type SiteCommand } from './fleet.ts'
 import { seededRandom } from './random.ts'
 
 export interface FleetSimulatorComponents {
@@ -76,6 +76,9 @@ export class FleetSimulator implements PluginInstance {
     }
     dataPlane.onControl({ kinds: ['evse', 'battery'], commands: ['limit_power'] }, (message) =>
       this.control(message),
+    )
+    dataPlane.onControl({ kinds: ['site'], commands: [...SITE_COMMANDS] }, (message) =>
+      this.siteControl(message),
     )
     // The first readings at once (a broken data plane fails the start), then every interval.
     await this.publish(fleet.step(this.simulatedStart, Date.now()))
@@ -207,6 +210,45 @@ export class FleetSimulator implements PluginInstance {
       effectiveW: Math.min(limit.w, target.ratedW),
       t,
       ...origin,
+    })
+  }
+
+  /** Site commands (limit_export, limit_import, limit_generation, limit_load, connect) at the connection point. */
+  private async siteControl(message: ControlMessage): Promise<void> {
+    if (this.halted || !this.fleet) throw new PluginError(PLUGIN_ID, 'is stopped')
+    if (!this.fleet.hasSite(message.rid)) return
+    const command = message.command as SiteCommand
+    const now = Date.now()
+    const t = now + this.simulatedStart - this.realStart
+    const { v } = message.payload
+    const parsed =
+      command === 'connect'
+        ? v === 0 || v === 1
+          ? parseLimitPower({ ...message.payload, u: 'W' }, now)
+          : ({ ok: false, reason: 'v must be 1 (connected) or 0 (disconnected)' } as const)
+        : parseLimitPower(message.payload, now)
+    if (!parsed.ok) {
+      this.components.logger.warn(
+        { rid: message.rid, command, reason: parsed.reason },
+        'site command rejected',
+      )
+      await this.publishEvent('site', message.rid, 'limit_rejected', { command, reason: parsed.reason, t })
+      return
+    }
+    const { limit } = parsed
+    this.fleet.applySiteLimit(message.rid, command, limit)
+    this.counters.commands.inc()
+    this.components.logger.info(
+      { rid: message.rid, command, v: limit.w, until: limit.until },
+      'site command applied',
+    )
+    await this.publishEvent('site', message.rid, 'limit_applied', {
+      command,
+      v: limit.w,
+      u: command === 'connect' ? '1' : 'W',
+      ...(limit.until !== undefined ? { until: limit.until } : {}),
+      ...(limit.source !== undefined ? { source: limit.source } : {}),
+      t,
     })
   }
 

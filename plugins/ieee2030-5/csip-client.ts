@@ -1,0 +1,1110 @@
+/**
+ * The glue: one CSIP-AUS client session for all configured sites. Discovery (DeviceCapability →
+ * Time → EndDeviceList), registration of each site's EndDevice (in-band when the server does not
+ * know it yet) with its ConnectionPoint, DERCapability / DERSettings / DERStatus /
+ * DERAvailability, then polling FunctionSetAssignments → DERPrograms → DefaultDERControl and
+ * DERControlList at the rates the server asks for; the schedule turns what is in force into site
+ * control commands and posts a response for every event; readings go to MirrorUsagePoints at the
+ * server's post rate. Everything the client learnt is kept in KV, so a restart neither registers
+ * again nor drops an envelope; when the server is unreachable, the cached schedule keeps running
+ * (the envelope in force stays until it ends, then the default applies).
+ */
+import type { Logger, TelemetryRecord } from '../../data-plane/index.ts'
+import type { PluginDataPlane, PluginInstance, PluginMetrics } from '../api.ts'
+import { CsipTransport } from './client.ts'
+import type { CsipVersion, ParsedXml, XmlNode } from './codec.ts'
+import type { CsipConfig, CsipSiteConfig, ResourceRef } from './config.ts'
+import { CsipRegistrationError, CsipXmlError } from './errors.ts'
+import { pinWithCheckDigit, sfdiFromLfdi } from './identity.ts'
+import {
+  average,
+  controlsFor,
+  isPostedQuantity,
+  POSTED_QUANTITIES,
+  readingType,
+  SITE_COMMANDS,
+  type SiteCommand,
+  type SiteControl,
+} from './normalise.ts'
+import { NOTIFY_PATH, NotificationListener } from './notifications.ts'
+import { ControlSchedule, type ProgramSnapshot, type ResponseDue } from './scheduler.ts'
+import {
+  type DerControl,
+  type DeviceCapability,
+  decodeDefaultDerControl,
+  decodeDer,
+  decodeDerControl,
+  decodeDerProgram,
+  decodeDeviceCapability,
+  decodeEndDevice,
+  decodeFunctionSetAssignments,
+  decodeList,
+  decodeMirrorUsagePoint,
+  decodeRegistration,
+  decodeTime,
+  type EndDevice,
+  encodeConnectionPoint,
+  encodeDerAvailability,
+  encodeDerCapability,
+  encodeDerControlResponse,
+  encodeDerSettings,
+  encodeDerStatus,
+  encodeEndDevice,
+  encodeMirrorMeterReadingList,
+  encodeMirrorUsagePoint,
+  encodeSubscription,
+  type ListPage,
+  type MirrorReadingType,
+  RESPONSE_STATUS,
+} from './sep.ts'
+import { CsipState, emptySiteState, type KeyValueStore, type SiteState } from './state.ts'
+
+/**
+ * What the client needs from the data plane beyond today's plugin API: publishing control
+ * commands on `oe.ctl.…` and reading the node's telemetry. The host's facade provides them once
+ * it has them; until then envelopes are published as events and no readings are posted.
+ */
+export interface CsipDataPlaneExtras {
+  publishControl?(kind: 'site', rid: string, command: string, payload: Record<string, unknown>): Promise<void>
+  onTelemetry?(
+    selector: { kinds: string[]; rids: string[] },
+    handler: (record: TelemetryRecord) => void,
+  ): void
+}
+
+export interface CsipClientComponents {
+  dataPlane: PluginDataPlane & CsipDataPlaneExtras
+  logger: Logger
+  metrics: PluginMetrics
+  signal: AbortSignal
+  store: KeyValueStore
+}
+
+/** Poll rate 2030.5 assumes when a resource gives none (seconds). */
+const DEFAULT_POLL_S = 900
+/** Retry after a failed exchange, doubling up to the poll rate. */
+const RETRY_MIN_S = 1
+/** A server clock further off than this from the host's is logged (the schedule follows the server). */
+const CLOCK_WARN_MS = 60_000
+
+interface Site {
+  rid: string
+  config: CsipSiteConfig
+  lfdi: string
+  sfdi: number
+  state: SiteState
+  schedule: ControlSchedule
+  device?: EndDevice
+  /** Registration refused (PIN mismatch): no more traffic for this site. */
+  halted?: string
+  registered: boolean
+  pollRate?: number
+  postRate?: number
+  nextPoll: number
+  nextPost: number
+  failures: number
+  readingTypes: { site: Map<string, MirrorReadingType>; der: Map<string, MirrorReadingType> }
+  /** Telemetry since the last post: `<kind>.<rid>` → q → records. */
+  buffer: Map<string, Map<string, TelemetryRecord[]>>
+  pendingResponses: ResponseDue[]
+  lastPostAt: number
+  /** Connected (opModConnect) and operating (opModEnergize) as last scheduled, for DERStatus. */
+  connected: boolean
+  energized: boolean
+  statusHref?: string
+  settingsHref?: string
+  ratedW?: number
+  /** The default ramp rate (DefaultDERControl setGradW) the DER was last set to. */
+  gradW?: number
+}
+
+export class CsipClient {
+  private readonly transport: CsipTransport
+  private readonly state: CsipState
+  private readonly sites: Site[] = []
+  private phase: 'created' | 'running' | 'stopped' = 'created'
+  private version: CsipVersion
+  private dcap: DeviceCapability | undefined
+  private dcapPollRate: number | undefined
+  private nextDiscovery = 0
+  private discoveryFailures = 0
+  private offsetMs = 0
+  private connected = false
+  private lastContact: number | undefined
+  private lastError: string | undefined
+  private wake: (() => void) | undefined
+  private loop: Promise<void> | undefined
+  private tickTimer: ReturnType<typeof setInterval> | undefined
+  private ticking: Promise<void> = Promise.resolve()
+  private readonly abort = new AbortController()
+  private warnedNoControl = false
+  private listener: NotificationListener | undefined
+  /** Where this client posts Subscriptions in aggregator mode: the aggregator's own EndDevice. */
+  private aggregatorSubscriptions: string | undefined
+  private readonly counters: Record<
+    'requests' | 'failures' | 'responses' | 'controls' | 'readings',
+    { inc(value?: number): void }
+  >
+
+  constructor(
+    private readonly config: CsipConfig,
+    private readonly components: CsipClientComponents,
+  ) {
+    this.transport = new CsipTransport({
+      server: config.server,
+      cert: config.cert,
+      key: config.key,
+      ca: config.ca,
+      timeoutSeconds: config.timeout,
+      maxBodyBytes: config.max_body_bytes,
+    })
+    this.state = new CsipState(components.store)
+    this.version = config.version === 'auto' ? 'v1.2' : config.version
+    const { metrics } = components
+    this.counters = {
+      requests: metrics.counter('requests_total', 'Requests sent to the utility server'),
+      failures: metrics.counter('request_failures_total', 'Requests to the utility server that failed'),
+      responses: metrics.counter('responses_posted_total', 'DERControl responses posted'),
+      controls: metrics.counter('controls_published_total', 'Site control commands published'),
+      readings: metrics.counter('readings_posted_total', 'Readings posted to MirrorUsagePoints'),
+    }
+    this.transport.onRequest(({ method, href, status, ms, error }) => {
+      this.counters.requests.inc()
+      if (error || (status ?? 0) >= 400) this.counters.failures.inc()
+      this.components.logger.debug({ method, href, status, ms: Math.round(ms), err: error }, 'request')
+    })
+    components.signal.addEventListener('abort', () => this.halt(), { once: true })
+  }
+
+  async start(_options: { signal?: AbortSignal } = {}): Promise<void> {
+    if (this.phase !== 'created' || this.components.signal.aborted) return
+    this.phase = 'running'
+    await this.transport.start()
+    const { mode } = this.config
+    for (const [rid, siteConfig] of Object.entries(this.config.sites)) {
+      // Aggregator: each site's own EndDevice, never the aggregator certificate's LFDI.
+      const lfdi = mode === 'device' ? this.transport.lfdi : siteConfig.lfdi!
+      const stored = await this.state.load(rid).catch(() => undefined)
+      const state = stored && stored.lfdi === lfdi ? stored : emptySiteState(lfdi)
+      const schedule = new ControlSchedule(hashSeed(lfdi))
+      schedule.restore(state.events, state.programs)
+      if (state.offsetMs !== undefined) this.offsetMs = state.offsetMs
+      this.sites.push({
+        rid,
+        config: siteConfig,
+        lfdi,
+        sfdi: sfdiFromLfdi(lfdi),
+        state,
+        schedule,
+        registered: false,
+        nextPoll: 0,
+        nextPost: Date.now() + 5_000,
+        failures: 0,
+        readingTypes: { site: new Map(), der: new Map() },
+        buffer: new Map(),
+        pendingResponses: [],
+        lastPostAt: Date.now(),
+        connected: true,
+        energized: true,
+      })
+    }
+    this.subscribeTelemetry()
+    if (this.config.notify_listen) await this.listen(this.config.notify_listen)
+    if (this.phase !== 'running') return
+    this.components.logger.info(
+      { server: this.config.server, mode, sites: this.sites.length, lfdi: this.transport.lfdi },
+      'csip-aus client starting',
+    )
+    // The restored schedule is in force at once, before the server is reached.
+    this.tickTimer = setInterval(() => this.scheduleTick(), 1_000)
+    this.scheduleTick()
+    this.loop = this.run()
+  }
+
+  async stop(): Promise<void> {
+    this.halt()
+    await this.loop
+    await this.ticking
+    await this.state.flush()
+    await this.listener?.stop()
+    this.transport.stop()
+  }
+
+  ready(): boolean {
+    return this.phase === 'running'
+  }
+
+  status(): Record<string, unknown> {
+    return {
+      server: this.config.server,
+      mode: this.config.mode,
+      version: this.version,
+      connected: this.connected,
+      ...(this.lastContact ? { lastContact: new Date(this.lastContact).toISOString() } : {}),
+      ...(this.lastError ? { lastError: this.lastError } : {}),
+      clockOffsetMs: Math.round(this.offsetMs),
+      sites: Object.fromEntries(
+        this.sites.map((site) => [
+          site.rid,
+          {
+            lfdi: site.lfdi,
+            sfdi: site.sfdi,
+            registered: site.registered,
+            ...(site.state.endDevice ? { endDevice: site.state.endDevice } : {}),
+            ...(site.halted ? { halted: site.halted } : {}),
+            controls: site.state.published,
+          },
+        ]),
+      ),
+    }
+  }
+
+  /** Operator actions: `poll` polls the server now. */
+  operatorActions(): NonNullable<PluginInstance['actions']> {
+    return {
+      poll: async () => {
+        this.nextDiscovery = 0
+        for (const site of this.sites) site.nextPoll = 0
+        this.wake?.()
+        return { polling: true }
+      },
+    }
+  }
+
+  private halt(): void {
+    if (this.phase === 'stopped') return
+    this.phase = 'stopped'
+    this.abort.abort()
+    clearInterval(this.tickTimer)
+    this.wake?.()
+  }
+
+  private get running(): boolean {
+    return this.phase === 'running'
+  }
+
+  /** Server time now, epoch seconds (the schedule's clock). */
+  private serverNow(): number {
+    return (Date.now() + this.offsetMs) / 1000
+  }
+
+  // ── the loop ─────────────────────────────────────────────────────────────────────────────────
+
+  private async run(): Promise<void> {
+    while (this.running) {
+      const now = Date.now()
+      if (now >= this.nextDiscovery) await this.guard('discovery', () => this.discover())
+      for (const site of this.sites) {
+        if (!this.running) return
+        if (site.halted || !this.dcap) continue
+        if (!site.registered && now >= site.nextPoll) {
+          await this.siteGuard(site, 'registration', () => this.register(site))
+        }
+        if (site.registered && Date.now() >= site.nextPoll) {
+          await this.siteGuard(site, 'poll', () => this.pollSite(site))
+        }
+        if (site.registered && Date.now() >= site.nextPost)
+          await this.siteGuard(site, 'readings', () => this.postReadings(site))
+        if (site.pendingResponses.length > 0) await this.flushResponses(site)
+      }
+      const next = Math.min(
+        this.nextDiscovery,
+        ...this.sites.filter((site) => !site.halted).flatMap((site) => [site.nextPoll, site.nextPost]),
+      )
+      await this.sleep(Math.max(50, Math.min(next - Date.now(), 60_000)))
+    }
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms)
+      function done() {
+        clearTimeout(timer)
+        resolve()
+      }
+      this.wake = done
+    })
+  }
+
+  private pollSeconds(serverRate: number | undefined): number {
+    return this.config.poll ?? serverRate ?? DEFAULT_POLL_S
+  }
+
+  private async guard(what: string, work: () => Promise<void>): Promise<void> {
+    try {
+      await work()
+      this.discoveryFailures = 0
+    } catch (error) {
+      if (!this.running) return
+      this.discoveryFailures += 1
+      const retry = Math.min(
+        this.pollSeconds(this.dcapPollRate),
+        RETRY_MIN_S * 2 ** Math.min(this.discoveryFailures, 10),
+      )
+      this.nextDiscovery = Date.now() + retry * 1000
+      this.failed(what, error, { retryS: retry })
+    }
+  }
+
+  private async siteGuard(site: Site, what: string, work: () => Promise<void>): Promise<void> {
+    try {
+      await work()
+      site.failures = 0
+    } catch (error) {
+      if (!this.running) return
+      if (error instanceof CsipRegistrationError) {
+        site.halted = error.message
+        this.components.logger.error({ site: site.rid, err: error.message, name: error.name }, 'site halted')
+        return
+      }
+      site.failures += 1
+      const retry = Math.min(this.pollSeconds(site.pollRate), RETRY_MIN_S * 2 ** Math.min(site.failures, 10))
+      if (what === 'readings') site.nextPost = Date.now() + retry * 1000
+      else site.nextPoll = Date.now() + retry * 1000
+      this.failed(what, error, { site: site.rid, retryS: retry })
+    }
+  }
+
+  private failed(what: string, error: unknown, fields: Record<string, unknown>): void {
+    const err = error as Error
+    const wasConnected = this.connected
+    this.connected = false
+    this.lastError = `${err.name}: ${err.message}`
+    // An outage is expected in the field: a warning, named, with what the client does about it.
+    this.components.logger.warn(
+      { ...fields, what, name: err.name, err: err.message, wasConnected },
+      err instanceof CsipXmlError ? 'utility server sent unusable XML' : 'utility server exchange failed',
+    )
+  }
+
+  private async get(href: string): Promise<ParsedXml> {
+    const parsed = await this.transport.get(href, { signal: this.abort.signal })
+    this.contact()
+    if (this.config.version === 'auto' && parsed.version && parsed.version !== this.version) {
+      this.version = parsed.version
+      this.components.logger.info({ version: parsed.version }, 'CSIP-AUS version from server namespace')
+    }
+    return parsed
+  }
+
+  private contact(): void {
+    if (!this.connected) this.components.logger.info({ server: this.config.server }, 'utility server reached')
+    this.connected = true
+    this.lastContact = Date.now()
+    this.lastError = undefined
+  }
+
+  /** Read a whole list, page by page (`s`, `l`), up to max_list_items. */
+  private async readList<T>(href: string, item: string, decode: (node: XmlNode) => T): Promise<ListPage<T>> {
+    const items: T[] = []
+    let start = 0
+    let first: ListPage<T> | undefined
+    for (;;) {
+      const url = this.transport.resolve(href)
+      url.searchParams.set('s', String(start))
+      url.searchParams.set('l', String(this.config.page_size))
+      const parsed = await this.get(`${url.pathname}${url.search}`)
+      const page = decodeList(parsed.node, item, decode)
+      first ??= page
+      items.push(...page.items)
+      start += page.items.length
+      if (page.items.length === 0 || start >= page.all) break
+      if (items.length >= this.config.max_list_items) {
+        this.components.logger.warn(
+          { href, all: page.all, read: items.length, limit: this.config.max_list_items },
+          'list longer than max_list_items: the rest is ignored',
+        )
+        break
+      }
+    }
+    return { ...first!, items: items.slice(0, this.config.max_list_items) }
+  }
+
+  // ── discovery and registration ───────────────────────────────────────────────────────────────
+
+  private async discover(): Promise<void> {
+    const parsed = await this.get(this.config.server)
+    if (parsed.root !== 'DeviceCapability')
+      throw new CsipXmlError(`expected DeviceCapability at the server URL, got ${parsed.root}`)
+    this.dcap = decodeDeviceCapability(parsed.node)
+    this.dcapPollRate = this.dcap.pollRate
+    if (this.dcap.timeLink) await this.syncTime(this.dcap.timeLink)
+    if (this.dcap.endDeviceListLink && this.sites.some((site) => site.registered)) {
+      // The EndDeviceList is polled at its own rate as a liveness check; registrations are per site.
+      const list = await this.readList(this.dcap.endDeviceListLink, 'EndDevice', decodeEndDevice)
+      this.noteAggregator(list.items)
+    }
+    this.nextDiscovery = Date.now() + this.pollSeconds(this.dcapPollRate) * 1000
+  }
+
+  private async syncTime(href: string): Promise<void> {
+    const sent = Date.now()
+    const parsed = await this.get(href)
+    const time = decodeTime(parsed.node)
+    if (!time) throw new CsipXmlError('Time without currentTime')
+    const received = Date.now()
+    // Whole seconds on the wire: the host's midpoint stands for the server's second.
+    const offset = time.currentTime * 1000 - (sent + received) / 2
+    // Keep sub-second noise out: only a change over a second moves the clock.
+    if (Math.abs(offset - this.offsetMs) > 1_000) {
+      this.offsetMs = offset
+      const level = Math.abs(offset) > CLOCK_WARN_MS ? 'warn' : 'info'
+      this.components.logger[level](
+        { offsetMs: Math.round(offset), quality: time.quality },
+        'server clock differs from host clock: controls follow server time',
+      )
+    }
+  }
+
+  private async register(site: Site): Promise<void> {
+    const dcap = this.dcap!
+    let device: EndDevice | undefined
+    if (site.state.endDevice) {
+      device = await this.get(site.state.endDevice)
+        .then((parsed) => ({ ...decodeEndDevice(parsed.node), href: site.state.endDevice! }))
+        .catch((error) => {
+          if ((error as { status?: number }).status === 404) return undefined
+          throw error
+        })
+    }
+    if (!device && dcap.endDeviceListLink) {
+      const list = await this.readList(dcap.endDeviceListLink, 'EndDevice', decodeEndDevice)
+      this.noteAggregator(list.items)
+      device = list.items.find((candidate) => candidate.lfdi === site.lfdi && candidate.href)
+      if (!device) {
+        // In-band registration.
+        const answer = await this.transport.post(
+          dcap.endDeviceListLink,
+          encodeEndDevice(
+            { lfdi: site.lfdi, sfdi: site.sfdi, changedTime: Math.floor(this.serverNow()) },
+            this.version,
+          ),
+          { signal: this.abort.signal },
+        )
+        this.contact()
+        const href =
+          answer.location ??
+          (await this.readList(dcap.endDeviceListLink, 'EndDevice', decodeEndDevice)).items.find(
+            (candidate) => candidate.lfdi === site.lfdi,
+          )?.href
+        if (!href) throw new CsipXmlError('the server registered the EndDevice but says not where')
+        this.components.logger.info(
+          { site: site.rid, lfdi: site.lfdi, sfdi: site.sfdi, href },
+          'EndDevice registered',
+        )
+        device = { href: this.transport.resolve(href).pathname }
+      }
+      // The full resource (its links) from its own href.
+      const parsed = await this.get(device.href!)
+      device = { ...decodeEndDevice(parsed.node), href: device.href! }
+    }
+    if (!device?.href)
+      throw new CsipXmlError('no EndDeviceListLink in DeviceCapability and no EndDevice known')
+    site.device = device
+    site.state.endDevice = device.href
+
+    if (device.registrationLink) {
+      const registration = decodeRegistration((await this.get(device.registrationLink)).node)
+      if (site.config.pin !== undefined && registration.pin !== undefined) {
+        const expected = pinWithCheckDigit(site.config.pin)
+        if (registration.pin !== expected && registration.pin !== site.config.pin) {
+          throw new CsipRegistrationError(
+            `site ${site.rid}: the server's registration PIN does not match the configured one`,
+          )
+        }
+      }
+    }
+    if (site.config.nmi && device.connectionPointLink) {
+      await this.transport.put(
+        device.connectionPointLink,
+        encodeConnectionPoint(site.config.nmi, this.version),
+        {
+          signal: this.abort.signal,
+        },
+      )
+    }
+    await this.reportDer(site)
+    await this.ensureMirrors(site)
+    site.registered = true
+    site.nextPoll = 0
+    await this.state.save(site.rid, site.state)
+  }
+
+  /** DERCapability, DERSettings, DERStatus and DERAvailability of the site's DER (ratings summed). */
+  private async reportDer(site: Site): Promise<void> {
+    const device = site.device
+    if (!device?.derListLink) return
+    const ders = await this.readList(device.derListLink, 'DER', decodeDer)
+    const der = ders.items[0]
+    if (!der) return
+    if (der.href) site.state.der = der.href
+    if (der.statusLink) site.statusHref = der.statusLink
+    const ratings = await this.ratings(site)
+    const now = Math.floor(this.serverNow())
+    const connected = site.connected
+    const put = (href: string | undefined, xml: string) =>
+      href ? this.transport.put(href, xml, { signal: this.abort.signal }) : Promise.resolve()
+    await put(
+      der.capabilityLink,
+      encodeDerCapability(
+        {
+          ratedW: ratings.ratedW,
+          type: ratings.storage ? (ratings.pv ? 83 : 80) : ratings.pv ? 4 : 0,
+          ...(ratings.storage ? { maxChargeW: ratings.storageW, maxDischargeW: ratings.storageW } : {}),
+          ...(ratings.capacityWh ? { maxWh: ratings.capacityWh } : {}),
+        },
+        this.version,
+      ),
+    )
+    if (der.settingsLink) site.settingsHref = der.settingsLink
+    site.ratedW = ratings.ratedW
+    await put(
+      der.settingsLink,
+      encodeDerSettings(
+        {
+          maxW: ratings.ratedW,
+          updatedTime: now,
+          ...(site.gradW !== undefined ? { gradW: site.gradW } : {}),
+        },
+        this.version,
+      ),
+    )
+    await put(
+      der.statusLink,
+      encodeDerStatus({ readingTime: now, connected, operating: connected && site.energized }, this.version),
+    )
+    await put(
+      der.availabilityLink,
+      encodeDerAvailability(
+        { readingTime: now, availableW: connected && site.energized ? ratings.ratedW : 0 },
+        this.version,
+      ),
+    )
+  }
+
+  private async ratings(
+    site: Site,
+  ): Promise<{ ratedW: number; pv: boolean; storage: boolean; storageW: number; capacityWh: number }> {
+    let ratedW = 0
+    let storageW = 0
+    let capacityWh = 0
+    let pv = false
+    let storage = false
+    for (const ref of site.config.ders) {
+      const resource = await this.components.dataPlane.getResource(ref.kind, ref.rid).catch(() => undefined)
+      const attrs = (resource?.attrs ?? {}) as Record<string, unknown>
+      const rated = Number(attrs.ratedPowerW ?? attrs.maxPowerW ?? 0)
+      if (Number.isFinite(rated) && rated > 0) ratedW += rated
+      if (ref.kind === 'pv' || ref.kind === 'inverter') pv = true
+      if (ref.kind === 'battery') {
+        storage = true
+        storageW += Number.isFinite(rated) ? rated : 0
+        const capacity = Number(attrs.capacityWh ?? 0)
+        if (Number.isFinite(capacity)) capacityWh += capacity
+      }
+    }
+    return { ratedW: site.config.rated_w ?? (ratedW || 1), pv, storage, storageW, capacityWh }
+  }
+
+  /** The site's and its DER's MirrorUsagePoints: found by mRID or created. */
+  private async ensureMirrors(site: Site): Promise<void> {
+    const listHref = this.dcap?.mirrorUsagePointListLink
+    if (!listHref) return
+    if (site.state.mirrors.site && (site.config.ders.length === 0 || site.state.mirrors.der)) return
+    const existing = await this.readList(listHref, 'MirrorUsagePoint', decodeMirrorUsagePoint)
+    if (existing.pollRate !== undefined) site.postRate = existing.pollRate
+    for (const role of ['site', 'der'] as const) {
+      if (role === 'der' && site.config.ders.length === 0) continue
+      if (site.state.mirrors[role]) continue
+      const mrid = mirrorMrid(site.lfdi, role)
+      const found = existing.items.find((point) => point.mrid === mrid && point.href)
+      if (found?.href) {
+        site.state.mirrors[role] = found.href
+        if (found.postRate) site.postRate = found.postRate
+        continue
+      }
+      const types = this.readingTypesFor(site, role)
+      const answer = await this.transport.post(
+        listHref,
+        encodeMirrorUsagePoint(
+          {
+            mrid,
+            description: `${site.rid} ${role === 'site' ? 'site' : 'DER'}`,
+            lfdi: site.lfdi,
+            // Site: isMirror | isPremisesAggregationPoint; DER: isMirror | isDER | isSubmeter.
+            roleFlags: role === 'site' ? 0x03 : 0x49,
+            readings: types,
+          },
+          this.version,
+        ),
+        { signal: this.abort.signal },
+      )
+      const href =
+        answer.location ??
+        (await this.readList(listHref, 'MirrorUsagePoint', decodeMirrorUsagePoint)).items.find(
+          (point) => point.mrid === mrid,
+        )?.href
+      if (href) site.state.mirrors[role] = this.transport.resolve(href).pathname
+    }
+  }
+
+  private readingTypesFor(site: Site, role: 'site' | 'der'): MirrorReadingType[] {
+    const quantities =
+      role === 'site'
+        ? [
+            'power',
+            'reactive_power',
+            'voltage',
+            'frequency',
+            'power_l1',
+            'power_l2',
+            'power_l3',
+            'voltage_l1',
+            'voltage_l2',
+            'voltage_l3',
+          ]
+        : ['power', 'reactive_power']
+    const map = site.readingTypes[role]
+    for (const q of quantities) if (!map.has(q)) map.set(q, readingType(site.lfdi, role, q))
+    return [...map.values()]
+  }
+
+  // ── controls ─────────────────────────────────────────────────────────────────────────────────
+
+  private async pollSite(site: Site): Promise<void> {
+    const device = site.device!
+    let rate: number | undefined
+    const programs: ProgramSnapshot[] = []
+    const subscribable: string[] = []
+    if (device.fsaListLink) {
+      const fsas = await this.readList(
+        device.fsaListLink,
+        'FunctionSetAssignments',
+        decodeFunctionSetAssignments,
+      )
+      rate = minRate(rate, fsas.pollRate)
+      for (const fsa of fsas.items) {
+        if (!fsa.derProgramListLink) continue
+        const list = await this.readList(fsa.derProgramListLink, 'DERProgram', decodeDerProgram)
+        rate = minRate(rate, list.pollRate)
+        subscribable.push(fsa.derProgramListLink)
+        for (const program of list.items) {
+          if (!program.href || programs.some((known) => known.href === program.href)) continue
+          if (program.controlListLink) subscribable.push(program.controlListLink)
+          if (program.defaultControlLink) subscribable.push(program.defaultControlLink)
+          // A link to nothing (404) means the program has none; any other failure aborts the poll,
+          // so the schedule keeps what it last had rather than dropping it.
+          const defaultControl = program.defaultControlLink
+            ? await this.get(program.defaultControlLink)
+                .then((parsed) => decodeDefaultDerControl(parsed.node))
+                .catch(absentOn404)
+            : undefined
+          let controls: DerControl[] = []
+          if (program.controlListLink) {
+            const page = await this.readList(program.controlListLink, 'DERControl', (node) =>
+              decodeDerControl(node),
+            ).catch(absentOn404)
+            controls = (page?.items ?? []).filter((control): control is DerControl => control !== undefined)
+            if (page && controls.length < page.items.length)
+              this.components.logger.warn(
+                {
+                  site: site.rid,
+                  href: program.controlListLink,
+                  dropped: page.items.length - controls.length,
+                },
+                'DERControls without mRID or interval ignored',
+              )
+          }
+          programs.push({
+            href: program.href,
+            primacy: program.primacy,
+            ...(defaultControl ? { defaultControl } : {}),
+            controls,
+          })
+        }
+      }
+    }
+    if (device.derListLink) {
+      const ders = await this.readList(device.derListLink, 'DER', decodeDer)
+      rate = minRate(rate, ders.pollRate)
+      if (ders.items[0]?.statusLink) site.statusHref = ders.items[0].statusLink
+      await this.putStatus(site)
+    }
+    site.pollRate = rate
+    site.nextPoll = Date.now() + this.pollSeconds(rate) * 1000
+    // The default ramp rate of the best program: applied to the DER and reported in DERSettings.
+    const gradW = [...programs]
+      .sort((a, b) => a.primacy - b.primacy)
+      .find((program) => program.defaultControl?.setGradW !== undefined)?.defaultControl?.setGradW
+    if (gradW !== undefined && gradW !== site.gradW && site.settingsHref && site.ratedW !== undefined) {
+      site.gradW = gradW
+      await this.transport.put(
+        site.settingsHref,
+        encodeDerSettings(
+          { maxW: site.ratedW, gradW, updatedTime: Math.floor(this.serverNow()) },
+          this.version,
+        ),
+        { signal: this.abort.signal },
+      )
+    }
+    const due = site.schedule.update(programs, this.serverNow())
+    site.pendingResponses.push(...due)
+    site.schedule.prune(this.serverNow() - 86_400)
+    this.persist(site)
+    await this.flushResponses(site)
+    this.scheduleTick()
+    if (this.listener) {
+      const hrefs = [
+        ...(site === this.sites[0] && this.dcap?.endDeviceListLink ? [this.dcap.endDeviceListLink] : []),
+        ...(device.fsaListLink ? [device.fsaListLink] : []),
+        ...subscribable,
+      ]
+      await this.subscribe(site, hrefs)
+    }
+  }
+
+  // ── subscriptions ────────────────────────────────────────────────────────────────────────────
+
+  private async listen(listen: string): Promise<void> {
+    const colon = listen.lastIndexOf(':')
+    const host = listen.slice(0, colon).replace(/^\[|\]$/g, '')
+    const port = Number(listen.slice(colon + 1))
+    const pems = this.transport.pems!
+    this.listener = new NotificationListener(
+      { host, port, ...pems, maxBodyBytes: this.config.max_body_bytes },
+      {
+        logger: this.components.logger,
+        onNotification: (rid, notification) => {
+          const site = this.sites.find((candidate) => candidate.rid === rid)
+          if (!site) return
+          this.components.logger.debug({ site: rid, ...notification, resource: undefined }, 'notification')
+          // Status other than 0 (default): the subscription ended; subscribe again on the next poll.
+          if (
+            notification.status !== undefined &&
+            notification.status !== 0 &&
+            notification.subscribedResource
+          )
+            delete site.state.subscriptions?.[notification.subscribedResource]
+          site.nextPoll = 0
+          this.wake?.()
+        },
+      },
+    )
+    await this.listener.start()
+  }
+
+  private noteAggregator(devices: readonly EndDevice[]): void {
+    if (this.config.mode !== 'aggregator') return
+    const own = devices.find((device) => device.lfdi === this.transport.lfdi)
+    if (own?.subscriptionListLink) this.aggregatorSubscriptions = own.subscriptionListLink
+  }
+
+  /** POST a Subscription for each href not yet subscribed (refusals are remembered too). */
+  private async subscribe(site: Site, hrefs: readonly string[]): Promise<void> {
+    const target =
+      this.config.mode === 'aggregator'
+        ? (this.aggregatorSubscriptions ?? site.device?.subscriptionListLink)
+        : site.device?.subscriptionListLink
+    if (!target || !this.listener) return
+    const base =
+      this.config.notify_url ??
+      `https://${this.config.notify_listen!.replace(/:\d+$/, '')}:${this.listener.port}`
+    const notificationUri = `${base.replace(/\/$/, '')}${NOTIFY_PATH}${encodeURIComponent(site.rid)}`
+    site.state.subscriptions ??= {}
+    const known = site.state.subscriptions
+    let changed = false
+    for (const href of new Set(hrefs)) {
+      if (known[href]) continue
+      try {
+        const answer = await this.transport.post(
+          target,
+          encodeSubscription({ resource: href, notificationUri, limit: 1 }, this.version),
+          { signal: this.abort.signal },
+        )
+        known[href] = answer.location ?? 'subscribed'
+        changed = true
+      } catch (error) {
+        const status = (error as { status?: number }).status
+        if (status === undefined || status >= 500) throw error
+        known[href] = 'refused'
+        changed = true
+        this.components.logger.info({ site: site.rid, href, status }, 'subscription refused: polling only')
+      }
+    }
+    if (changed) this.persist(site)
+  }
+
+  private async putStatus(site: Site): Promise<void> {
+    if (!site.statusHref) return
+    await this.transport.put(
+      site.statusHref,
+      encodeDerStatus(
+        {
+          readingTime: Math.floor(this.serverNow()),
+          connected: site.connected,
+          operating: site.connected && site.energized,
+        },
+        this.version,
+      ),
+      { signal: this.abort.signal },
+    )
+  }
+
+  private persist(site: Site): void {
+    const snapshot = site.schedule.snapshot()
+    site.state.events = snapshot.events
+    site.state.programs = snapshot.programs
+    site.state.offsetMs = this.offsetMs
+    void this.state.save(site.rid, site.state).catch((error: Error) => {
+      this.components.logger.warn({ site: site.rid, err: error.message }, 'state not saved')
+    })
+  }
+
+  /** Every second (and after each poll): what is in force now, and the responses due. */
+  private scheduleTick(): void {
+    if (!this.running) return
+    this.ticking = this.ticking.then(async () => {
+      for (const site of this.sites) {
+        if (!this.running) return
+        const { responses, modes } = site.schedule.tick(this.serverNow())
+        const connected = modes.get('opModConnect')?.value !== false
+        const energized = modes.get('opModEnergize')?.value !== false
+        const statusChanged = connected !== site.connected || energized !== site.energized
+        site.connected = connected
+        site.energized = energized
+        // The utility sees the new connection state at once, not at the next poll.
+        if (statusChanged && site.registered) void this.putStatus(site).catch(() => {})
+        site.pendingResponses.push(...responses)
+        const controls = controlsFor(modes, this.offsetMs)
+        let changed = responses.length > 0
+        for (const control of controls) {
+          if (sameControl(site.state.published[control.command], control.payload)) continue
+          const ok = await this.publishControl(site, control)
+          if (ok) {
+            site.state.published[control.command] = control.payload
+            changed = true
+          } else if (control.payload.source.startsWith('csip-aus:event:')) {
+            const mrid = control.payload.source.slice('csip-aus:event:'.length)
+            const track = site.schedule.events.get(mrid)
+            if (track?.replyTo && !track.sent.includes(RESPONSE_STATUS.cannotBeMet)) {
+              track.sent.push(RESPONSE_STATUS.cannotBeMet)
+              site.pendingResponses.push({
+                mrid,
+                replyTo: track.replyTo,
+                status: RESPONSE_STATUS.cannotBeMet,
+              })
+            }
+          }
+        }
+        if (changed) this.persist(site)
+        if (site.pendingResponses.length > 0 && site.registered) this.wake?.()
+      }
+    })
+  }
+
+  private async publishControl(site: Site, control: SiteControl): Promise<boolean> {
+    const { dataPlane, logger } = this.components
+    try {
+      if (dataPlane.publishControl) {
+        await dataPlane.publishControl('site', site.rid, control.command, control.payload)
+      } else if (!this.warnedNoControl) {
+        this.warnedNoControl = true
+        logger.warn({}, 'the plugin API has no publishControl: envelopes are published as events only')
+      }
+      await dataPlane.publishEvent('site', site.rid, 'envelope', {
+        command: control.command,
+        ...control.payload,
+      })
+      this.counters.controls.inc()
+      logger.info({ site: site.rid, command: control.command, ...control.payload }, 'control in force')
+      return true
+    } catch (error) {
+      if (!this.running) return false
+      logger.warn(
+        { site: site.rid, command: control.command, err: (error as Error).message },
+        'control not published',
+      )
+      return false
+    }
+  }
+
+  private async flushResponses(site: Site): Promise<void> {
+    while (site.pendingResponses.length > 0 && this.running) {
+      const response = site.pendingResponses[0]!
+      try {
+        await this.transport.post(
+          response.replyTo,
+          encodeDerControlResponse(
+            {
+              lfdi: site.lfdi,
+              subject: response.mrid,
+              status: response.status,
+              createdDateTime: Math.floor(this.serverNow()),
+            },
+            this.version,
+          ),
+          { signal: this.abort.signal },
+        )
+        this.contact()
+        this.counters.responses.inc()
+        site.pendingResponses.shift()
+      } catch (error) {
+        const status = (error as { status?: number }).status
+        if (status !== undefined && status >= 400 && status < 500) {
+          // The server refuses it: sending again will not help.
+          site.pendingResponses.shift()
+          this.components.logger.warn(
+            { site: site.rid, ...response, status },
+            'response refused by the server',
+          )
+          continue
+        }
+        this.failed('response', error, { site: site.rid, pending: site.pendingResponses.length })
+        return
+      }
+    }
+  }
+
+  // ── readings ─────────────────────────────────────────────────────────────────────────────────
+
+  private subscribeTelemetry(): void {
+    const { dataPlane } = this.components
+    if (!dataPlane.onTelemetry) {
+      // The host's facade: readings are read from OE_TEL at each post (pullTelemetry).
+      if (!dataPlane.readTelemetry) {
+        this.components.logger.warn({}, 'the data plane cannot read telemetry: no readings will be posted')
+      }
+      return
+    }
+    const refs = this.sites.flatMap((site) => [site.config.meter, ...site.config.ders])
+    dataPlane.onTelemetry(
+      { kinds: [...new Set(refs.map((ref) => ref.kind))], rids: [...new Set(refs.map((ref) => ref.rid))] },
+      (record) => {
+        if (!isPostedQuantity(record.q)) return
+        for (const site of this.sites) {
+          if (!refersTo([site.config.meter, ...site.config.ders], record)) continue
+          const key = `${record.kind}.${record.rid}`
+          const byQuantity = site.buffer.get(key) ?? new Map<string, TelemetryRecord[]>()
+          site.buffer.set(key, byQuantity)
+          const list = byQuantity.get(record.q) ?? []
+          if (list.length < 10_000) list.push(record)
+          byQuantity.set(record.q, list)
+        }
+      },
+    )
+  }
+
+  /** The site's readings stamped since the last post, read from the node's telemetry (OE_TEL). */
+  private async pullTelemetry(site: Site): Promise<void> {
+    const { dataPlane, signal } = this.components
+    if (!dataPlane.readTelemetry) return
+    for (const ref of [site.config.meter, ...site.config.ders]) {
+      const records = await dataPlane.readTelemetry(ref.kind, ref.rid, POSTED_QUANTITIES, {
+        since: site.lastPostAt,
+        max: 10_000,
+        signal,
+      })
+      const key = `${ref.kind}.${ref.rid}`
+      const byQuantity = site.buffer.get(key) ?? new Map<string, TelemetryRecord[]>()
+      site.buffer.set(key, byQuantity)
+      for (const record of records) {
+        const list = byQuantity.get(record.q) ?? []
+        list.push(record)
+        byQuantity.set(record.q, list)
+      }
+    }
+  }
+
+  private async postReadings(site: Site): Promise<void> {
+    // The list tells the post rate the server wants now (it may change it at any time).
+    const listHref = this.dcap?.mirrorUsagePointListLink
+    if (listHref) {
+      const list = await this.readList(listHref, 'MirrorUsagePoint', decodeMirrorUsagePoint)
+      const mine = list.items.find((point) => point.href && point.href === site.state.mirrors.site)
+      const rate = mine?.postRate ?? list.pollRate
+      if (rate !== undefined) site.postRate = rate
+    }
+    const postRate = this.config.poll ?? site.postRate ?? site.device?.postRate ?? this.config.post_rate
+    site.nextPost = Date.now() + postRate * 1000
+    if (!this.components.dataPlane.onTelemetry) await this.pullTelemetry(site)
+    const buffer = site.buffer
+    site.buffer = new Map()
+    const start = Math.floor((site.lastPostAt + this.offsetMs) / 1000)
+    const duration = Math.max(1, Math.round((Date.now() - site.lastPostAt) / 1000))
+    site.lastPostAt = Date.now()
+    const meterKey = `${site.config.meter.kind}.${site.config.meter.rid}`
+    const rows: Record<
+      'site' | 'der',
+      { type: MirrorReadingType; value: number; start: number; duration: number }[]
+    > = {
+      site: [],
+      der: [],
+    }
+    for (const [q, records] of buffer.get(meterKey) ?? []) {
+      const value = average(records)
+      if (value === undefined) continue
+      rows.site.push({
+        type:
+          this.readingTypesFor(site, 'site').find((t) => t.mrid === readingType(site.lfdi, 'site', q).mrid) ??
+          readingType(site.lfdi, 'site', q),
+        value,
+        start,
+        duration,
+      })
+    }
+    for (const q of ['power', 'reactive_power']) {
+      let total: number | undefined
+      for (const ref of site.config.ders) {
+        const value = average(buffer.get(`${ref.kind}.${ref.rid}`)?.get(q) ?? [])
+        if (value !== undefined) total = (total ?? 0) + value
+      }
+      if (total !== undefined)
+        rows.der.push({ type: readingType(site.lfdi, 'der', q), value: total, start, duration })
+    }
+    for (const role of ['site', 'der'] as const) {
+      const href = site.state.mirrors[role]
+      if (!href || rows[role].length === 0) continue
+      await this.transport.post(href, encodeMirrorMeterReadingList(rows[role], this.version), {
+        signal: this.abort.signal,
+      })
+      this.contact()
+      this.counters.readings.inc(rows[role].length)
+    }
+  }
+}
+
+function absentOn404(error: unknown): undefined {
+  if ((error as { status?: number }).status === 404) return undefined
+  throw error
+}
+
+function minRate(current: number | undefined, next: number | undefined): number | undefined {
+  if (next === undefined) return current
+  return current === undefined ? next : Math.min(current, next)
+}
+
+function sameControl(previous: SiteControl['payload'] | undefined, next: SiteControl['payload']): boolean {
+  return (
+    previous !== undefined &&
+    previous.v === next.v &&
+    previous.source === next.source &&
+    // A re-read Time may move `until` by rounding: a second either way is the same envelope.
+    Math.abs((previous.until ?? 0) - (next.until ?? 0)) <= 1_000
+  )
+}
+
+function refersTo(refs: readonly ResourceRef[], record: TelemetryRecord): boolean {
+  return refs.some((ref) => ref.kind === record.kind && ref.rid === record.rid)
+}
+
+function mirrorMrid(lfdi: string, role: 'site' | 'der'): string {
+  return `${role === 'site' ? '5173' : 'DE12'}${lfdi.slice(0, 28)}`
+}
+
+function hashSeed(text: string): number {
+  let hash = 0x811c9dc5
+  for (const char of text) hash = Math.imul(hash ^ char.charCodeAt(0), 0x01000193) >>> 0
+  return hash
+}
+
+export { SITE_COMMANDS, type SiteCommand }

@@ -1,0 +1,81 @@
+/**
+ * What the client must remember across restarts and share between replicas, in the plugin's
+ * JetStream KV bucket (`oe-plugin-csip-aus-state`, key `site.<rid>`): the site's LFDI and the
+ * hrefs the server gave it (EndDevice, DER, MirrorUsagePoints) so a restart does not register
+ * again; the events it knows with their randomised windows and the responses already sent; the
+ * programs last read (so an outage right after a restart keeps the envelope); and the commands
+ * last published (so a restart publishes only what changed).
+ */
+import type { PluginStore } from '../api.ts'
+import type { SiteCommand, SiteControl } from './normalise.ts'
+import type { EventTrack, ProgramSnapshot } from './scheduler.ts'
+
+export interface SiteState {
+  v: 1
+  lfdi: string
+  endDevice?: string
+  der?: string
+  mirrors: { site?: string; der?: string }
+  /** Hrefs where each MirrorMeterReading's readings go (the server may give one per reading). */
+  events: EventTrack[]
+  programs: ProgramSnapshot[]
+  published: Partial<Record<SiteCommand, SiteControl['payload']>>
+  /** Server − host clock, ms, at the last Time read. */
+  offsetMs?: number
+  /** Resources subscribed to (or refused by the server: no point asking again), by href. */
+  subscriptions?: Record<string, string>
+}
+
+/** The subset of the plugin API's store the client uses (an in-memory one stands in when the host has none). */
+export type KeyValueStore = Pick<PluginStore, 'get' | 'put' | 'delete' | 'keys'>
+
+export function memoryStore(): KeyValueStore {
+  const map = new Map<string, Uint8Array>()
+  return {
+    get: async (key) => map.get(key),
+    put: async (key, value) => {
+      map.set(key, value)
+    },
+    delete: async (key) => {
+      map.delete(key)
+    },
+    keys: async () => [...map.keys()],
+  }
+}
+
+export function emptySiteState(lfdi: string): SiteState {
+  return { v: 1, lfdi, mirrors: {}, events: [], programs: [], published: {} }
+}
+
+export class CsipState {
+  private writing: Promise<void> = Promise.resolve()
+
+  constructor(private readonly store: KeyValueStore) {}
+
+  async load(rid: string): Promise<SiteState | undefined> {
+    const bytes = await this.store.get(`site.${rid}`)
+    if (!bytes) return undefined
+    try {
+      const state = JSON.parse(new TextDecoder().decode(bytes)) as SiteState
+      return state.v === 1 ? state : undefined
+    } catch {
+      return undefined
+    }
+  }
+
+  /** Persist (serialised per client; the last call's content wins). */
+  save(rid: string, state: SiteState): Promise<void> {
+    const bytes = new TextEncoder().encode(JSON.stringify(state))
+    const run = () => this.store.put(`site.${rid}`, bytes)
+    this.writing = this.writing.then(run, run)
+    return this.writing
+  }
+
+  async forget(rid: string): Promise<void> {
+    await this.store.delete(`site.${rid}`)
+  }
+
+  async flush(): Promise<void> {
+    await this.writing.catch(() => {})
+  }
+}
