@@ -60,13 +60,14 @@ export interface PluginDataPlane {
   /**
    * Telemetry the node holds for one resource (stream OE_TEL), readings stamped at or after
    * `since` (epoch ms), oldest first, at most `max` (default 100,000). The host always provides
-   * it; optional for in-memory harnesses.
+   * it; optional for in-memory harnesses. With `by: 'arrival'`, `since` is when the node stored
+   * the readings instead (what arrived since a previous read, whatever their stamps).
    */
   readTelemetry?(
     kind: ResourceKind,
     rid: string,
     quantities: readonly string[],
-    options: { since: number; max?: number; signal?: AbortSignal },
+    options: { since: number; by?: 'stamp' | 'arrival'; max?: number; signal?: AbortSignal },
   ): Promise<TelemetryRecord[]>
   /**
    * MQTT on the node's own data plane (nats-server's MQTT listener), for plugins that notify

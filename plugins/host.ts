@@ -373,8 +373,9 @@ export class PluginHost {
     kind: ResourceKind,
     rid: string,
     quantities: readonly string[],
-    options: { since: number; max?: number; signal?: AbortSignal },
+    options: { since: number; by?: 'stamp' | 'arrival'; max?: number; signal?: AbortSignal },
   ): Promise<TelemetryRecord[]> {
+    const byArrival = options.by === 'arrival'
     if (!isResourceKind(kind) || !isResourceId(rid) || quantities.some((q) => !SUBJECT_TOKEN.test(q)))
       return []
     const { dataPlane } = this.components
@@ -390,7 +391,7 @@ export class PluginHost {
     const consumer = await dataPlane.jetstream.consumers.get('OE_TEL', {
       filter_subjects: filters,
       deliver_policy: DeliverPolicy.StartTime,
-      opt_start_time: new Date(Math.max(0, options.since - 3_600_000)).toISOString(),
+      opt_start_time: new Date(Math.max(0, options.since - (byArrival ? 0 : 3_600_000))).toISOString(),
     })
     const out: TelemetryRecord[] = []
     // Nothing from the start time on: done (consume would wait for new messages).
@@ -405,7 +406,11 @@ export class PluginHost {
         const q = msg.subject.slice(msg.subject.lastIndexOf('.') + 1)
         try {
           const payload = decodeCbor(msg.data) as { v: number; t: number; u?: string }
-          if (typeof payload.v === 'number' && typeof payload.t === 'number' && payload.t >= options.since)
+          if (
+            typeof payload.v === 'number' &&
+            typeof payload.t === 'number' &&
+            (byArrival || payload.t >= options.since)
+          )
             out.push({ kind, rid, q, v: payload.v, t: payload.t })
         } catch {
           // Not CBOR: not a reading.

@@ -108,6 +108,8 @@ interface Site {
   buffer: Map<string, Map<string, TelemetryRecord[]>>
   pendingResponses: ResponseDue[]
   lastPostAt: number
+  /** Readings that arrived (stored in OE_TEL) from this time on are not yet posted. */
+  pulledSince?: number
   /** Connected (opModConnect) and operating (opModEnergize) as last scheduled, for DERStatus. */
   connected: boolean
   energized: boolean
@@ -998,9 +1000,12 @@ export class CsipClient {
   private async pullTelemetry(site: Site): Promise<void> {
     const { dataPlane, signal } = this.components
     if (!dataPlane.readTelemetry) return
+    const since = site.pulledSince ?? site.lastPostAt
+    site.pulledSince = Date.now()
     for (const ref of [site.config.meter, ...site.config.ders]) {
       const records = await dataPlane.readTelemetry(ref.kind, ref.rid, POSTED_QUANTITIES, {
-        since: site.lastPostAt,
+        since,
+        by: 'arrival',
         max: 10_000,
         signal,
       })
