@@ -79,7 +79,82 @@ export function pluginSummary(plugin: PluginView): string | undefined {
     const link = plugin.connected ? 'VTN up' : 'VTN DOWN'
     return `${link} · ${plural(events.length, 'event')}`
   }
+  if (plugin.id === 'csip-aus') {
+    const sites = Object.values((plugin.sites ?? {}) as Record<string, CsipSiteRow>)
+    const registered = sites.filter((site) => site.registered).length
+    const link = plugin.connected ? 'server up' : 'server DOWN'
+    return `${link} · ${registered}/${plural(sites.length, 'site')} registered`
+  }
   return undefined
+}
+
+interface CsipSiteRow {
+  lfdi?: string
+  registered?: boolean
+  endDevice?: string
+  halted?: string
+  controls?: Record<string, { v: number; u: string; until?: number; source: string }>
+  lastPost?: { at: number; readings: number }
+}
+
+function csipBody(plugin: PluginView, now: number, width: number): LineSpec[] {
+  const sites = Object.entries((plugin.sites ?? {}) as Record<string, CsipSiteRow>)
+  const offset = typeof plugin.clockOffsetMs === 'number' ? plugin.clockOffsetMs : 0
+  const lines = [
+    field(
+      'server',
+      'server',
+      `${String(plugin.server)} (${String(plugin.mode)}, ${String(plugin.version ?? '?')})`,
+    ),
+    plugin.connected
+      ? field(
+          'link',
+          'link',
+          `● connected · last contact ${formatAgo(Date.parse(String(plugin.lastContact)), now)}`,
+          {
+            color: 'green',
+          },
+        )
+      : field('link', 'link', `● unreachable${plugin.lastError ? `: ${String(plugin.lastError)}` : ''}`, {
+          color: 'red',
+        }),
+    field('clock', 'server clock', `${offset >= 0 ? '+' : ''}${(offset / 1000).toFixed(1)} s from ours`),
+    line('gap-1'),
+    heading('sites', `Sites (${sites.length})`),
+  ]
+  lines.push(
+    ...table(
+      'site',
+      [12, 12, 34, 12],
+      ['site', 'registered', 'control in force', 'last post', 'source'],
+      sites.map(([rid, site]) => {
+        const controls = Object.entries(site.controls ?? {})
+        const shown = controls
+          .map(
+            ([command, c]) =>
+              `${command} ${c.v}${c.u === 'W' ? ' W' : ''}${c.until ? ` to ${clockTime(c.until)}` : ''}`,
+          )
+          .join(', ')
+        return {
+          key: rid,
+          cells: [
+            rid,
+            site.halted ? `halted` : site.registered ? (site.endDevice ?? 'yes') : 'not yet',
+            shown || 'none',
+            site.lastPost ? formatAgo(site.lastPost.at, now) : 'never',
+            controls[0]?.[1].source ?? '',
+          ],
+          ...(site.halted
+            ? { style: { color: 'red' as const } }
+            : site.registered
+              ? {}
+              : { style: { color: 'yellow' as const } }),
+        }
+      }),
+      width,
+    ),
+  )
+  return lines
 }
 
 function field(key: string, label: string, value: string, style: Omit<Segment, 'text'> = {}): LineSpec {
@@ -246,7 +321,9 @@ export function pluginDetailBody(plugin: PluginView, now: number, width: number)
       ? vtnBody(plugin, now, width)
       : plugin.id === 'openadr-ven'
         ? venBody(plugin, now, width)
-        : genericBody(plugin, width)
+        : plugin.id === 'csip-aus'
+          ? csipBody(plugin, now, width)
+          : genericBody(plugin, width)
   return [head, ...error, ...body]
 }
 

@@ -110,6 +110,8 @@ interface Site {
   lastPostAt: number
   /** Readings that arrived (stored in OE_TEL) from this time on are not yet posted. */
   pulledSince?: number
+  /** When readings were last posted to the site's MirrorUsagePoints (epoch ms), and how many. */
+  lastPost?: { at: number; readings: number }
   /** Connected (opModConnect) and operating (opModEnergize) as last scheduled, for DERStatus. */
   connected: boolean
   energized: boolean
@@ -255,6 +257,7 @@ export class CsipClient {
             ...(site.state.endDevice ? { endDevice: site.state.endDevice } : {}),
             ...(site.halted ? { halted: site.halted } : {}),
             controls: site.state.published,
+            ...(site.lastPost ? { lastPost: site.lastPost } : {}),
           },
         ]),
       ),
@@ -1074,6 +1077,7 @@ export class CsipClient {
       })
       this.contact()
       this.counters.readings.inc(rows[role].length)
+      site.lastPost = { at: Date.now(), readings: rows.site.length + rows.der.length }
     }
   }
 }
