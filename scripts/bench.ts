@@ -43,6 +43,10 @@ const SUITES: Record<string, { describe: string; load: () => Promise<Suite> }> =
     describe: 'OCPI CPO, 10,000 EVSEs, an eMSP: status change → PATCH p99 at 1,000/s, push and pull of all',
     load: async () => (await import('./bench/ocpi.ts')).ocpiSuite,
   },
+  'csip-aus': {
+    describe: 'CSIP-AUS client, 1,000 sites polling and posting every 60 s: control start → command p99, CPU, RSS',
+    load: async () => (await import('./bench/csip-aus.ts')).csipAusSuite,
+  },
 }
 
 function usage(): string {
