@@ -13,9 +13,10 @@
  * minute of samples against the median of the first (garbage collection saws RSS by ±15 %, so
  * single samples would measure the saw, not a trend). The window starts after a warm-up (default
  * 60 s, not part of the N minutes), so start-up growth (JIT, buffers, the streams' first blocks)
- * does not count as drift. Writes bench-results/soak.json. Exit code 0 when each node's total
- * (node + its nats-server) drifts by at most ±10 % and the consumer kept up, 1 otherwise, 2 on bad
- * usage.
+ * does not count as drift. Open file descriptors are sampled with RSS. Writes
+ * bench-results/soak.json. Exit code 0 when each of the four processes' RSS and open file
+ * descriptors, and each node's total (node + its nats-server), drift by at most ±10 % and the
+ * consumer kept up; 1 otherwise, 2 on bad usage.
  *
  * The nats-servers' RSS grows while OE_TEL and OE_PEER fill up to their size limit (1 GiB each by
  * default, reached after about 7 and 10 minutes at 10k records/s); `--stream-max 256MiB` sets both
@@ -89,6 +90,15 @@ function parseOptions(args: string[]): Options {
   return options
 }
 
+/** Open file descriptors of a process (0 when unreadable). */
+function fdCount(pid: number): number {
+  try {
+    return readdirSync(`/proc/${pid}/fd`).length
+  } catch {
+    return 0
+  }
+}
+
 /** Direct children of a process (every thread's `children` list). */
 function childrenOf(pid: number): number[] {
   const children = new Set<number>()
@@ -108,6 +118,8 @@ interface Sample {
   sent: number
   received: number
   rss_kib: Record<string, number>
+  /** Open file descriptors (entries of /proc/<pid>/fd). */
+  fds: Record<string, number>
   stream_mib: { provider_OE_TEL: number; consumer_OE_PEER: number }
 }
 
@@ -203,6 +215,7 @@ async function main(): Promise<number> {
       'consumer node',
       '+ nats',
       'OE_TEL / OE_PEER',
+      'fds p/pn/c/cn',
     ]
     const widths = headers.map((header) => Math.max(header.length, 15))
     const line = (cells: string[]): string =>
@@ -219,6 +232,12 @@ async function main(): Promise<number> {
           pids.reduce((sum, pid) => sum + rssKiB(pid), 0),
         ]),
       )
+      const fds = Object.fromEntries(
+        Object.entries(processes).map(([name, pids]) => [
+          name,
+          pids.reduce((sum, pid) => sum + fdCount(pid), 0),
+        ]),
+      )
       const [tel, peer] = await Promise.all([
         providerStreams.streams.info('OE_TEL'),
         consumerStreams.streams.info('OE_PEER'),
@@ -228,6 +247,7 @@ async function main(): Promise<number> {
         sent: pacer.sent,
         received: receiver.count,
         rss_kib: rss,
+        fds,
         stream_mib: {
           provider_OE_TEL: Math.round(tel.state.bytes / 1024 / 102.4) / 10,
           consumer_OE_PEER: Math.round(peer.state.bytes / 1024 / 102.4) / 10,
@@ -246,6 +266,7 @@ async function main(): Promise<number> {
           `${mib(rss.consumer_node!)} MiB`,
           `${mib(rss.consumer_nats!)} MiB`,
           `${sample.stream_mib.provider_OE_TEL} / ${sample.stream_mib.consumer_OE_PEER} MiB`,
+          Object.values(fds).join('/'),
         ]),
       )
     }
@@ -274,8 +295,19 @@ async function main(): Promise<number> {
       series((s) => s.rss_kib.consumer_node! + s.rss_kib.consumer_nats!),
       perMinute,
     )
+    const fdSummary: Record<string, Summary> = {}
+    for (const name of Object.keys(processes))
+      fdSummary[name] = summarise(
+        series((s) => s.fds[name]!),
+        perMinute,
+      )
     const within = (s: Summary): boolean => Math.abs(s.drift_pct) <= DRIFT_LIMIT_PCT
-    const ok = within(summary.provider_total) && within(summary.consumer_total) && drained
+    // Each of the four processes: RSS and open file descriptors flat within ±10 %.
+    const ok =
+      Object.keys(processes).every((name) => within(summary[name]!) && within(fdSummary[name]!)) &&
+      within(summary.provider_total) &&
+      within(summary.consumer_total) &&
+      drained
     console.log(
       `\n${markdownTable(
         [
@@ -297,13 +329,37 @@ async function main(): Promise<number> {
           `${mib(s.max_kib)} MiB`,
           `${mib(s.first_minute_median_kib)} MiB`,
           `${mib(s.last_minute_median_kib)} MiB`,
-          `${s.drift_pct > 0 ? '+' : ''}${s.drift_pct} %${name.endsWith('_total') ? (within(s) ? ' ok' : ' MISSED') : ''}`,
+          `${s.drift_pct > 0 ? '+' : ''}${s.drift_pct} %${within(s) ? ' ok' : ' MISSED'}`,
           `${s.max_deviation_pct} %`,
         ]),
       )}\n`,
     )
+    console.log(
+      `${markdownTable(
+        [
+          'process',
+          'open fds first',
+          'last',
+          'min',
+          'max',
+          'first-minute median',
+          'last-minute median',
+          'drift',
+        ],
+        Object.entries(fdSummary).map(([name, s]) => [
+          name,
+          String(s.first_kib),
+          String(s.last_kib),
+          String(s.min_kib),
+          String(s.max_kib),
+          String(s.first_minute_median_kib),
+          String(s.last_minute_median_kib),
+          `${s.drift_pct > 0 ? '+' : ''}${s.drift_pct} %${within(s) ? ' ok' : ' MISSED'}`,
+        ]),
+      )}\n`,
+    )
     log(
-      `${sent.toLocaleString('en-US')} records sent, ${receiver.count.toLocaleString('en-US')} received${drained ? '' : ' (the consumer did NOT keep up)'}; RSS ${ok ? 'flat' : 'NOT flat'} within ±${DRIFT_LIMIT_PCT} %`,
+      `${sent.toLocaleString('en-US')} records sent, ${receiver.count.toLocaleString('en-US')} received${drained ? '' : ' (the consumer did NOT keep up)'}; RSS and fds ${ok ? 'flat' : 'NOT flat'} within ±${DRIFT_LIMIT_PCT} %`,
     )
     const result = {
       suite: 'soak',
@@ -322,6 +378,7 @@ async function main(): Promise<number> {
       drift_limit_pct: DRIFT_LIMIT_PCT,
       ok,
       summary,
+      fds: fdSummary,
       samples,
     }
     await mkdir(resultsDir, { recursive: true })
