@@ -5,30 +5,12 @@
  */
 import * as z from 'zod'
 import { isResourceId, isResourceKind, type ResourceKind } from '../../data-plane/index.ts'
+import { durationSeconds, parseDurationSeconds } from '../config-helpers.ts'
 import { isLfdi } from './identity.ts'
 
-/** `"300"`, `300`, `"300s"`, `"5m"`, `"1h"`, `"1500ms"` → seconds. */
-export function parseDurationSeconds(input: string | number): number | undefined {
-  if (typeof input === 'number') return Number.isFinite(input) ? input : undefined
-  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(input)
-  if (!match) return undefined
-  const value = Number(match[1])
-  const unit = match[2] ?? 's'
-  return unit === 'ms' ? value / 1000 : unit === 'm' ? value * 60 : unit === 'h' ? value * 3600 : value
-}
+export { parseDurationSeconds }
 
-const duration = (what: string, min: number, max: number) =>
-  z.union([z.number(), z.string()]).transform((input, context) => {
-    const seconds = parseDurationSeconds(input)
-    if (seconds === undefined || seconds < min || seconds > max) {
-      context.addIssue({
-        code: 'custom',
-        message: `${what} must be a duration between ${min} s and ${max} s (e.g. 60 or "5m")`,
-      })
-      return z.NEVER
-    }
-    return seconds
-  })
+const duration = (what: string, min: number, max: number) => durationSeconds(what, min, max, '60 or "5m"')
 
 export interface ResourceRef {
   kind: ResourceKind

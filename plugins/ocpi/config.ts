@@ -5,6 +5,7 @@
  * or the eMSP role issues (driver tokens).
  */
 import * as z from 'zod'
+import { durationSeconds, parseDurationSeconds, parseListen } from '../config-helpers.ts'
 import {
   CONNECTOR_FORMATS,
   CONNECTOR_TYPES,
@@ -14,40 +15,12 @@ import {
   WHITELIST_TYPES,
 } from './v221.ts'
 
+export { parseDurationSeconds, parseListen }
+
 /** Loopback by default: expose OCPI through a TLS-terminating proxy (`public_url`). */
 export const DEFAULT_LISTEN = '127.0.0.1:8082'
 
-/** `HOST:PORT` or `[IPv6]:PORT`. */
-export function parseListen(listen: string): { host: string; port: number } | undefined {
-  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(listen)
-  if (!match) return undefined
-  const port = Number(match[3])
-  if (port > 65_535) return undefined
-  return { host: match[1] ?? match[2]!, port }
-}
-
-/** `"300"`, `300`, `"300s"`, `"5m"`, `"1h"`, `"1500ms"` → seconds. */
-export function parseDurationSeconds(input: string | number): number | undefined {
-  if (typeof input === 'number') return Number.isFinite(input) ? input : undefined
-  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(input)
-  if (!match) return undefined
-  const value = Number(match[1])
-  const unit = match[2] ?? 's'
-  return unit === 'ms' ? value / 1000 : unit === 'm' ? value * 60 : unit === 'h' ? value * 3600 : value
-}
-
-const duration = (what: string, min: number, max: number) =>
-  z.union([z.number(), z.string()]).transform((input, context) => {
-    const seconds = parseDurationSeconds(input)
-    if (seconds === undefined || seconds < min || seconds > max) {
-      context.addIssue({
-        code: 'custom',
-        message: `${what} must be a duration between ${min} s and ${max} s (e.g. 30 or "5m")`,
-      })
-      return z.NEVER
-    }
-    return seconds
-  })
+const duration = (what: string, min: number, max: number) => durationSeconds(what, min, max, '30 or "5m"')
 
 const strict = ocpi221.strict
 

@@ -4,7 +4,10 @@
  */
 import * as z from 'zod'
 import { isResourceId, isResourceKind, RESOURCE_KINDS, type ResourceKind } from '../../data-plane/index.ts'
+import { durationSeconds, parseDurationSeconds, parseListen } from '../config-helpers.ts'
 import { OPENADR_VERSIONS } from './contract.ts'
+
+export { parseDurationSeconds, parseListen }
 
 /** Default VTN listener: loopback (a VTN is put behind a TLS proxy to face the Internet). */
 export const DEFAULT_VTN_LISTEN = '127.0.0.1:8081'
@@ -12,37 +15,7 @@ export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 /** Base path of each version on the VTN's one listener. */
 export const BASE_PATHS = { '3.1.0': '/openadr3/3.1.0', '3.0.1': '/openadr3/3.0.1' } as const
 
-/** `"300"`, `300`, `"300s"`, `"5m"`, `"1h"`, `"1500ms"` → seconds. */
-export function parseDurationSeconds(input: string | number): number | undefined {
-  if (typeof input === 'number') return Number.isFinite(input) ? input : undefined
-  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(input)
-  if (!match) return undefined
-  const value = Number(match[1])
-  const unit = match[2] ?? 's'
-  return unit === 'ms' ? value / 1000 : unit === 'm' ? value * 60 : unit === 'h' ? value * 3600 : value
-}
-
-const duration = (what: string, min: number, max: number) =>
-  z.union([z.number(), z.string()]).transform((input, context) => {
-    const seconds = parseDurationSeconds(input)
-    if (seconds === undefined || seconds < min || seconds > max) {
-      context.addIssue({
-        code: 'custom',
-        message: `${what} must be a duration between ${min} s and ${max} s (e.g. 10 or "10s")`,
-      })
-      return z.NEVER
-    }
-    return seconds
-  })
-
-/** `HOST:PORT` or `[IPv6]:PORT`. */
-export function parseListen(listen: string): { host: string; port: number } | undefined {
-  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(listen)
-  if (!match) return undefined
-  const port = Number(match[3])
-  if (port > 65_535) return undefined
-  return { host: match[1] ?? match[2]!, port }
-}
+const duration = (what: string, min: number, max: number) => durationSeconds(what, min, max, '10 or "10s"')
 
 /** OAuth client ids: what the token endpoint accepts and what objects carry as clientID. */
 export const CLIENT_ID_PATTERN = /^[A-Za-z0-9._~-]{1,128}$/
