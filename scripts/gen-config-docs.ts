@@ -247,6 +247,21 @@ const DOCS: Record<string, KeyDoc> = {
     type: 'path',
   },
   'ocpp.tls_key': { meaning: 'PEM private key for `tls_cert`', type: 'path' },
+  'ocpp.tls_ca': {
+    meaning:
+      'PEM CA(s) that issue station client certificates: Security Profile 3 (a station is admitted by a certificate whose CN is its id; needs `tls_cert`/`tls_key`)',
+    type: 'path',
+  },
+  'ocpp.signing_ca_cert': {
+    meaning:
+      "PEM certificate of the operator CA that signs 2.0.1 stations' CSRs (SignCertificate → CertificateSigned)",
+    type: 'path',
+  },
+  'ocpp.signing_ca_key': {
+    meaning: "that CA's private key (set together with `signing_ca_cert`)",
+    type: 'path',
+  },
+  'ocpp.signed_cert_days': { meaning: 'validity of the station certificates the CA signs, in days' },
   'ocpp.auto_accept': {
     meaning: 'accept stations that are not configured, without credentials (labs only)',
   },

@@ -30,6 +30,7 @@ let station: RPCClient
 let cpoNats: NatsConnection
 let emspNats: NatsConnection
 const remoteStarts: Record<string, unknown>[] = []
+const unlocks: Record<string, unknown>[] = []
 const profiles: Record<string, unknown>[] = []
 const EVSE = 'NL_CPO_CS1-1'
 
@@ -135,6 +136,10 @@ beforeAll(async () => {
   station.handle('RemoteStartTransaction', async ({ params }) => {
     remoteStarts.push(params as Record<string, unknown>)
     return { status: 'Accepted' }
+  })
+  station.handle('UnlockConnector', async ({ params }) => {
+    unlocks.push(params as Record<string, unknown>)
+    return { status: 'Unlocked' }
   })
   station.handle('SetChargingProfile', async ({ params }) => {
     profiles.push(params as Record<string, unknown>)
@@ -254,28 +259,7 @@ test('a CPO and an eMSP roam: registration, locations, status, tokens, commands,
     source: 'ocpi:msp',
     request: expect.any(String),
   })
-  // The OCPP plugin does not act on start_session yet (see the report): this test does what it
-  // would, through the OCPP plugin's own remote_start action, and answers with control_result.
-  const started = await api<{ result: { response: { status: string } } }>(
-    cpo,
-    'POST',
-    '/v1/plugins/ocpp/actions/remote_start',
-    {
-      station: 'CS1',
-      connector: 1,
-      id_tag: control!.idTag,
-    },
-  )
-  expect(remoteStarts).toEqual([{ connectorId: 1, idTag: 'TOKEN1' }])
-  cpoNats.publish(
-    'oe.evt.evse.CS1-1.control_result',
-    encodeCbor({
-      command: 'start_session',
-      request: control!.request,
-      status: started.result.response.status,
-      t: Date.now(),
-    }),
-  )
+  // The OCPP plugin carries it to the station as RemoteStartTransaction; its answer goes back.
   await waitEvent(
     emsp,
     `oe.evt.evse.${EVSE}.control_result`,
@@ -286,6 +270,7 @@ test('a CPO and an eMSP roam: registration, locations, status, tokens, commands,
       event.ok === true,
     'the CommandResult at the eMSP',
   )
+  expect(remoteStarts).toEqual([{ connectorId: 1, idTag: 'TOKEN1' }])
 
   // -- the station starts the transaction: an OCPI session at the eMSP.
   const t0 = Date.now()
@@ -386,8 +371,8 @@ test('a CPO and an eMSP roam: registration, locations, status, tokens, commands,
     expect.objectContaining({ id: 'cpo2', state: 'registered', initiator: 'partner' }),
   ])
 
-  // -- the eMSP's CLI: a pull on demand, and a command the station's plugin does not answer:
-  // the CPO reports TIMEOUT after its command_timeout.
+  // -- the eMSP's CLI: a pull on demand, and UNLOCK_CONNECTOR, which the OCPP plugin carries to
+  // the station as UnlockConnector.
   const pulled = (await cli(emsp, 'pull', 'cpo2', '--module', 'locations')) as {
     pulled: { cpo2: { locations: Record<string, unknown> } }
   }
@@ -397,9 +382,10 @@ test('a CPO and an eMSP roam: registration, locations, status, tokens, commands,
   await waitEvent(
     emsp,
     `oe.evt.evse.${EVSE}.control_result`,
-    (event) => event.request === unlock.request && event.stage === 'result' && event.result === 'TIMEOUT',
-    'TIMEOUT for the unanswered UNLOCK_CONNECTOR',
+    (event) => event.request === unlock.request && event.stage === 'result' && event.result === 'ACCEPTED',
+    'ACCEPTED for UNLOCK_CONNECTOR (the station unlocked)',
   )
+  expect(unlocks).toEqual([{ connectorId: 1 }])
   expect(await events(cpo, 'oe.ctl.evse.CS1-1.unlock_connector')).toEqual([
     expect.objectContaining({ connector: 1, source: 'ocpi:msp2', request: expect.any(String) }),
   ])

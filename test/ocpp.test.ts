@@ -443,7 +443,15 @@ describe('sessions and telemetry', () => {
     })
     const startedEvent = await eventsOf('oe.evt.evse.CS201-2.session_started')
     expect(startedEvent.map((m) => m.data)).toEqual([
-      { transactionId: tx, connector: 1, meterStartWh: 5000, triggerReason: 'Authorized', t: t0 },
+      {
+        transactionId: tx,
+        connector: 1,
+        meterStartWh: 5000,
+        triggerReason: 'Authorized',
+        t: t0,
+        idToken: 'TOKEN-201',
+        tokenType: 'ISO14443',
+      },
     ])
     const stopped = await eventsOf('oe.evt.evse.CS201-2.session_stopped')
     expect(stopped.map((m) => m.data)).toEqual([
@@ -455,6 +463,7 @@ describe('sessions and telemetry', () => {
         reason: 'EVDisconnected',
         triggerReason: 'EVCommunicationLost',
         t: t3,
+        idToken: 'TOKEN-201',
       },
     ])
     // NotifyReport: the rated power of an EVSE lands in its resource.

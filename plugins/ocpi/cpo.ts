@@ -981,6 +981,10 @@ export class CpoRole implements OcpiRole {
     const now = Date.now()
     const token = this.findToken(request.token)
     const remember = (found: ReceivedToken, method: Session['auth_method'], reference?: string) => {
+      // A session the eMSP started by command stays COMMAND when the station then authorises it.
+      const earlier = this.recentAuth.get(request.rid)
+      if (earlier?.method === 'COMMAND' && earlier.token.uid === found.uid && now - earlier.at < 15 * 60_000)
+        return
       this.recentAuth.set(request.rid, { token: found, at: now, method, ...(reference ? { reference } : {}) })
     }
     if (token && token.whitelist !== 'NEVER') {

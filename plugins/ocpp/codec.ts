@@ -30,6 +30,26 @@ export interface StationLink {
   describeEvse(evse: number, attrs?: Record<string, unknown>): Promise<void>
   /** The station booted: resend what it must know (power limits) once the answer is out. */
   booted(): void
+  /**
+   * May this driver's token charge here (`evse` 0: the station)? Asks the node's token
+   * authorisation (e.g. the OCPI plugin's eMSP tokens) and, when no one there decides, accepts
+   * as the plugin always did.
+   */
+  authorize(evse: number, token: string, type?: string): Promise<TokenDecision>
+  /**
+   * The station asks for a certificate (2.0.1 SignCertificate): `Accepted` when the node's CA
+   * signs it (the certificate follows as CertificateSigned), else `Rejected`.
+   */
+  signCertificate(csr: string, certificateType?: string): Promise<'Accepted' | 'Rejected'>
+}
+
+/** What the node answers about a token (OCPP 1.6 has no `Unknown`: the codec says `Invalid`). */
+export type TokenStatus = 'Accepted' | 'Blocked' | 'Expired' | 'Invalid' | 'Unknown'
+
+export interface TokenDecision {
+  status: TokenStatus
+  /** Who decided (e.g. `ocpi`); absent when no one did and the plugin's own rule applied. */
+  by?: string
 }
 
 // biome-ignore lint/suspicious/noExplicitAny: params were validated against the official schema.
@@ -59,6 +79,9 @@ export interface VersionCodec {
   remoteStop(transactionId: string): OutboundCall
   reset(input: { hard: boolean; evse?: number | undefined }): OutboundCall
   triggerMessage(input: { message: string; evse?: number | undefined }): OutboundCall
+  unlockConnector(input: { evse: number; connector: number }): OutboundCall
+  reserveNow(input: { id: number; evse: number; expires: number; idTag: string }): OutboundCall
+  cancelReservation(id: number): OutboundCall
 }
 
 /** The charging profile the node owns on each EVSE: one fixed id per EVSE, so a new limit replaces the last. */

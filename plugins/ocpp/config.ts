@@ -1,6 +1,7 @@
 /**
  * The `[plugins.ocpp]` configuration slice (ARCHITECTURE §8): where the CSMS listens, TLS for
- * Security Profile 2, which stations may connect with which password, and timings.
+ * Security Profile 2, client certificates for Security Profile 3 and the CA that signs stations'
+ * certificates, which stations may connect with which password, and timings.
  */
 import * as z from 'zod'
 
@@ -61,6 +62,18 @@ export const ocppConfigSchema = z
     /** PEM certificate (chain) and key: with both, the endpoint is wss:// (Security Profile 2). */
     tls_cert: z.string().min(1).optional(),
     tls_key: z.string().min(1).optional(),
+    /**
+     * PEM CA certificate(s) that issue stations' client certificates: with it the listener asks
+     * stations for a certificate (Security Profile 3). A trusted certificate whose CN is the
+     * station id admits the station without a password; one that is untrusted or names another
+     * station is refused. Stations without a certificate may still use their password.
+     */
+    tls_ca: z.string().min(1).optional(),
+    /** The operator CA (PEM certificate and key) that signs 2.0.1 stations' CSRs (SignCertificate). */
+    signing_ca_cert: z.string().min(1).optional(),
+    signing_ca_key: z.string().min(1).optional(),
+    /** Validity of the station certificates signed with `signing_ca_cert`, in days. */
+    signed_cert_days: z.number().int().min(1).max(3650).default(365),
     /** Accept stations that are not configured, without credentials (labs only). */
     auto_accept: z.boolean().default(false),
     /** Heartbeat interval sent in BootNotification; silence for twice this marks a station offline. */
@@ -86,6 +99,20 @@ export const ocppConfigSchema = z
         code: 'custom',
         path: [config.tls_cert === undefined ? 'tls_cert' : 'tls_key'],
         message: 'tls_cert and tls_key go together',
+      })
+    }
+    if (config.tls_ca !== undefined && config.tls_cert === undefined) {
+      context.addIssue({
+        code: 'custom',
+        path: ['tls_ca'],
+        message: 'client certificates need TLS: set tls_cert and tls_key too',
+      })
+    }
+    if ((config.signing_ca_cert === undefined) !== (config.signing_ca_key === undefined)) {
+      context.addIssue({
+        code: 'custom',
+        path: [config.signing_ca_cert === undefined ? 'signing_ca_cert' : 'signing_ca_key'],
+        message: 'signing_ca_cert and signing_ca_key go together',
       })
     }
   })

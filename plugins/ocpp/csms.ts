@@ -2,9 +2,13 @@
  * The CSMS: ties the transport (server.ts), the version codecs (v16.ts, v201.ts), the
  * normaliser and the node's data plane together. It keeps the connected stations, publishes
  * their data in the canonical model, turns `limit_power` control commands into
- * SetChargingProfile, runs the operators' actions, and notices stations going silent.
+ * SetChargingProfile and the EVSE commands (commands.ts) into their OCPP calls, reporting each
+ * outcome as an event, routes commands to the replica holding a station's socket (routing.ts),
+ * asks the node's token authorisation about drivers' tokens, runs the operators' actions, and
+ * notices stations going silent.
  */
-import { createHash, timingSafeEqual } from 'node:crypto'
+import { createHash, createPrivateKey, timingSafeEqual, X509Certificate } from 'node:crypto'
+import { readFile } from 'node:fs/promises'
 import { createRPCError, type RPCError } from 'ocpp-rpc'
 import type RPCServerClient from 'ocpp-rpc/lib/server-client'
 import {
@@ -14,15 +18,37 @@ import {
   type TelemetryRecord,
 } from '../../data-plane/index.ts'
 import type { ControlMessage, PluginDataPlane, PluginMetrics } from '../api.ts'
-import { defined, type OutboundCall, type StationLink, type VersionCodec } from './codec.ts'
+import {
+  defined,
+  type OutboundCall,
+  type StationLink,
+  type TokenDecision,
+  type VersionCodec,
+} from './codec.ts'
+import {
+  commandCall,
+  commandStatus,
+  EVSE_COMMANDS,
+  type EvseCommand,
+  failureStatus,
+  isEvseCommand,
+} from './commands.ts'
 import type { OcppConfig } from './config.ts'
-import { OcppActionInputError, OcppError, StationCallError, StationNotConnectedError } from './errors.ts'
+import {
+  OcppActionInputError,
+  OcppError,
+  OcppListenError,
+  StationCallError,
+  StationNotConnectedError,
+} from './errors.ts'
 import { type MeterValueInput, normaliseMeterValues } from './normalise.ts'
+import { MAX_HOPS, StationRouter } from './routing.ts'
 import { type AuthDecision, OcppServer } from './server.ts'
-import { type LimitState, OcppState } from './state.ts'
+import { type LimitState, OcppState, type StateStore } from './state.ts'
 import { ocpp16 } from './v16.ts'
 import { ocpp201 } from './v201.ts'
 import { OCPP_VERSIONS, type OcppVersion, strictValidators } from './validators.ts'
+import { issueCertificate, parseCertificateRequest, type SigningAuthority } from './x509.ts'
 
 const CODECS: Record<OcppVersion, VersionCodec> = { 'ocpp1.6': ocpp16, 'ocpp2.0.1': ocpp201 }
 
@@ -32,13 +58,20 @@ export interface OcppCsmsInit {
   dataDir: string
   host: string
   port: number
+  /** This replica's id (routing.ts). */
+  replica: string
 }
 
 export interface OcppCsmsComponents {
   dataPlane: PluginDataPlane
   logger: Logger
   metrics: PluginMetrics
+  /** Where station state and socket claims live (the plugin's KV bucket). */
+  store: StateStore
 }
+
+/** How long a token authorisation may take before the station is answered as before. */
+const AUTHORIZE_TIMEOUT_MS = 5_000
 
 interface Connection {
   id: string
@@ -105,6 +138,9 @@ function checkMessageId(messageId: unknown, version: OcppVersion): void {
 export class OcppCsms {
   private readonly server: OcppServer
   private readonly state: OcppState
+  private readonly router: StationRouter
+  /** The operator CA that signs stations' CSRs (`signing_ca_cert` / `signing_ca_key`). */
+  private authority: (SigningAuthority & { pem: string }) | undefined
   private readonly stations = new Map<string, Connection>()
   /** Stations seen since start (configured ones are known too). */
   private readonly seen = new Set<string>()
@@ -124,6 +160,9 @@ export class OcppCsms {
     invalid: { inc(value?: number): void }
     records: { inc(value?: number): void }
     skipped: { inc(value?: number): void }
+    commands: { inc(value?: number): void }
+    forwarded: { inc(value?: number): void }
+    authorizations: { inc(value?: number): void }
   }
 
   constructor(
@@ -135,13 +174,30 @@ export class OcppCsms {
     this.passwords = new Map(
       Object.entries(config.stations).map(([id, station]) => [id, Buffer.from(station.password, 'utf8')]),
     )
-    this.state = new OcppState({ dir: init.dataDir }, { logger: components.logger })
+    this.state = new OcppState({ dir: init.dataDir }, { logger: components.logger, store: components.store })
+    this.router = new StationRouter(
+      { replica: init.replica },
+      {
+        store: components.store,
+        dataPlane: components.dataPlane,
+        logger: components.logger,
+        onSuperseded: (station, by) => {
+          const stale = this.stations.get(station)
+          if (!stale) return
+          components.logger.info({ station, replica: by }, 'station reconnected at another replica')
+          void stale.client
+            .close({ code: 1000, reason: 'replaced by a connection at another replica' })
+            .catch(() => {})
+        },
+      },
+    )
     this.server = new OcppServer(
       {
         host: init.host,
         port: init.port,
         tlsCert: config.tls_cert,
         tlsKey: config.tls_key,
+        tlsCa: config.tls_ca,
         maxMessageBytes: config.max_message_bytes,
         callTimeoutMs: config.call_timeout * 1000,
       },
@@ -166,6 +222,15 @@ export class OcppCsms {
         'samples_skipped_total',
         'OCPP sampled values skipped: no canonical quantity, out of range or implausible',
       ),
+      commands: metrics.counter('commands_total', 'EVSE control commands taken from the data plane'),
+      forwarded: metrics.counter(
+        'commands_forwarded_total',
+        'control commands forwarded to the replica holding the station',
+      ),
+      authorizations: metrics.counter(
+        'token_authorizations_total',
+        "drivers' tokens decided by the node's token authorisation",
+      ),
     }
   }
 
@@ -173,6 +238,7 @@ export class OcppCsms {
     if (this.started) return
     this.started = true
     try {
+      this.authority = await this.loadAuthority()
       await this.state.load()
       await this.server.start(options)
     } catch (error) {
@@ -194,9 +260,17 @@ export class OcppCsms {
     const period = Math.min(Math.max((this.heartbeatS * 1000) / 4, 250), 30_000)
     this.silenceTimer = setInterval(() => this.checkSilence(), period)
     this.silenceTimer.unref?.()
-    this.components.dataPlane.onControl(
-      { kinds: ['evse', 'station'], commands: ['limit_power'] },
-      (message) => this.onLimitPower(message),
+    this.router.start()
+    const { dataPlane } = this.components
+    dataPlane.onControl({ kinds: ['evse', 'station'], commands: ['limit_power'] }, (message) =>
+      this.onLimitPower(message, 0),
+    )
+    dataPlane.onControl({ kinds: ['evse'], commands: [...EVSE_COMMANDS] }, (message) =>
+      this.onEvseCommand(message, 0),
+    )
+    // Commands other replicas took for stations whose socket is here.
+    dataPlane.onControl({ kinds: ['station'], commands: [this.router.command] }, (message) =>
+      this.onForwarded(message),
     )
   }
 
@@ -210,6 +284,7 @@ export class OcppCsms {
     this.stations.clear()
     this.metric.connected.set(0)
     await this.server.stop()
+    await this.router.stop().catch(() => {})
     await this.state.flush()
   }
 
@@ -224,9 +299,12 @@ export class OcppCsms {
     return {
       listen: address ? `${formatHost(address.host)}:${address.port}` : this.init.config.listen,
       tls: this.server.tls,
+      clientCertificates: this.server.clientCertificates,
+      signsCertificates: this.authority !== undefined,
       stations: { connected: this.stations.size, known: this.knownStations().length },
       versions,
       sessions: this.state.openSessions(),
+      replica: this.router.replica,
     }
   }
 
@@ -271,6 +349,9 @@ export class OcppCsms {
       link: undefined as unknown as StationLink,
     }
     connection.link = this.link(connection)
+    // The station's sessions and limits come from the KV (it may have been at another replica,
+    // or here before a restart), and it is claimed for this replica, before any call runs.
+    connection.queue = this.attach(connection)
     this.stations.set(id, connection)
     this.seen.add(id)
     this.metric.connected.set(this.stations.size)
@@ -291,15 +372,23 @@ export class OcppCsms {
       },
     )
     client.on('close', ({ code, reason }: { code?: number; reason?: string }) => {
-      if (this.stations.get(id) === connection) {
+      const current = this.stations.get(id) === connection
+      if (current) {
         this.stations.delete(id)
         this.metric.connected.set(this.stations.size)
       }
       logger.info({ station: id, code, reason }, 'station disconnected')
-      if (!connection.closed && connection.online) {
-        void this.publishStationEvent(id, 'offline', defined({ reason: 'closed', code, t: Date.now() }))
-      }
+      const wasOnline = !connection.closed && connection.online
       connection.closed = true
+      if (!current) return
+      const t = Date.now()
+      void (async () => {
+        // Gone from here; perhaps already at another replica (then it is not offline).
+        const elsewhere = this.started ? await this.router.release(id).catch(() => undefined) : undefined
+        if (!this.stations.has(id)) this.state.detach(id)
+        if (wasOnline && elsewhere === undefined)
+          await this.publishStationEvent(id, 'offline', defined({ reason: 'closed', code, t }))
+      })()
     })
 
     const { codec } = connection
@@ -335,6 +424,18 @@ export class OcppCsms {
     setTimeout(() => {
       if (!connection.closed && !connection.booted) void this.resendLimits(connection)
     }, 5_000).unref?.()
+  }
+
+  private async attach(connection: Connection): Promise<void> {
+    try {
+      await this.state.attach(connection.id)
+      await this.router.claim(connection.id)
+    } catch (error) {
+      this.components.logger.warn(
+        { station: connection.id, err: (error as Error).message },
+        'station state not loaded from the data plane',
+      )
+    }
   }
 
   /** Run one inbound call after the station's previous ones (ordered side effects). */
@@ -447,6 +548,110 @@ export class OcppCsms {
         // After the answer to BootNotification is on the wire.
         setTimeout(() => void this.resendLimits(connection), 50).unref?.()
       },
+      authorize: (evse, token, type) => this.authorize(id, evse, token, type),
+      signCertificate: async (csr, certificateType) => this.signCertificate(connection, csr, certificateType),
+    }
+  }
+
+  private async loadAuthority(): Promise<(SigningAuthority & { pem: string }) | undefined> {
+    const { signing_ca_cert: certPath, signing_ca_key: keyPath } = this.init.config
+    if (certPath === undefined || keyPath === undefined) return undefined
+    try {
+      const [pem, key] = await Promise.all([readFile(certPath, 'utf8'), readFile(keyPath, 'utf8')])
+      const certificate = new X509Certificate(pem)
+      const privateKey = createPrivateKey(key)
+      if (!certificate.checkPrivateKey(privateKey))
+        throw new Error('signing_ca_key is not the key of signing_ca_cert')
+      return { certificate, key: privateKey, pem: certificate.toString() }
+    } catch (error) {
+      throw new OcppListenError(`signing CA (${certPath}, ${keyPath}): ${(error as Error).message}`, {
+        cause: error,
+      })
+    }
+  }
+
+  /**
+   * SignCertificate (2.0.1, Security Profile 3): sign the station's CSR with the operator's CA
+   * when its CN is the station's own id, then send the chain as CertificateSigned.
+   */
+  private async signCertificate(
+    connection: Connection,
+    csr: string,
+    certificateType: string | undefined,
+  ): Promise<'Accepted' | 'Rejected'> {
+    const { logger } = this.components
+    const refuse = (reason: string): 'Rejected' => {
+      logger.warn({ station: connection.id, reason }, 'certificate signing refused')
+      void this.publishStationEvent(connection.id, 'certificate_signed', {
+        status: 'Rejected',
+        reason,
+        t: Date.now(),
+      })
+      return 'Rejected'
+    }
+    const authority = this.authority
+    if (!authority) return refuse('no signing CA is configured (signing_ca_cert, signing_ca_key)')
+    if (certificateType === 'V2GCertificate') return refuse('V2G certificates come from the V2G PKI')
+    let issued: ReturnType<typeof issueCertificate>
+    try {
+      const request = parseCertificateRequest(csr)
+      if (request.commonName !== connection.id)
+        return refuse(`the CSR's CN '${request.commonName ?? ''}' is not the station id`)
+      issued = issueCertificate(request, authority, { days: this.init.config.signed_cert_days })
+    } catch (error) {
+      return refuse((error as Error).message.slice(0, 200))
+    }
+    // After the answer to SignCertificate is on the wire.
+    setTimeout(() => {
+      void (async () => {
+        let status = 'Error'
+        try {
+          const response = (await this.call(connection, {
+            method: 'CertificateSigned',
+            params: {
+              certificateChain: `${issued.pem}${authority.pem}`,
+              certificateType: 'ChargingStationCertificate',
+            },
+          })) as { status?: string }
+          status = response.status ?? 'Unknown'
+        } catch (error) {
+          logger.warn({ station: connection.id, err: (error as Error).message }, 'CertificateSigned failed')
+        }
+        logger.info({ station: connection.id, serial: issued.serial, status }, 'station certificate signed')
+        await this.publishStationEvent(connection.id, 'certificate_signed', {
+          status,
+          serial: issued.serial,
+          notAfter: issued.notAfter,
+          t: Date.now(),
+        })
+      })()
+    }, 50).unref?.()
+    return 'Accepted'
+  }
+
+  /**
+   * Ask the node's token authorisation (e.g. the OCPI plugin with its eMSPs' tokens). When no
+   * one there decides, the token is accepted, as the plugin has always done without a list.
+   */
+  private async authorize(
+    station: string,
+    evse: number,
+    token: string,
+    type?: string,
+  ): Promise<TokenDecision> {
+    const ask = this.components.dataPlane.authorizeToken
+    if (!ask) return { status: 'Accepted' }
+    try {
+      const answer = await ask(defined({ token, type, ...this.target(station, evse) }), {
+        timeoutMs: AUTHORIZE_TIMEOUT_MS,
+      })
+      // `by` names the decider; without it no one answered.
+      if (answer.by === undefined) return { status: 'Accepted' }
+      this.metric.authorizations.inc()
+      return { status: answer.status, by: answer.by }
+    } catch (error) {
+      this.components.logger.warn({ station, err: (error as Error).message }, 'token authorisation failed')
+      return { status: 'Accepted' }
     }
   }
 
@@ -480,29 +685,73 @@ export class OcppCsms {
 
   // ---- control: limit_power → SetChargingProfile -----------------------------------------
 
-  private async onLimitPower(message: ControlMessage): Promise<void> {
+  /**
+   * Where a command for a station goes: its connection here, another replica that holds its
+   * socket (forwarded there; that replica reports the outcome), or nowhere (offline).
+   */
+  private async route(
+    station: string,
+    message: ControlMessage,
+    hops: number,
+  ): Promise<Connection | 'forwarded' | 'absent'> {
+    const local = this.stations.get(station)
+    if (local && !local.closed) return local
+    const holder = await this.router.holder(station)
+    if (holder !== undefined && holder !== this.router.replica && hops < MAX_HOPS) {
+      await this.router.forward(holder, station, message, hops + 1)
+      this.metric.forwarded.inc()
+      return 'forwarded'
+    }
+    return 'absent'
+  }
+
+  private async onForwarded(message: ControlMessage): Promise<void> {
+    const forwarded = this.router.parse(message)
+    if (typeof forwarded === 'string') {
+      this.components.logger.debug({ rid: message.rid, reason: forwarded }, 'forwarded command dropped')
+      return
+    }
+    const inner: ControlMessage = defined({
+      kind: forwarded.kind,
+      rid: forwarded.rid,
+      command: forwarded.command,
+      payload: forwarded.payload,
+      agreement: forwarded.agreement,
+      from: forwarded.from,
+    })
+    if (inner.command === 'limit_power') return this.onLimitPower(inner, forwarded.hops)
+    if (isEvseCommand(inner.command)) return this.onEvseCommand(inner, forwarded.hops)
+  }
+
+  private async onLimitPower(message: ControlMessage, hops: number): Promise<void> {
     const { kind, rid } = message
     const target = kind === 'station' ? { station: rid, evse: 0 } : parseEvseId(rid)
+    const request = typeof message.payload.request === 'string' ? message.payload.request : undefined
     const result = (status: string, extra: Record<string, unknown> = {}) =>
-      this.publishLimitResult(kind, rid, { status, ...extra })
+      this.publishLimitResult(kind, rid, defined({ status, request, ...extra }))
     if (!target) return result('Invalid', { reason: `'${rid}' is not <station>-<evse>` })
     const parsed = parseLimit(message.payload)
     if (typeof parsed === 'string') return result('Invalid', { reason: parsed })
     if (parsed.until !== undefined && parsed.until <= Date.now())
       return result('Expired', defined({ v: parsed.watts, until: parsed.until }))
     const limit: LimitState = defined({ ...target, ...parsed })
+    // Kept (in the KV, for every replica) and sent whenever the station connects.
     await this.state.setLimit(limit)
-    const connection = this.stations.get(target.station)
-    if (!connection) {
-      // Kept, and sent when the station connects again.
+    const route = await this.route(target.station, message, hops)
+    if (route === 'forwarded') return
+    if (route === 'absent')
       return result('Offline', defined({ v: limit.watts, until: limit.until, source: limit.source }))
-    }
     // Not awaited: one slow station must not hold up commands for the others. The command is
     // settled once handed to the station's connection; its outcome is the limit_result event.
-    void this.applyLimit(connection, limit, false)
+    void this.applyLimit(route, limit, false, request)
   }
 
-  private async applyLimit(connection: Connection, limit: LimitState, resent: boolean): Promise<void> {
+  private async applyLimit(
+    connection: Connection,
+    limit: LimitState,
+    resent: boolean,
+    request?: string,
+  ): Promise<void> {
     // Checked and marked before any await: a resend after boot and a new command racing each
     // other send the same limit once.
     if (connection.applied.get(limit.evse) === limit) return
@@ -512,6 +761,7 @@ export class OcppCsms {
       v: limit.watts,
       until: limit.until,
       source: limit.source,
+      request,
       resent: resent || undefined,
     })
     if (limit.until !== undefined && limit.until <= Date.now()) {
@@ -553,6 +803,111 @@ export class OcppCsms {
       if (connection.closed) return
       await this.applyLimit(connection, limit, true)
     }
+  }
+
+  // ---- control: EVSE commands (commands.ts) → RemoteStart, UnlockConnector, ReserveNow, … ------
+
+  private async onEvseCommand(message: ControlMessage, hops: number): Promise<void> {
+    const { kind, rid, payload } = message
+    if (!isEvseCommand(message.command)) return
+    const command: EvseCommand = message.command
+    if (hops === 0) this.metric.commands.inc()
+    const target = parseEvseId(rid)
+    const result = (status: string, extra: Record<string, unknown> = {}) =>
+      this.publishControlResult(kind, rid, command, payload, { status, ...extra })
+    if (!target) return result('Invalid', { reason: `'${rid}' is not <station>-<evse>` })
+    const route = await this.route(target.station, message, hops)
+    if (route === 'forwarded') return
+    if (route === 'absent') {
+      const { dataPlane } = this.components
+      const station = await dataPlane.getResource('station', target.station).catch(() => undefined)
+      // A station learnt from a roaming partner (OCPI): its plugin answers, not this one.
+      if (station?.attrs?.source === 'ocpi') return
+      const known = station !== undefined || this.passwords.has(target.station)
+      return result(known ? 'Offline' : 'UnknownStation', {
+        reason: known ? `station '${target.station}' is not connected` : `no station '${target.station}'`,
+      })
+    }
+    // Not awaited, as for limits: the outcome is the control_result event.
+    void this.runEvseCommand(route, command, message, target.evse)
+  }
+
+  private async runEvseCommand(
+    connection: Connection,
+    command: EvseCommand,
+    message: ControlMessage,
+    evse: number,
+  ): Promise<void> {
+    const { kind, rid, payload } = message
+    const result = (fields: Record<string, unknown>) =>
+      this.publishControlResult(kind, rid, command, payload, fields)
+    try {
+      const call = commandCall(connection.codec, command, payload, evse, {
+        remoteStartId: () => {
+          this.remoteStartId = (this.remoteStartId + 1) % 2_147_483_647
+          return this.remoteStartId
+        },
+        openTransaction: (number) => this.state.sessionOn(connection.id, number)?.transactionId,
+      })
+      if ('status' in call) return await result({ ...call })
+      let response: unknown
+      try {
+        response = await this.call(connection, call)
+      } catch (error) {
+        if (error instanceof StationCallError) {
+          this.components.logger.warn(
+            { station: connection.id, command, err: error.message },
+            'command not carried out',
+          )
+          return await result({
+            status: failureStatus(error.code),
+            code: error.code,
+            reason: error.message.slice(0, 300),
+          })
+        }
+        if (error instanceof OcppActionInputError)
+          return await result({ status: 'Invalid', reason: error.message.slice(0, 300) })
+        throw error
+      }
+      const { status, ocppStatus } = commandStatus(command, response)
+      const transactionId = (response as { transactionId?: unknown }).transactionId
+      await result(
+        defined({
+          status,
+          ocppStatus,
+          action: call.method,
+          transactionId: typeof transactionId === 'string' ? transactionId : undefined,
+        }),
+      )
+    } catch (error) {
+      this.components.logger.warn(
+        { station: connection.id, command, err: (error as Error).message },
+        'command result not published',
+      )
+    }
+  }
+
+  /** `control_result` on the command's own subject, with its `request` and `source` echoed. */
+  private async publishControlResult(
+    kind: ResourceKind,
+    rid: string,
+    command: string,
+    payload: Record<string, unknown>,
+    fields: Record<string, unknown>,
+  ): Promise<void> {
+    if (!this.started) return
+    await this.components.dataPlane.publishEvent(
+      kind,
+      rid,
+      'control_result',
+      defined({
+        command,
+        request: typeof payload.request === 'string' ? payload.request : undefined,
+        source: typeof payload.source === 'string' ? payload.source.slice(0, 200) : undefined,
+        ...fields,
+        t: Date.now(),
+      }),
+    )
   }
 
   private async publishLimitResult(

@@ -1,8 +1,10 @@
 import { describe, expect, test } from 'vitest'
 import { runPluginCompliance } from '../compliance.ts'
+import { reservationNumber } from './commands.ts'
 import { parseDurationSeconds, parseListen } from './config.ts'
 import { parseEvseId } from './csms.ts'
 import { ocppPlugin } from './index.ts'
+import { keyToken } from './state.ts'
 import { ocpp16 } from './v16.ts'
 import { ocpp201 } from './v201.ts'
 import { strictValidators } from './validators.ts'
@@ -26,6 +28,7 @@ describe('config', () => {
       heartbeat_interval: 300,
       call_timeout: 30,
       max_message_bytes: 65_536,
+      signed_cert_days: 365,
       stations: {},
     })
   })
@@ -37,6 +40,8 @@ describe('config', () => {
     expect(parseDurationSeconds('1500ms')).toBe(1.5)
     expect(parse({ heartbeat_interval: 0 }).success).toBe(false)
     expect(parse({ tls_cert: '/x.pem' }).error?.issues[0]?.path).toEqual(['tls_key'])
+    expect(parse({ tls_ca: '/ca.pem' }).error?.issues[0]?.path).toEqual(['tls_ca'])
+    expect(parse({ signing_ca_key: '/ca.key' }).error?.issues[0]?.path).toEqual(['signing_ca_cert'])
     expect(parse({ stations: { 'bad.id': { password: 'x' } } }).success).toBe(false)
     expect(parse({ stations: { CS1: {} } }).success).toBe(false)
     expect(parse({ stations: { CS1: { password: 'x', extra: 1 } } }).success).toBe(false)
@@ -88,6 +93,9 @@ describe('codecs build calls that the official schemas accept', () => {
         codec.reset({ hard: true }),
         codec.reset({ hard: false }),
         codec.triggerMessage({ message: 'StatusNotification', evse: 1 }),
+        codec.unlockConnector({ evse: 2, connector: 1 }),
+        codec.reserveNow({ id: 12, evse: 1, expires: now + 600_000, idTag: 'TAG' }),
+        codec.cancelReservation(12),
       ]) {
         expect(validate(version, call.method, call.params)).toBe(true)
       }
@@ -100,6 +108,25 @@ describe('codecs build calls that the official schemas accept', () => {
       expect.objectContaining({ rpcErrorCode: 'NotImplemented' }),
     )
   })
+})
+
+test('OCPI reservation ids become OCPP integers: decimal ones kept, others hashed the same way each time', () => {
+  expect(reservationNumber('77')).toBe(77)
+  expect(reservationNumber(77)).toBe(77)
+  const hashed = reservationNumber('RES-abc')!
+  expect(hashed).toBe(reservationNumber('RES-abc'))
+  expect(Number.isSafeInteger(hashed) && hashed >= 0 && hashed <= 2_147_483_647).toBe(true)
+  expect(reservationNumber('99999999999')).not.toBe(99_999_999_999)
+  expect(reservationNumber('')).toBeUndefined()
+  expect(reservationNumber(-1)).toBeUndefined()
+  expect(reservationNumber({})).toBeUndefined()
+})
+
+test('KV key tokens: station and transaction ids escaped, distinct ids stay distinct', () => {
+  expect(keyToken('CS1')).toBe('CS1')
+  expect(keyToken('CS:1')).toBe('CS=3A1')
+  expect(keyToken('tx.1 2')).toBe('tx=2E1=202')
+  expect(keyToken('a=3A')).not.toBe(keyToken('a:'))
 })
 
 test('EVSE ids: <station>-<n>, the station id may contain dashes', () => {

@@ -2,8 +2,9 @@
  * OCPP 1.6-J codec. Station → CSMS: BootNotification, Heartbeat, StatusNotification, Authorize,
  * StartTransaction, StopTransaction, MeterValues, DataTransfer (and the status notifications of
  * firmware, diagnostics and the security extension, acknowledged). CSMS → station:
- * SetChargingProfile, RemoteStartTransaction, RemoteStopTransaction, Reset, TriggerMessage,
- * GetConfiguration.
+ * SetChargingProfile, RemoteStartTransaction, RemoteStopTransaction, UnlockConnector, ReserveNow,
+ * CancelReservation, Reset, TriggerMessage, GetConfiguration. Authorize and StartTransaction
+ * answer with what the node's token authorisation says.
  */
 import {
   commonHandlers,
@@ -15,6 +16,7 @@ import {
   roundLimit,
   type StationLink,
   secondsUntil,
+  type TokenDecision,
   type VersionCodec,
 } from './codec.ts'
 import { OcppActionInputError } from './errors.ts'
@@ -40,6 +42,13 @@ const meterValues16 = (values: readonly MeterValue16[] | undefined): MeterValueI
   (values ?? []).map((value) => ({ timestamp: value.timestamp, sampledValue: value.sampledValue }))
 
 const accepted = { status: 'Accepted' } as const
+
+/** 1.6 idTagInfo statuses: no `Unknown` (an unknown token is `Invalid`). */
+const idTagInfo = ({ status }: TokenDecision) => ({ status: status === 'Unknown' ? 'Invalid' : status })
+
+async function authorize(params: { idTag: string }, link: StationLink): Promise<Record<string, unknown>> {
+  return { idTagInfo: idTagInfo(await link.authorize(0, params.idTag)) }
+}
 
 async function bootNotification(
   params: {
@@ -111,16 +120,26 @@ async function startTransaction(
   },
   link: StationLink,
 ): Promise<Record<string, unknown>> {
-  const transactionId = link.state.allocateTransactionId()
-  const t = parseTimestamp(params.timestamp) ?? Date.now()
   const evse = params.connectorId
+  // Asked first: a token the node refuses still gets a transaction id (OCPP 1.6 §5.11), and the
+  // station ends the transaction itself.
+  const decision = await link.authorize(evse, params.idTag)
+  const transactionId = await link.state.allocateTransactionId()
+  const t = parseTimestamp(params.timestamp) ?? Date.now()
   if (evse > 0) await link.describeEvse(evse)
   await link.reading(evse, 'energy_import', params.meterStart, t)
-  await link.event(evse, 'session_started', {
-    transactionId: String(transactionId),
-    meterStartWh: params.meterStart,
-    t,
-  })
+  await link.event(
+    evse,
+    'session_started',
+    defined({
+      transactionId: String(transactionId),
+      meterStartWh: params.meterStart,
+      idTag: params.idTag,
+      authorization: decision.by === undefined ? undefined : decision.status,
+      reservationId: params.reservationId,
+      t,
+    }),
+  )
   // Remembered last: if publishing failed, the station retries and nothing is half-open.
   await link.state.startSession({
     station: link.id,
@@ -128,8 +147,9 @@ async function startTransaction(
     transactionId: String(transactionId),
     startedAt: t,
     meterStartWh: params.meterStart,
+    idTag: params.idTag,
   })
-  return { transactionId, idTagInfo: accepted }
+  return { transactionId, idTagInfo: idTagInfo(decision) }
 }
 
 async function stopTransaction(
@@ -168,6 +188,7 @@ async function stopTransaction(
       energyWh: session?.meterStartWh === undefined ? undefined : params.meterStop - session.meterStartWh,
       durationS: session ? Math.max(0, Math.round((t - session.startedAt) / 1000)) : undefined,
       reason: params.reason ?? 'Local',
+      idTag: params.idTag ?? session?.idTag,
       t,
     }),
   )
@@ -188,8 +209,7 @@ const handlers: Record<string, InboundHandler> = {
   BootNotification: bootNotification,
   ...commonHandlers,
   StatusNotification: statusNotification,
-  // Tokens are not checked against a list (no OCPI / local list here): every token is accepted.
-  Authorize: async () => ({ idTagInfo: accepted }),
+  Authorize: authorize,
   StartTransaction: startTransaction,
   StopTransaction: stopTransaction,
   MeterValues: meterValues,
@@ -244,4 +264,14 @@ export const ocpp16: VersionCodec = {
     method: 'TriggerMessage',
     params: defined({ requestedMessage: message, connectorId: evse }),
   }),
+
+  // 1.6 has one connector per connector id: the EVSE number is the connector id.
+  unlockConnector: ({ evse }) => ({ method: 'UnlockConnector', params: { connectorId: evse } }),
+
+  reserveNow: ({ id, evse, expires, idTag }) => ({
+    method: 'ReserveNow',
+    params: { connectorId: evse, expiryDate: iso(expires), idTag, reservationId: id },
+  }),
+
+  cancelReservation: (id) => ({ method: 'CancelReservation', params: { reservationId: id } }),
 }

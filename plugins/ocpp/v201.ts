@@ -1,8 +1,11 @@
 /**
  * OCPP 2.0.1 codec. Station → CSMS: BootNotification, Heartbeat, StatusNotification, Authorize,
- * TransactionEvent (Started / Updated / Ended), MeterValues, NotifyReport, DataTransfer (and
+ * TransactionEvent (Started / Updated / Ended), MeterValues, NotifyReport, SignCertificate,
+ * DataTransfer (and
  * notifications acknowledged without normalising). CSMS → station: SetChargingProfile,
- * RequestStartTransaction, RequestStopTransaction, Reset, TriggerMessage, GetVariables.
+ * RequestStartTransaction, RequestStopTransaction, UnlockConnector, ReserveNow,
+ * CancelReservation, Reset, TriggerMessage, GetVariables. Authorize and the idToken of a
+ * TransactionEvent answer with what the node's token authorisation says.
  */
 import {
   commonHandlers,
@@ -14,6 +17,7 @@ import {
   roundLimit,
   type StationLink,
   secondsUntil,
+  type TokenDecision,
   type VersionCodec,
 } from './codec.ts'
 import { energyRegisterWh, type MeterValueInput, parseTimestamp } from './normalise.ts'
@@ -47,7 +51,23 @@ export const meterValues201 = (values: readonly MeterValue201[] | undefined): Me
     })),
   }))
 
-const accepted = { status: 'Accepted' } as const
+interface IdToken201 {
+  idToken: string
+  type: string
+}
+
+/** `NoAuthorization` carries no token to ask about (free charging). */
+async function tokenStatus(link: StationLink, evse: number, idToken: IdToken201): Promise<TokenDecision> {
+  if (idToken.type === 'NoAuthorization') return { status: 'Accepted' }
+  return link.authorize(evse, idToken.idToken, idToken.type)
+}
+
+async function authorize(
+  params: { idToken: IdToken201 },
+  link: StationLink,
+): Promise<Record<string, unknown>> {
+  return { idTokenInfo: { status: (await tokenStatus(link, 0, params.idToken)).status } }
+}
 
 async function bootNotification(
   params: {
@@ -100,7 +120,7 @@ async function transactionEvent(
     seqNo: number
     transactionInfo: { transactionId: string; chargingState?: string; stoppedReason?: string }
     evse?: { id: number; connectorId?: number }
-    idToken?: { idToken: string; type: string }
+    idToken?: IdToken201
     meterValue?: MeterValue201[]
     offline?: boolean
   },
@@ -115,6 +135,8 @@ async function transactionEvent(
   if (evse !== undefined && evse > 0) await link.describeEvse(evse)
   if (evse !== undefined && values.length > 0) await link.meterValues(evse, values)
   const register = energyRegisterWh(values, evse === 0)
+  const token = params.idToken?.type === 'NoAuthorization' ? undefined : params.idToken
+  const decision = params.idToken ? await tokenStatus(link, evse ?? 0, params.idToken) : undefined
 
   if (!session && params.eventType !== 'Ended') {
     // Started, or an Updated whose Started the node never saw: the session begins here.
@@ -124,6 +146,8 @@ async function transactionEvent(
       transactionId,
       startedAt: t,
       meterStartWh: register,
+      idTag: token?.idToken,
+      tokenType: token?.type,
     })
     await link.event(
       evse ?? 0,
@@ -132,18 +156,25 @@ async function transactionEvent(
         transactionId,
         connector: params.evse?.connectorId,
         meterStartWh: register,
+        idToken: token?.idToken,
+        tokenType: token?.type,
+        authorization: decision?.by === undefined ? undefined : decision.status,
         triggerReason: params.triggerReason,
         t,
       }),
     )
     await link.state.startSession(session)
-  } else if (session && register !== undefined) {
+  } else if (session && (register !== undefined || (token && session.idTag === undefined))) {
     // A station that sends no register at Started: the first one seen stands for the start.
-    if (session.meterStartWh === undefined) {
-      session.meterStartWh = register
-      await link.state.save()
+    // The latest register is stored too, so an Ended without one (on another replica, or
+    // after a restart) still knows the energy.
+    if (session.meterStartWh === undefined) session.meterStartWh = register
+    if (register !== undefined) session.lastEnergyWh = register
+    if (token && session.idTag === undefined) {
+      session.idTag = token.idToken
+      session.tokenType = token.type
     }
-    session.lastEnergyWh = register
+    if (params.eventType !== 'Ended') await link.state.updateSession(session)
   }
 
   if (params.eventType === 'Ended') {
@@ -159,12 +190,13 @@ async function transactionEvent(
         durationS: session ? Math.max(0, Math.round((t - session.startedAt) / 1000)) : undefined,
         reason: params.transactionInfo.stoppedReason ?? 'Local',
         triggerReason: params.triggerReason,
+        idToken: session?.idTag ?? token?.idToken,
         t,
       }),
     )
     await link.state.endSession(link.id, transactionId)
   }
-  return params.idToken === undefined ? {} : { idTokenInfo: accepted }
+  return decision === undefined ? {} : { idTokenInfo: { status: decision.status } }
 }
 
 async function meterValues(
@@ -217,11 +249,13 @@ const handlers: Record<string, InboundHandler> = {
   BootNotification: bootNotification,
   ...commonHandlers,
   StatusNotification: statusNotification,
-  // Tokens are not checked against a list (no OCPI / local list here): every token is accepted.
-  Authorize: async () => ({ idTokenInfo: accepted }),
+  Authorize: authorize,
   TransactionEvent: transactionEvent,
   MeterValues: meterValues,
   NotifyReport: notifyReport,
+  SignCertificate: async (params: { csr: string; certificateType?: string }, link: StationLink) => ({
+    status: await link.signCertificate(params.csr, params.certificateType),
+  }),
 }
 
 export const ocpp201: VersionCodec = {
@@ -281,4 +315,16 @@ export const ocpp201: VersionCodec = {
     method: 'TriggerMessage',
     params: defined({ requestedMessage: message, evse: evse === undefined ? undefined : { id: evse } }),
   }),
+
+  unlockConnector: ({ evse, connector }) => ({
+    method: 'UnlockConnector',
+    params: { evseId: evse, connectorId: connector },
+  }),
+
+  reserveNow: ({ id, evse, expires, idTag }) => ({
+    method: 'ReserveNow',
+    params: { id, expiryDateTime: iso(expires), idToken: { idToken: idTag, type: 'Central' }, evseId: evse },
+  }),
+
+  cancelReservation: (id) => ({ method: 'CancelReservation', params: { reservationId: id } }),
 }
