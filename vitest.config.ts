@@ -3,7 +3,8 @@ import { defineConfig } from 'vitest/config'
 export default defineConfig({
   test: {
     include: ['**/*.test.ts', '**/*.test.tsx'],
-    exclude: ['node_modules/**', 'dist/**'],
+    // The fault suite runs on its own, one test at a time: npm run test:faults (vitest.faults.config.ts).
+    exclude: ['node_modules/**', 'dist/**', 'test/faults/**'],
     testTimeout: 60_000,
     hookTimeout: 60_000,
     pool: 'forks',

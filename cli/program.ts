@@ -13,6 +13,7 @@ import { registerPeers } from './commands/peers.ts'
 import { registerStart } from './commands/start.ts'
 import { registerStatus } from './commands/status.ts'
 import { registerTail } from './commands/tail.ts'
+import { registerToken } from './commands/token.ts'
 import { registerUi } from './commands/ui.ts'
 import { EXIT, exitCodeFor } from './errors.ts'
 import { type GlobalOptions, printError } from './output.ts'
@@ -51,6 +52,7 @@ export function createProgram(): Command {
   registerOcpi(program)
   registerDemo(program)
   registerUi(program)
+  registerToken(program)
   const override = (command: Command): void => {
     command.exitOverride()
     for (const sub of command.commands) override(sub)

@@ -5,7 +5,9 @@
  * with a specific reason and never disturbs what was already accepted.
  */
 import { createHash, timingSafeEqual } from 'node:crypto'
+import { readdir, readFile, statfs } from 'node:fs/promises'
 import { isIPv4 } from 'node:net'
+import { join } from 'node:path'
 import { headers as natsHeaders } from '@nats-io/nats-core'
 import type { Server } from 'bun'
 import {
@@ -40,6 +42,7 @@ import {
 } from '../federation/index.ts'
 import { PluginError, type PluginHost } from '../plugins/index.ts'
 import { parseCard } from './card.ts'
+import { readSecretFile } from './data-dir.ts'
 import { CardError } from './errors.ts'
 import { IDEMPOTENCY_KEY_PATTERN, IdempotencyStore } from './idempotency.ts'
 import type { Logger } from './logger.ts'
@@ -58,6 +61,72 @@ export interface HttpApiInit {
    * metrics are answered without a token (`api.allowed_hosts`).
    */
   allowedHosts?: readonly string[]
+  /**
+   * The data dir, whose token files (`admin.token`, `tokens/ingest/<name>`, `tokens/retired.json`)
+   * are re-read while the node runs, so `oe-node token rotate` needs no restart. When absent, the
+   * `dataDir` field of `status()` is used; without either, the tokens above are fixed.
+   */
+  dataDir?: string
+  /** How often the token files are re-read (default 1 s). */
+  tokenReloadMs?: number
+  /**
+   * Seconds a request may take from its first byte to its last body byte, and a kept-alive
+   * connection may stay idle (default REQUEST_TIMEOUT_SECONDS).
+   */
+  requestTimeoutSeconds?: number
+  /** Requests in flight at once, over all clients (default 1,024); more are answered 503. */
+  maxInFlight?: number
+  /** Requests in flight at once from one address (default 256); more are answered 429. */
+  maxInFlightPerSource?: number
+  /**
+   * Body bytes being read at once, over all requests (default 4 × maxBodyBytes, at least
+   * 64 MiB). A request whose declared length does not fit is answered 503 before it is read.
+   */
+  maxBodyBytesInFlight?: number
+}
+
+/** Where the tokens `oe-node token rotate` writes are kept in a data dir. */
+export interface TokenFiles {
+  /** `<data-dir>/admin.token`: the admin token, one line. */
+  adminToken: string
+  /** `<data-dir>/tokens/ingest/`: one file per named ingest token, holding the token. */
+  ingestDir: string
+  /** `<data-dir>/tokens/retired.json`: digests of replaced tokens, accepted until a time. */
+  retired: string
+}
+
+export function tokenFiles(dataDir: string): TokenFiles {
+  return {
+    adminToken: join(dataDir, 'admin.token'),
+    ingestDir: join(dataDir, 'tokens', 'ingest'),
+    retired: join(dataDir, 'tokens', 'retired.json'),
+  }
+}
+
+/** The name of an ingest token kept in the data dir. */
+export const INGEST_TOKEN_NAME = /^[a-z][a-z0-9-]{0,31}$/
+/** The shortest token accepted from a file (as for `api.ingest_tokens`). */
+export const MIN_TOKEN_LENGTH = 16
+
+/** One replaced token in `retired.json`: only its digest is kept, never the token. */
+export interface RetiredToken {
+  /** `admin` or `ingest:<name>`. */
+  token: string
+  /** SHA-256 of the token, hex. */
+  sha256: string
+  /** ISO 8601: the token is refused from then on. */
+  until: string
+}
+
+/** The SHA-256 of a token, hex: how `retired.json` names a token. */
+export function tokenDigest(token: string): string {
+  return createHash('sha256').update(token).digest('hex')
+}
+
+/** A token the API accepts, by digest; `until` (epoch ms) ends a retired one's grace. */
+interface Credential {
+  digest: Buffer
+  until?: number
 }
 
 export interface HealthReport {
@@ -95,6 +164,14 @@ export const DEFAULT_MAX_RECORDS = 100_000
  * full records would, so no body costs more to parse than the largest valid one.
  */
 export const ITEMS_PER_RECORD = 16
+/**
+ * Space kept free on the embedded JetStream store's filesystem: 1 % of it, at least 8 MiB and at
+ * most 256 MiB. Ingest is refused (507) below it, so that agreements, transfer marks and the
+ * other KV writes still fit, and so that JetStream never meets a full disk (see `requireStoreSpace`).
+ */
+export const STORE_RESERVE = { share: 0.01, minBytes: 8 * 1024 * 1024, maxBytes: 256 * 1024 * 1024 }
+/** What JetStream answers when its store is out of space. */
+const STORE_FULL = /no space left on device|insufficient (?:storage )?resources/i
 /** Longest path echoed back in an error message. */
 const MAX_ECHOED_PATH = 200
 const JSON_HEADERS = { 'content-type': 'application/json' }
@@ -140,10 +217,13 @@ function errorResponse(
 
 const digest = (text: string): Buffer => createHash('sha256').update(text).digest()
 
-function tokenMatches(given: string, expected: readonly Buffer[]): boolean {
+function tokenMatches(given: string, expected: readonly Credential[], now = Date.now()): boolean {
   const candidate = digest(given)
   let match = false
-  for (const token of expected) match = timingSafeEqual(candidate, token) || match
+  for (const token of expected) {
+    const valid = token.until === undefined || token.until > now
+    match = (timingSafeEqual(candidate, token.digest) && valid) || match
+  }
   return match
 }
 
@@ -197,13 +277,28 @@ export function parseListen(listen: string): { hostname: string; port: number } 
   return { hostname, port: Number(listen.slice(index + 1)) }
 }
 
+/**
+ * The bytes one request holds against the API's budget for bodies in memory; released when the
+ * request is answered.
+ */
+export interface BodyAllowance {
+  /** Reserve `bytes` more; false when the budget has no room. */
+  take(bytes: number): boolean
+}
+
+const overloadedBodies = (): HttpError =>
+  new HttpError(503, 'Overloaded', 'too many request bodies are being read at once; retry shortly')
+
 /** Read a body up to `limit` bytes; more is a 413. */
-async function readBody(request: Request, limit: number): Promise<Uint8Array> {
+async function readBody(request: Request, limit: number, allowance?: BodyAllowance): Promise<Uint8Array> {
   const declared = Number(request.headers.get('content-length') ?? Number.NaN)
   if (Number.isFinite(declared) && declared > limit) {
     throw new HttpError(413, 'PayloadTooLarge', `the body has ${declared} bytes; the limit is ${limit}`)
   }
   if (!request.body) return new Uint8Array(0)
+  // A declared length is reserved whole, before a byte is read; a chunked body as it comes.
+  const reservedUpFront = Number.isFinite(declared) && declared > 0
+  if (reservedUpFront && allowance && !allowance.take(declared)) throw overloadedBodies()
   const chunks: Uint8Array[] = []
   let total = 0
   try {
@@ -211,6 +306,7 @@ async function readBody(request: Request, limit: number): Promise<Uint8Array> {
       total += chunk.byteLength
       if (total > limit)
         throw new HttpError(413, 'PayloadTooLarge', `the body is larger than the limit of ${limit} bytes`)
+      if (!reservedUpFront && allowance && !allowance.take(chunk.byteLength)) throw overloadedBodies()
       chunks.push(chunk)
     }
   } catch (error) {
@@ -251,6 +347,29 @@ const NDJSON_TYPES: ReadonlySet<string> = new Set([
   'application/ndjson',
   'application/jsonl',
 ])
+
+/** Deepest JSON nesting any body may have; a record is a flat object. */
+export const MAX_JSON_DEPTH = 64
+
+/**
+ * Refuse JSON nested deeper than MAX_JSON_DEPTH before it is parsed: a megabyte of `[` costs the
+ * parser seconds and hundreds of megabytes. One pass, strings skipped.
+ */
+export function checkJsonDepth(body: Uint8Array, maxDepth = MAX_JSON_DEPTH): void {
+  let depth = 0
+  const length = body.length
+  for (let i = 0; i < length; i++) {
+    const c = body[i]!
+    if (c === 0x22) {
+      for (i++; i < length && body[i] !== 0x22; i++) if (body[i] === 0x5c) i++
+    } else if (c === 0x5b || c === 0x7b) {
+      if (++depth > maxDepth) throw tooDeep(maxDepth)
+    } else if (c === 0x5d || c === 0x7d) depth--
+  }
+}
+
+const tooDeep = (maxDepth: number): HttpError =>
+  new HttpError(400, 'NestingTooDeep', `the JSON body is nested deeper than ${maxDepth} levels`, { maxDepth })
 
 /** What an ingest body holds, as far as a count before parsing could tell. */
 export interface BodyCount {
@@ -293,7 +412,7 @@ export function countJsonBody(
         break
       case 0x5b:
       case 0x7b:
-        depth++
+        if (++depth > MAX_JSON_DEPTH + recordDepth) throw tooDeep(MAX_JSON_DEPTH)
         items++
         break
       case 0x5d:
@@ -526,19 +645,45 @@ export function validateRecords(
   return { records, indices, result }
 }
 
+export const DEFAULT_MAX_IN_FLIGHT = 1024
+export const DEFAULT_MAX_IN_FLIGHT_PER_SOURCE = 256
+/**
+ * Seconds a request may take from its first byte to its last body byte, and a kept-alive
+ * connection may stay idle. (Bun closes a connection whose request head is not complete within
+ * about 10 s by itself, however slowly bytes trickle in.)
+ */
+export const REQUEST_TIMEOUT_SECONDS = 60
+/** Bodies up to this size are not held against `maxBodyBytesInFlight`. */
+const SMALL_BODY_BYTES = 64 * 1024
+/** Routes answered whatever the load, so probes and scrapers see the truth. */
+const UNLIMITED_ROUTES: ReadonlySet<string> = new Set(['livez', 'readyz', 'metrics'])
+
 export class HttpApi {
   private server: Server<undefined> | undefined
   private readonly routes: Route[]
-  private readonly adminTokens: Buffer[]
-  private readonly ingestTokens: Buffer[]
+  private adminTokens: Credential[]
+  private ingestTokens: Credential[]
   private accepting = false
+  private inFlight = 0
+  private readonly inFlightBySource = new Map<string, number>()
+  /** Body bytes reserved by requests being read (declared lengths, or bytes read so far). */
+  private bodyBytesInFlight = 0
+  private tokenTimer: ReturnType<typeof setInterval> | undefined
+  private tokenFilesValue: TokenFiles | undefined
+  /** What the last reload found, to log changes once (names and digests, never tokens). */
+  private tokenFingerprint = ''
+  private tokenProblems = new Set<string>()
+  private reloading: Promise<void> | undefined
 
   constructor(
     private readonly init: HttpApiInit,
     private readonly components: HttpApiComponents,
   ) {
-    this.adminTokens = [digest(init.adminToken)]
-    this.ingestTokens = [digest(init.adminToken), ...init.ingestTokens.map(digest)]
+    this.adminTokens = [{ digest: digest(init.adminToken) }]
+    this.ingestTokens = [
+      { digest: digest(init.adminToken) },
+      ...init.ingestTokens.map((t) => ({ digest: digest(t) })),
+    ]
     this.routes = [
       {
         method: 'GET',
@@ -615,6 +760,7 @@ export class HttpApi {
 
   async start(): Promise<void> {
     if (this.server) return
+    await this.startTokenReload()
     const { hostname, port } = parseListen(this.init.listen)
     this.server = Bun.serve({
       hostname,
@@ -622,7 +768,7 @@ export class HttpApi {
       // Every body limit is ours, so that a 413 says why in JSON: Bun's own answer to a declared
       // length over its limit is an empty 413. Unread bodies are discarded by Bun.
       maxRequestBodySize: Number.MAX_SAFE_INTEGER,
-      idleTimeout: 60,
+      idleTimeout: this.init.requestTimeoutSeconds ?? REQUEST_TIMEOUT_SECONDS,
       fetch: (request, server) => this.handle(request, server),
       error: (error) => {
         this.components.logger.error({ err: error.message }, 'unhandled API error')
@@ -635,20 +781,173 @@ export class HttpApi {
   /** Stop taking new requests; in-flight ones finish. */
   async stop(): Promise<void> {
     this.accepting = false
+    if (this.tokenTimer) clearInterval(this.tokenTimer)
+    this.tokenTimer = undefined
     const server = this.server
     this.server = undefined
     await server?.stop(false)
   }
 
+  /** Read the token files now, then every `tokenReloadMs`, when the data dir is known. */
+  private async startTokenReload(): Promise<void> {
+    let dataDir = this.init.dataDir
+    if (dataDir === undefined) {
+      const status = await Promise.resolve()
+        .then(() => this.components.status())
+        .catch(() => undefined)
+      const field = (status as { dataDir?: unknown } | undefined)?.dataDir
+      if (typeof field === 'string' && field !== '') dataDir = field
+    }
+    if (dataDir === undefined) return
+    this.tokenFilesValue = tokenFiles(dataDir)
+    await this.reloadTokens()
+    this.tokenTimer = setInterval(() => {
+      this.reloading ??= this.reloadTokens().finally(() => {
+        this.reloading = undefined
+      })
+    }, this.init.tokenReloadMs ?? 1000)
+    this.tokenTimer.unref?.()
+  }
+
+  /**
+   * Re-read `admin.token`, `tokens/ingest/*` and `tokens/retired.json`. A file that cannot be used
+   * (unreadable, readable by others, too short) keeps what was in force and is logged once.
+   */
+  async reloadTokens(): Promise<void> {
+    const files = this.tokenFilesValue
+    if (!files) return
+    const problems = new Set<string>()
+    const log = this.components.logger
+    let admin: Credential | undefined = this.adminTokens.find((token) => token.until === undefined)
+    try {
+      const text = await readSecretFile(files.adminToken)
+      if (text.length < MIN_TOKEN_LENGTH)
+        problems.add(`${files.adminToken} holds fewer than ${MIN_TOKEN_LENGTH} characters`)
+      else admin = { digest: digest(text) }
+    } catch (error) {
+      problems.add(`${files.adminToken}: ${(error as Error).message}`)
+    }
+    const named = new Map<string, Credential>()
+    const names = await readdir(files.ingestDir).catch(() => [] as string[])
+    for (const name of names.sort()) {
+      if (!INGEST_TOKEN_NAME.test(name)) continue
+      const path = join(files.ingestDir, name)
+      try {
+        const text = await readSecretFile(path)
+        if (text.length < MIN_TOKEN_LENGTH)
+          problems.add(`${path} holds fewer than ${MIN_TOKEN_LENGTH} characters`)
+        else named.set(name, { digest: digest(text) })
+      } catch (error) {
+        problems.add(`${path}: ${(error as Error).message}`)
+      }
+    }
+    const retired: { token: string; credential: Credential }[] = []
+    const now = Date.now()
+    const retiredText = await readFile(files.retired, 'utf8').catch(() => undefined)
+    if (retiredText !== undefined) {
+      try {
+        const parsed = JSON.parse(retiredText) as { retired?: unknown }
+        for (const entry of Array.isArray(parsed.retired) ? parsed.retired : []) {
+          const { token, sha256, until } = (entry ?? {}) as Partial<RetiredToken>
+          const ends = typeof until === 'string' ? Date.parse(until) : Number.NaN
+          if (typeof token !== 'string' || typeof sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(sha256))
+            continue
+          if (!Number.isFinite(ends) || ends <= now) continue
+          retired.push({ token, credential: { digest: Buffer.from(sha256, 'hex'), until: ends } })
+        }
+      } catch {
+        problems.add(`${files.retired} is not JSON`)
+      }
+    }
+    for (const problem of problems) {
+      if (!this.tokenProblems.has(problem))
+        log.warn({ problem }, 'token file not used; the tokens in force stay')
+    }
+    this.tokenProblems = problems
+    const config = this.init.ingestTokens.map((token) => ({ digest: digest(token) }))
+    const retiredAdmin = retired.filter((entry) => entry.token === 'admin').map((entry) => entry.credential)
+    const retiredIngest = retired.filter((entry) => entry.token !== 'admin').map((entry) => entry.credential)
+    const adminSet = admin ? [admin, ...retiredAdmin] : retiredAdmin
+    this.adminTokens = adminSet
+    this.ingestTokens = [...adminSet, ...config, ...named.values(), ...retiredIngest]
+    const fingerprint = JSON.stringify([
+      admin?.digest.toString('hex'),
+      [...named].map(([name, credential]) => [name, credential.digest.toString('hex')]),
+      retired.map((entry) => [entry.token, entry.credential.digest.toString('hex')]),
+    ])
+    if (this.tokenFingerprint !== '' && fingerprint !== this.tokenFingerprint) {
+      log.info(
+        { ingestTokens: [...named.keys()], retired: retired.map((entry) => entry.token) },
+        'API tokens reloaded',
+      )
+    }
+    this.tokenFingerprint = fingerprint
+  }
+
+  /** Bytes each request in flight holds against `maxBodyBytesInFlight`. */
+  private readonly allowances = new WeakMap<Request, { held: number }>()
+
+  private get bodyBudget(): number {
+    return this.init.maxBodyBytesInFlight ?? Math.max(4 * this.init.maxBodyBytes, 64 * 1024 * 1024)
+  }
+
+  private readBody(request: Request): Promise<Uint8Array> {
+    const holding = this.allowances.get(request)
+    const allowance: BodyAllowance | undefined = holding && {
+      take: (bytes) => {
+        // Small bodies are bounded by the in-flight counts; one body alone may always be read.
+        if (holding.held + bytes <= SMALL_BODY_BYTES || this.bodyBytesInFlight === 0) {
+          holding.held += bytes
+          this.bodyBytesInFlight += bytes
+          return true
+        }
+        if (this.bodyBytesInFlight + bytes > this.bodyBudget) return false
+        holding.held += bytes
+        this.bodyBytesInFlight += bytes
+        return true
+      },
+    }
+    return readBody(request, this.init.maxBodyBytes, allowance)
+  }
+
   private async handle(request: Request, server: Server<undefined>): Promise<Response> {
     let routeName = 'unknown'
     let response: Response
+    const source = server.requestIP(request)?.address ?? ''
+    let counted = false
+    const holding = { held: 0 }
+    this.allowances.set(request, holding)
     try {
       response = await this.route(request, server, (name) => {
         routeName = name
+        if (UNLIMITED_ROUTES.has(name)) return
+        // Refused before anything is read: a flood costs one answer per request.
+        if (this.inFlight >= (this.init.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT)) {
+          throw new HttpError(503, 'Overloaded', 'too many requests in flight; retry shortly')
+        }
+        const fromSource = this.inFlightBySource.get(source) ?? 0
+        if (fromSource >= (this.init.maxInFlightPerSource ?? DEFAULT_MAX_IN_FLIGHT_PER_SOURCE)) {
+          throw new HttpError(
+            429,
+            'TooManyRequests',
+            'too many requests in flight from this address; retry shortly',
+          )
+        }
+        this.inFlight += 1
+        this.inFlightBySource.set(source, fromSource + 1)
+        counted = true
       })
     } catch (error) {
       response = this.toErrorResponse(error)
+    } finally {
+      this.bodyBytesInFlight -= holding.held
+      holding.held = 0
+      if (counted) {
+        this.inFlight -= 1
+        const left = (this.inFlightBySource.get(source) ?? 1) - 1
+        if (left <= 0) this.inFlightBySource.delete(source)
+        else this.inFlightBySource.set(source, left)
+      }
     }
     this.components.metrics.httpRequests.inc({ route: routeName, status: String(response.status) })
     return response
@@ -751,8 +1050,11 @@ export class HttpApi {
 
   private toErrorResponse(error: unknown): Response {
     if (error instanceof HttpError) {
-      // After a 413 the rest of the body is not wanted: close rather than read it.
-      const headers: Record<string, string> = error.status === 413 ? { connection: 'close' } : {}
+      const headers: Record<string, string> = {}
+      // The rest of a refused body is not wanted: close rather than read it.
+      if (error.status === 413 || error.status === 429 || error.errorName === 'Overloaded')
+        headers.connection = 'close'
+      if (error.status === 429 || error.status === 503) headers['retry-after'] = '1'
       return errorResponse(error.status, error.errorName, error.message, error.extra, headers)
     }
     if (error instanceof ValidationError) {
@@ -775,6 +1077,12 @@ export class HttpApi {
     }
     if (error instanceof FederationError) return errorResponse(400, error.name, error.message)
     if (error instanceof PluginError) return errorResponse(400, error.name, error.message)
+    if (error instanceof PublishError && STORE_FULL.test(error.message))
+      return errorResponse(
+        507,
+        'InsufficientStorage',
+        `JetStream could not store the records: ${error.message}`,
+      )
     if (error instanceof PublishError || error instanceof NotConnectedError) {
       return errorResponse(503, error.name, error.message)
     }
@@ -790,8 +1098,9 @@ export class HttpApi {
   }
 
   private async readJson(request: Request): Promise<Record<string, unknown>> {
-    const body = await readBody(request, this.init.maxBodyBytes)
+    const body = await this.readBody(request)
     if (body.length === 0) return {}
+    checkJsonDepth(body)
     let parsed: unknown
     try {
       parsed = JSON.parse(decodeText(body))
@@ -847,7 +1156,7 @@ export class HttpApi {
         return json(result, 201)
       }),
       admin('POST', /^\/v1\/agreements\/import$/, 'agreements', async (request) => {
-        const text = decodeText(await readBody(request, this.init.maxBodyBytes))
+        const text = decodeText(await this.readBody(request))
         return json(await this.requireFederation().importText(text))
       }),
       admin('GET', /^\/v1\/agreements\/([0-9a-f]{64})$/, 'agreements', (_request, params) =>
@@ -912,7 +1221,8 @@ export class HttpApi {
         'Idempotency-Key must be 1 to 255 visible ASCII characters',
       )
     }
-    const body = await readBody(request, this.init.maxBodyBytes)
+    const body = await this.readBody(request)
+    await this.requireStoreSpace(body.length)
     const type = mediaType(request)
     if (key === null) return json(await this.ingestBody(body, type, started))
     const dataPlane = this.requireDataPlane()
@@ -954,6 +1264,54 @@ export class HttpApi {
 
   private idempotency: IdempotencyStore | undefined
 
+  /**
+   * Refuse ingest (507) while the embedded JetStream store's filesystem is nearly full, before
+   * anything is published: nats-server answers a full disk slowly (2.10: about 20 refusals a
+   * second, so a batch waits out the publish timeout) or stops storing on that stream until it
+   * restarts (2.11 and later: "critical write error"). Ingest resumes by itself once space
+   * returns. With an external NATS there is no local store to look at.
+   */
+  private async requireStoreSpace(bodyBytes: number): Promise<void> {
+    const dir = await this.storeDir()
+    const fs = dir === null ? undefined : await statfs(dir).catch(() => undefined)
+    if (!fs) return
+    const free = fs.bavail * fs.bsize
+    const size = fs.blocks * fs.bsize
+    const reserve = Math.min(
+      STORE_RESERVE.maxBytes,
+      Math.max(STORE_RESERVE.minBytes, Math.round(size * STORE_RESERVE.share)),
+    )
+    // A stored record takes at most about four times its share of the body (subject, headers).
+    if (free >= reserve + 4 * bodyBytes) return
+    const mib = (bytes: number) => (bytes / 1024 / 1024).toFixed(1)
+    throw new HttpError(
+      507,
+      'InsufficientStorage',
+      `the JetStream store has ${mib(free)} MiB free, below the ${mib(reserve)} MiB kept in reserve plus ` +
+        "this request's records; nothing was stored, and ingest resumes by itself when space returns",
+      { freeBytes: free, reserveBytes: reserve },
+    )
+  }
+
+  private storeDirValue: Promise<string | null> | undefined
+
+  /** The embedded JetStream store (`<data-dir>/nats/jetstream`), or null with an external NATS. */
+  private storeDir(): Promise<string | null> {
+    this.storeDirValue ??= Promise.resolve()
+      .then(() => this.components.status())
+      .then((status) => {
+        const known = status as { dataDir?: unknown; nats?: { embedded?: unknown } } | undefined
+        return typeof known?.dataDir === 'string' && known.nats?.embedded === true
+          ? join(known.dataDir, 'nats', 'jetstream')
+          : null
+      })
+      .catch(() => {
+        this.storeDirValue = undefined
+        return null
+      })
+    return this.storeDirValue
+  }
+
   /** Parse, check and store one body; with `messageId`, each record carries its Nats-Msg-Id. */
   private async ingestBody(
     body: Uint8Array,
@@ -987,11 +1345,12 @@ export class HttpApi {
   }
 
   private async putResource(request: Request, params: string[]): Promise<Response> {
-    const body = await readBody(request, this.init.maxBodyBytes)
+    const body = await this.readBody(request)
     const type = mediaType(request)
     let input: unknown
     if (type === 'application/cbor') input = decodeCbor(body)
     else if (type === 'application/json' || type === '') {
+      checkJsonDepth(body)
       try {
         input = JSON.parse(decodeText(body))
       } catch (error) {

@@ -27,8 +27,12 @@ export * from './errors.ts'
 export {
   type HealthReport,
   HttpApi,
+  INGEST_TOKEN_NAME,
   type IngestResult,
   parseIngestBody,
+  type RetiredToken,
+  tokenDigest,
+  tokenFiles,
   validateRecords,
 } from './http-api.ts'
 export {

@@ -12,6 +12,7 @@
  */
 import type { Server } from 'bun'
 import type { Logger } from '../../data-plane/index.ts'
+import { MAX_JSON_DEPTH, nestsDeeperThan } from '../../data-plane/json-depth.ts'
 import { OcpiListenError } from './errors.ts'
 import { formatDateTime, parseDateTime } from './v221.ts'
 
@@ -122,6 +123,9 @@ export function tokenCandidates(header: string | null): string[] | undefined {
 
 const ID_HEADER = /^[\x21-\x7e]{1,100}$/
 
+/** Longest a request may take to arrive whole (a slowloris defence); bodies are small here. */
+export const REQUEST_TIMEOUT_SECONDS = 15
+
 export class OcpiServer {
   private server: Server<unknown> | undefined
   private routes: Route[] = []
@@ -149,7 +153,9 @@ export class OcpiServer {
         port: this.init.port,
         // Bun refuses far larger bodies itself; up to here the transport answers with OCPI 2000.
         maxRequestBodySize: this.init.maxBodyBytes * 2 + 65_536,
-        idleTimeout: 30,
+        // Seconds from a request's first byte to its last body byte, and for an idle kept-alive
+        // connection; an unfinished request head is closed by Bun after about 10 s.
+        idleTimeout: REQUEST_TIMEOUT_SECONDS,
         fetch: (request) => this.respond(request),
         error: (error) => {
           this.components.logger.error({ err: error.message }, 'ocpi request failed')
@@ -253,8 +259,11 @@ export class OcpiServer {
       if (read === 'too-large')
         return refuse(fail(413, 2000, `the body is larger than ${this.init.maxBodyBytes} bytes`))
       if (read.length > 0) {
+        const text = new TextDecoder().decode(read)
+        if (nestsDeeperThan(text, MAX_JSON_DEPTH))
+          return refuse(fail(400, 2000, `the body nests deeper than ${MAX_JSON_DEPTH} levels`))
         try {
-          body = JSON.parse(new TextDecoder().decode(read))
+          body = JSON.parse(text)
         } catch {
           return refuse(fail(400, 2000, 'the body is not valid JSON'))
         }

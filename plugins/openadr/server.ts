@@ -11,6 +11,7 @@
  */
 import type { Server } from 'bun'
 import type { Logger } from '../../data-plane/index.ts'
+import { MAX_JSON_DEPTH, nestsDeeperThan } from '../../data-plane/json-depth.ts'
 import type { VersionCodec } from './codec.ts'
 import { BASE_PATHS } from './config.ts'
 import {
@@ -125,6 +126,9 @@ async function readBody(request: Request, limit: number): Promise<Uint8Array> {
   return Buffer.concat(chunks)
 }
 
+/** Longest a request may take to arrive whole (a slowloris defence); bodies are small here. */
+export const REQUEST_TIMEOUT_SECONDS = 15
+
 export class VtnServer {
   private server: Server<undefined> | undefined
 
@@ -147,7 +151,9 @@ export class VtnServer {
         port: this.init.port,
         // Bun refuses far larger bodies itself; up to here the transport answers with a problem.
         maxRequestBodySize: this.init.maxBodyBytes * 4 + 65_536,
-        idleTimeout: 30,
+        // Seconds from a request's first byte to its last body byte, and for an idle kept-alive
+        // connection; an unfinished request head is closed by Bun after about 10 s.
+        idleTimeout: REQUEST_TIMEOUT_SECONDS,
         fetch: (request) => this.respond(request),
         error: (error) => {
           this.components.logger.error({ err: error.message }, 'openadr request failed')
@@ -291,6 +297,12 @@ export class VtnServer {
           return this.send(
             scope,
             problem({ status: 400, detail: `content-type ${type} is not application/json` }),
+          )
+        }
+        if (nestsDeeperThan(text, MAX_JSON_DEPTH)) {
+          return this.send(
+            scope,
+            problem({ status: 400, detail: `the body nests deeper than ${MAX_JSON_DEPTH} levels` }),
           )
         }
         try {

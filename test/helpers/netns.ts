@@ -9,6 +9,8 @@
  *   const lab = createLab('x')            // needs root and iproute2
  *   const node = await startNodeIn(lab, 'a', { config: 'org = "A"\n' })
  *   lab.setLink('down') … lab.setLink('up')
+ *   await lab.flap({ downMs: 3000, upMs: 3000, forMs: 60_000 })   // a flapping link
+ *   lab.shape('a', '1mbit') … lab.shape('a', undefined)           // a slow link (tc tbf)
  *   await cleanupAll(); lab.destroy()
  *
  * Addresses come from 198.18.0.0/15 (RFC 2544, set aside for network tests): the link is always
@@ -154,6 +156,45 @@ export class NetnsLab {
     const host = this.hosts[side]
     const result = run(['ip', '-n', host.ns, 'link', 'set', host.linkDevice, state])
     if (!result.ok) throw new Error(`link ${state}: ${result.out}`)
+  }
+
+  /**
+   * Slow the link down at `side`'s end (what leaves `side`), or lift that with `undefined`: a
+   * token bucket (`tc … tbf`) of `rate` (e.g. `1mbit`), queueing up to 400 ms. (This kernel has
+   * no netem, so no added delay or loss: a rate cap is the slow link.)
+   */
+  shape(side: Side, rate: string | undefined): void {
+    const host = this.hosts[side]
+    const qdisc = rate === undefined ? [] : ['tbf', 'rate', rate, 'burst', '32kbit', 'latency', '400ms']
+    const command = [
+      'tc',
+      'qdisc',
+      rate === undefined ? 'del' : 'replace',
+      'dev',
+      host.linkDevice,
+      'root',
+      ...qdisc,
+    ]
+    const result = run(['ip', 'netns', 'exec', host.ns, ...command])
+    if (!result.ok) throw new Error(`${command.join(' ')} in ${host.ns}: ${result.out}`)
+  }
+
+  /** Take the link down for `downMs` and up for `upMs`, over and over, for `forMs`; ends up. */
+  async flap(options: { downMs: number; upMs: number; forMs: number; side?: Side }): Promise<number> {
+    const end = Date.now() + options.forMs
+    let cuts = 0
+    try {
+      while (Date.now() < end) {
+        this.setLink('down', options.side)
+        cuts += 1
+        await Bun.sleep(Math.min(options.downMs, Math.max(0, end - Date.now())))
+        this.setLink('up', options.side)
+        await Bun.sleep(Math.min(options.upMs, Math.max(0, end - Date.now())))
+      }
+    } finally {
+      this.setLink('up', options.side)
+    }
+    return cuts
   }
 
   /** `ip netns exec <ns>` before a command. */
