@@ -23,6 +23,8 @@ export interface DataPlaneInit {
   limits: RetentionLimits
   /** How long a publish may wait for JetStream to confirm it. */
   publishTimeoutMs?: number
+  /** Copies of each stream and KV bucket (JetStream replicas); default 1. */
+  replicas?: number
 }
 
 export interface DataPlaneComponents {
@@ -34,6 +36,12 @@ export interface OutgoingMessage {
   subject: string
   payload: Uint8Array
   headers?: MsgHdrs
+  /**
+   * The header block in its wire form (`NATS/1.0\r\n<key>: <value>\r\n\r\n`), instead of
+   * `headers`: for a hot path that stamps a header of its own on every message (the transfer
+   * consumer's `Oe-Src`), with no header object per message. The caller vouches for its form.
+   */
+  encodedHeaders?: Uint8Array
 }
 
 export interface SubjectMessage {
@@ -63,6 +71,8 @@ export async function closeConsumerMessages(messages: {
   messages.stop()
   await Promise.race([messages.close().catch(() => undefined), Bun.sleep(1_000)])
 }
+
+const EMPTY_BLOCK: Uint8Array = new Uint8Array(0)
 
 const SEQ_KEY = [0x22, 0x73, 0x65, 0x71, 0x22, 0x3a] // "seq":
 
@@ -101,6 +111,11 @@ export class DataPlane {
     return this.components.connection
   }
 
+  /** Copies of each stream and KV bucket: every bucket the node creates uses this. */
+  get replicas(): number {
+    return this.init.replicas ?? 1
+  }
+
   get jetstream(): JetStreamClient {
     if (!this.jsClient) throw new NotConnectedError('the data plane has not been started')
     return this.jsClient
@@ -122,11 +137,14 @@ export class DataPlane {
   async start(options: { signal?: AbortSignal } = {}): Promise<void> {
     if (this.started) return
     const nc = this.components.connection
-    this.jsManager = await jetstreamManager(nc)
+    // On a cluster, creating a replicated stream waits for its group to elect a leader: seconds
+    // when several replicas of the node start at once on a busy host.
+    const apiTimeout = this.replicas > 1 ? 30_000 : 5_000
+    this.jsManager = await jetstreamManager(nc, { timeout: apiTimeout })
     options.signal?.throwIfAborted()
-    await ensureStreams(this.jsManager, this.init.limits)
-    this.jsClient = jetstream(nc)
-    this.kv = await new Kvm(this.jsClient).create(RESOURCES_BUCKET, { history: 5 })
+    await this.ensureStreamsPatiently(options)
+    this.jsClient = jetstream(nc, { timeout: this.replicas > 1 ? 15_000 : 5_000 })
+    this.kv = await new Kvm(this.jsClient).create(RESOURCES_BUCKET, { history: 5, replicas: this.replicas })
     this.ackSubscription = nc.subscribe(`${this.ackPrefix}.*`, {
       callback: (error, msg) => {
         if (!error) this.onAck(msg)
@@ -134,6 +152,35 @@ export class DataPlane {
     })
     this.started = true
     void this.watchStatus()
+  }
+
+  /**
+   * Create or update the streams, waiting while JetStream is not there yet: a NATS cluster that
+   * starts with the node (a restart of everything) answers only once it has elected its leaders.
+   */
+  private async ensureStreamsPatiently(options: { signal?: AbortSignal }): Promise<void> {
+    const deadline = Date.now() + (this.replicas > 1 ? 60_000 : 0)
+    for (;;) {
+      try {
+        await ensureStreams(this.jsManager!, this.init.limits, this.replicas)
+        // On a cluster that has just started, every replicated stream (the KV buckets too)
+        // answers only once its group has a leader: wait for all of them here, once.
+        if (this.replicas > 1) {
+          for await (const name of this.jsManager!.streams.names()) await this.jsManager!.streams.info(name)
+        }
+        return
+      } catch (error) {
+        const message = (error as Error).message ?? ''
+        // "no suitable peers for placement": the cluster's servers have not all joined yet.
+        const transient = /timeout|no responders|jetstream.*(not|unavailable)|503|no suitable peers/i.test(
+          message,
+        )
+        if (!transient || Date.now() >= deadline) throw error
+        this.components.logger.warn({ err: message }, 'JetStream not ready yet; trying again')
+        options.signal?.throwIfAborted()
+        await Bun.sleep(500)
+      }
+    }
   }
 
   async stop(): Promise<void> {
@@ -230,13 +277,28 @@ export class DataPlane {
       }, timeoutMs)
       this.pending.set(id, { remaining: messages.length, failures: [], lastSeq: 0, resolve, reject, timer })
     })
+    // nats.js reads a header through its encode() during publish(), and keeps neither the options
+    // nor the header: one of each serves the whole batch.
+    const encoded = {
+      block: EMPTY_BLOCK,
+      encode(): Uint8Array {
+        return this.block
+      },
+    }
+    const plain = { reply }
+    const withEncoded = { reply, headers: encoded as unknown as MsgHdrs }
     try {
       for (const message of messages) {
-        nc.publish(
-          message.subject,
-          message.payload,
-          message.headers ? { reply, headers: message.headers } : { reply },
-        )
+        if (message.encodedHeaders !== undefined) {
+          encoded.block = message.encodedHeaders
+          nc.publish(message.subject, message.payload, withEncoded)
+        } else {
+          nc.publish(
+            message.subject,
+            message.payload,
+            message.headers ? { reply, headers: message.headers } : plain,
+          )
+        }
       }
     } catch (error) {
       const batch = this.pending.get(id)

@@ -22,6 +22,16 @@ export {
 } from './data-plane.ts'
 export * from './errors.ts'
 export { FixedHeader } from './fixed-header.ts'
+export {
+  LEASES_BUCKET,
+  type Lease,
+  type LeaseInfo,
+  LeaseLostError,
+  LeaseManager,
+  type LeaseManagerComponents,
+  type LeaseManagerInit,
+  LeaseNameError,
+} from './lease.ts'
 export * from './model.ts'
 export {
   MqttAuthCallout,
@@ -46,6 +56,7 @@ export {
   natsServerVersion,
 } from './nats-server.ts'
 export {
+  defaultReplicas,
   ensureStreams,
   RESOURCES_BUCKET,
   type RetentionLimits,

@@ -42,7 +42,21 @@ export function streamForSubject(subject: string): StreamName | undefined {
   return undefined
 }
 
-export async function ensureStreams(jsm: JetStreamManager, limits: RetentionLimits): Promise<void> {
+/**
+ * How many copies of each stream and bucket to keep when the config does not say: 3 on a NATS
+ * cluster of 3 servers or more (the servers it announces in `connect_urls`, itself included),
+ * otherwise 1.
+ */
+export function defaultReplicas(info: { cluster?: string; connect_urls?: string[] } | undefined): number {
+  if (!info?.cluster) return 1
+  return new Set(info.connect_urls ?? []).size >= 3 ? 3 : 1
+}
+
+export async function ensureStreams(
+  jsm: JetStreamManager,
+  limits: RetentionLimits,
+  replicas = 1,
+): Promise<void> {
   for (const [name, subject] of Object.entries(STREAMS) as [StreamName, string][]) {
     const wanted: Partial<StreamConfig> & { name: string } = {
       name,
@@ -52,19 +66,18 @@ export async function ensureStreams(jsm: JetStreamManager, limits: RetentionLimi
       discard: DiscardPolicy.Old,
       max_age: nanos(limits[name].maxAgeMs),
       max_bytes: limits[name].maxBytes,
-      num_replicas: 1,
+      num_replicas: replicas,
       // Records published with a message id (an ingest request's Idempotency-Key and index) are
       // stored once within the window: as long as the API promises to honour a repeated key.
       duplicate_window: nanos(10 * 60 * 1000),
     }
-    let exists = true
+    let current: number | undefined
     try {
-      await jsm.streams.info(name)
+      current = (await jsm.streams.info(name)).config.num_replicas
     } catch (error) {
       if (!isStreamNotFound(error)) throw error
-      exists = false
     }
-    if (exists) {
+    if (current !== undefined) {
       const {
         name: _name,
         storage: _storage,
@@ -72,7 +85,8 @@ export async function ensureStreams(jsm: JetStreamManager, limits: RetentionLimi
         num_replicas: _replicas,
         ...update
       } = wanted
-      await jsm.streams.update(name, update)
+      // A stream made on one server grows its copies when the node moves onto a cluster.
+      await jsm.streams.update(name, current === replicas ? update : { ...update, num_replicas: replicas })
     } else {
       await jsm.streams.add(wanted)
     }

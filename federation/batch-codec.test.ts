@@ -8,6 +8,7 @@ import {
   encodeBatchBody,
   encodeBatchFrame,
   fastTelemetryTime,
+  messageSubject,
   streamSequence,
   telemetryTime,
 } from './batch-codec.ts'
@@ -287,10 +288,85 @@ describe('streamSequence', () => {
     expect(streamSequence(msg)).toBe(4713)
   })
 
+  it("reads the sequence from the reply's bytes in nats.js's core message, never decoding the reply", () => {
+    const bytes = (reply: string) => new TextEncoder().encode(reply)
+    const core = (reply: string) =>
+      ({
+        msg: {
+          _msg: { reply: bytes(reply) },
+          get reply(): string {
+            throw new Error('the reply was decoded')
+          },
+        },
+        get seq(): number {
+          throw new Error('streamSequence fell back to nats.js')
+        },
+      }) as unknown as JsMsg
+    expect(streamSequence(core('$JS.ACK.OE_TEL.oe-agr-1.1.4711.12.1700000000000000000.0'))).toBe(4711)
+    expect(
+      streamSequence(core('$JS.ACK.hub.ACCHASH.OE_TEL.oe-agr-1.1.4712.12.1700000000000000000.0.rnd')),
+    ).toBe(4712)
+    // Not a delivery subject, a token that is not a number, too few tokens: the string path, then nats.js.
+    const odd = (reply: string, seq: number) =>
+      ({ msg: { _msg: { reply: bytes(reply) }, reply }, seq }) as unknown as JsMsg
+    expect(streamSequence(odd('_INBOX.x.y.z.a.b.c.d.e', 5))).toBe(5)
+    expect(streamSequence(odd('$JS.ACK.OE_TEL.c.1.x12.12.17.0', 6))).toBe(6)
+    expect(streamSequence(odd('$JS.ACK.OE_TEL.c.1.0.12.17.0', 7))).toBe(7)
+    expect(streamSequence(odd('$JS.ACK.a.b.c', 8))).toBe(8)
+  })
+
+  it('agrees with the string path on random delivery subjects', () => {
+    const random = prng(41)
+    for (let i = 0; i < 2_000; i++) {
+      const tokens = Array.from({ length: 3 + Math.floor(random() * 10) }, () =>
+        random() < 0.7 ? String(Math.floor(random() * 1e6)) : random() < 0.5 ? 'x' : '',
+      )
+      const reply = `$JS.ACK.${tokens.join('.')}`
+      const viaString = streamSequence(fake(reply, -1))
+      const viaBytes = streamSequence({
+        msg: { _msg: { reply: new TextEncoder().encode(reply) }, reply },
+        seq: -1,
+      } as unknown as JsMsg)
+      expect(viaBytes).toBe(viaString)
+    }
+  })
+
   it('asks nats.js for anything else', () => {
     expect(streamSequence(fake('_INBOX.x', 99))).toBe(99)
     expect(streamSequence(fake('$JS.ACK.a.b.c', 98))).toBe(98)
     expect(streamSequence({ seq: 97 } as unknown as JsMsg)).toBe(97)
+  })
+})
+
+describe('messageSubject', () => {
+  const withBytes = (subject: string) =>
+    ({
+      msg: { _msg: { subject: new TextEncoder().encode(subject) } },
+      get subject(): string {
+        throw new Error('messageSubject asked nats.js')
+      },
+    }) as unknown as JsMsg
+
+  it('reads the subject from its bytes and hands back the same string for the same subject', () => {
+    const first = messageSubject(withBytes('oe.tel.meter.m1.power'))
+    expect(first).toBe('oe.tel.meter.m1.power')
+    expect(messageSubject(withBytes('oe.tel.meter.m1.power'))).toBe(first)
+    expect(messageSubject(withBytes('oe.tel.meter.m2.power'))).toBe('oe.tel.meter.m2.power')
+  })
+
+  it('stays right when many subjects share the cache', () => {
+    for (let round = 0; round < 2; round++)
+      for (let i = 0; i < 20_000; i++)
+        expect(messageSubject(withBytes(`oe.tel.meter.m${i}.power`))).toBe(`oe.tel.meter.m${i}.power`)
+  })
+
+  it('asks nats.js for a subject that is not ASCII, or when the bytes are not there', () => {
+    const utf8 = {
+      msg: { _msg: { subject: new TextEncoder().encode('oe.tel.meter.mètre.power') } },
+      subject: 'ask',
+    }
+    expect(messageSubject(utf8 as unknown as JsMsg)).toBe('ask')
+    expect(messageSubject({ subject: 'plain' } as unknown as JsMsg)).toBe('plain')
   })
 })
 

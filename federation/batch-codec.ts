@@ -169,14 +169,20 @@ class In {
   at = 0
   constructor(readonly bytes: Uint8Array) {}
 
-  /** The head of the next item: [major type, argument]; indefinite lengths and bad sizes leave. */
-  head(): [number, number] {
+  /** The major type of the head `head()` read last. */
+  major = 0
+
+  /**
+   * The head of the next item: its argument, with its major type in `major` (no pair is built:
+   * this runs for every key and value); indefinite lengths and bad sizes leave.
+   */
+  head(): number {
     const bytes = this.bytes
     if (this.at >= bytes.length) throw OFF_PATH
     const initial = bytes[this.at++]!
-    const major = initial >> 5
+    this.major = initial >> 5
     const info = initial & 0x1f
-    if (info < 24) return [major, info]
+    if (info < 24) return info
     let size: number
     if (info === 24) size = 1
     else if (info === 25) size = 2
@@ -187,18 +193,20 @@ class In {
     let value = 0
     for (let i = 0; i < size; i++) value = value * 256 + bytes[this.at++]!
     if (!Number.isSafeInteger(value)) throw OFF_PATH
-    return [major, value]
+    return value
   }
 
   uint(): number {
-    const [major, value] = this.head()
+    const value = this.head()
+    const major = this.major
     if (major !== 0) throw OFF_PATH
     return value
   }
 
   /** An ASCII text string (anything else leaves the fast path). */
   text(): string {
-    const [major, length] = this.head()
+    const length = this.head()
+    const major = this.major
     if (major !== 3 || this.at + length > this.bytes.length) throw OFF_PATH
     const bytes = this.bytes
     const end = this.at + length
@@ -208,10 +216,12 @@ class In {
     return length <= 1024 ? String.fromCharCode.apply(null, part as unknown as number[]) : latin1.decode(part)
   }
 
+  /** A byte string: a view into the input, not a copy (the batch body is the reader's own). */
   byteString(): Uint8Array {
-    const [major, length] = this.head()
+    const length = this.head()
+    const major = this.major
     if (major !== 2 || this.at + length > this.bytes.length) throw OFF_PATH
-    const value = this.bytes.slice(this.at, this.at + length)
+    const value = this.bytes.subarray(this.at, this.at + length)
     this.at += length
     return value
   }
@@ -219,7 +229,89 @@ class In {
   key(expected: string): void {
     if (this.text() !== expected) throw OFF_PATH
   }
+
+  /**
+   * A map key, not built into a string: 1 for `t`, 2 for `__proto__` (cbor-x treats it apart),
+   * 0 for any other ASCII key; anything else leaves the fast path as `text()` would.
+   */
+  keyKind(): number {
+    const length = this.head()
+    const major = this.major
+    if (major !== 3 || this.at + length > this.bytes.length) throw OFF_PATH
+    const bytes = this.bytes
+    const start = this.at
+    const end = start + length
+    for (let i = start; i < end; i++) if (bytes[i]! > 0x7f) throw OFF_PATH
+    this.at = end
+    if (length === 1) return bytes[start] === 0x74 ? 1 : 0
+    if (length === 9 && bytes[start] === 0x5f && bytes[start + 1] === 0x5f) {
+      for (let i = 0; i < 9; i++) if (bytes[start + i] !== PROTO_KEY[i]) return 0
+      return 2
+    }
+    return 0
+  }
+
+  /**
+   * An ASCII text string as `text()` reads it, the same string handed back for the same bytes:
+   * the subjects of a batch repeat, and building each afresh is most of what reading one costs.
+   */
+  internedText(cache: TextCache): string {
+    const length = this.head()
+    const major = this.major
+    if (major !== 3 || this.at + length > this.bytes.length) throw OFF_PATH
+    const value = this.asciiInterned(length, cache)
+    if (value === undefined) throw OFF_PATH
+    return value
+  }
+
+  /** The next `length` bytes as an interned string, if they are ASCII (else undefined, not read). */
+  asciiInterned(length: number, cache: TextCache): string | undefined {
+    const value = internAscii(this.bytes, this.at, length, cache)
+    if (value !== undefined) this.at += length
+    return value
+  }
 }
+
+/**
+ * `bytes[start, start + length)` as a string when they are ASCII (else undefined), the same string
+ * as last time when the same bytes come again and their slot in `cache` still holds them.
+ */
+function internAscii(bytes: Uint8Array, start: number, length: number, cache: TextCache): string | undefined {
+  const end = start + length
+  if (end > bytes.length) return undefined
+  let hash = length
+  for (let i = start; i < end; i++) {
+    const byte = bytes[i]!
+    if (byte > 0x7f) return undefined
+    hash = (Math.imul(hash, 31) + byte) | 0
+  }
+  const slot = (hash >>> 0) % TEXT_CACHE_SLOTS
+  const cached = cache[slot]
+  if (cached !== undefined && cached.length === length) {
+    let same = true
+    for (let i = 0; i < length; i++) {
+      if (cached.charCodeAt(i) !== bytes[start + i]) {
+        same = false
+        break
+      }
+    }
+    if (same) return cached
+  }
+  const part = bytes.subarray(start, end)
+  const value =
+    length <= 1024 ? String.fromCharCode.apply(null, part as unknown as number[]) : latin1.decode(part)
+  cache[slot] = value
+  return value
+}
+
+/** `__proto__` in ASCII. */
+const PROTO_KEY = [0x5f, 0x5f, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x5f, 0x5f]
+
+/** Slots of a batch decoder's subject cache (one string each, the last seen for its hash). */
+const TEXT_CACHE_SLOTS = 4_096
+type TextCache = (string | undefined)[]
+/** Shared by every decodeBatchBody call: the subjects of one provider repeat from batch to batch. */
+const subjectCache: TextCache = new Array(TEXT_CACHE_SLOTS)
 
 /**
  * A batch body as `decodeFederationCbor` would return it, when it has the shape the provider
@@ -229,21 +321,24 @@ class In {
 export function decodeBatchBody(bytes: Uint8Array): BatchBody | undefined {
   const input = new In(bytes)
   try {
-    const [major, entries] = input.head()
+    const entries = input.head()
+    const major = input.major
     if (major !== 5 || entries !== 5) return undefined
     input.key('a')
     const a = input.text()
     input.key('n')
     const n = input.uint()
     input.key('r')
-    const [arrayMajor, count] = input.head()
+    const count = input.head()
+    const arrayMajor = input.major
     // Each record takes at least 4 bytes: no count the body cannot hold is believed.
     if (arrayMajor !== 4 || count * 4 > bytes.length) return undefined
     const r: [string, Uint8Array, number][] = new Array(count)
     for (let i = 0; i < count; i++) {
-      const [recordMajor, fields] = input.head()
+      const fields = input.head()
+      const recordMajor = input.major
       if (recordMajor !== 4 || fields !== 3) return undefined
-      r[i] = [input.text(), input.byteString(), input.uint()]
+      r[i] = [input.internedText(subjectCache), input.byteString(), input.uint()]
     }
     input.key('id')
     const id = input.text()
@@ -276,13 +371,14 @@ export function telemetryTime(payload: Uint8Array): number | undefined {
 export function fastTelemetryTime(payload: Uint8Array): number | undefined | typeof OFF_PATH {
   const input = new In(payload)
   try {
-    const [major, entries] = input.head()
+    const entries = input.head()
+    const major = input.major
     if (major !== 5) return OFF_PATH
     let t: number | undefined
     let seen = false
     for (let i = 0; i < entries; i++) {
-      const key = input.text()
-      if (key === 't') {
+      const key = input.keyKind()
+      if (key === 1) {
         if (seen) return OFF_PATH
         seen = true
         const at = input.at
@@ -297,9 +393,10 @@ export function fastTelemetryTime(payload: Uint8Array): number | undefined | typ
         // cbor-x reads 8-byte integers as bigint (no number t then) and rounds float32 and
         // float16 its own way: the general path judges those, and anything else.
         if (initial === undefined || (initial & 0x1f) === 27 || initial >> 5 > 1) return OFF_PATH
-        const [valueMajor, value] = input.head()
+        const value = input.head()
+        const valueMajor = input.major
         t = valueMajor === 0 ? value : -1 - value
-      } else if (key === '__proto__') {
+      } else if (key === 2) {
         return OFF_PATH
       } else skipValue(input)
     }
@@ -328,7 +425,7 @@ function skipValue(input: In, depth = 0): void {
     return
   }
   if (major === 6) throw OFF_PATH
-  const [, value] = input.head()
+  const value = input.head()
   if (major === 2) {
     if (input.at + value > bytes.length) throw OFF_PATH
     input.at += value
@@ -354,8 +451,16 @@ function skipValue(input: In, depth = 0): void {
  * with domain and account hash. Anything else asks nats.js.
  */
 export function streamSequence(msg: JsMsg): number {
-  // JsMsgImpl keeps the core message as `msg`; should that ever change, nats.js answers.
-  const reply = (msg as unknown as { msg?: { reply?: unknown } }).msg?.reply
+  // JsMsgImpl keeps the core message as `msg`, and nats.js's MsgImpl the reply's bytes in
+  // `_msg.reply`: read there, the sequence costs no string at all. Should either change, the
+  // reply string answers, and failing that nats.js.
+  const core = (msg as unknown as { msg?: { reply?: unknown; _msg?: { reply?: unknown } } }).msg
+  const bytes = core?._msg?.reply
+  if (bytes instanceof Uint8Array) {
+    const value = sequenceFromReply(bytes)
+    if (value > 0) return value
+  }
+  const reply = core?.reply
   if (typeof reply === 'string' && reply.startsWith('$JS.ACK.')) {
     const tokens = reply.split('.')
     const token = tokens.length === 9 ? tokens[5] : tokens.length >= 11 ? tokens[7] : undefined
@@ -363,4 +468,66 @@ export function streamSequence(msg: JsMsg): number {
     if (Number.isSafeInteger(value) && value > 0) return value
   }
   return msg.seq
+}
+
+/** Shared by every messageSubject call: a provider's subjects repeat from message to message. */
+const messageSubjectCache: TextCache = new Array(TEXT_CACHE_SLOTS)
+
+/**
+ * `msg.subject`, read from the subject's bytes nats.js keeps (`_msg.subject`) and handed back as
+ * the same string each time the same subject comes (so the scope's remembered decisions find it
+ * at once). Anything unexpected asks nats.js.
+ */
+export function messageSubject(msg: JsMsg): string {
+  const bytes = (msg as unknown as { msg?: { _msg?: { subject?: unknown } } }).msg?._msg?.subject
+  if (bytes instanceof Uint8Array) {
+    const value = internAscii(bytes, 0, bytes.length, messageSubjectCache)
+    if (value !== undefined) return value
+  }
+  return msg.subject
+}
+
+/** `$JS.ACK.` in ASCII. */
+const ACK_PREFIX = [0x24, 0x4a, 0x53, 0x2e, 0x41, 0x43, 0x4b, 0x2e]
+
+/**
+ * The stream sequence in a delivery subject's bytes, by the same rule as the string path of
+ * `streamSequence` (token 6 of 9, token 8 of 11 or more); 0 when it does not apply.
+ */
+function sequenceFromReply(bytes: Uint8Array): number {
+  const length = bytes.length
+  if (length < ACK_PREFIX.length) return 0
+  for (let i = 0; i < ACK_PREFIX.length; i++) if (bytes[i] !== ACK_PREFIX[i]) return 0
+  // Where tokens 5 and 7 (0-based) start and end; tokens are counted by their dots.
+  let dots = 0
+  let start5 = -1
+  let end5 = -1
+  let start7 = -1
+  let end7 = -1
+  for (let i = 0; i < length; i++) {
+    if (bytes[i] !== 0x2e) continue
+    dots += 1
+    if (dots === 5) start5 = i + 1
+    else if (dots === 6) end5 = i
+    else if (dots === 7) start7 = i + 1
+    else if (dots === 8) end7 = i
+  }
+  const tokens = dots + 1
+  let start: number
+  let end: number
+  if (tokens === 9) {
+    start = start5
+    end = end5
+  } else if (tokens >= 11) {
+    start = start7
+    end = end7
+  } else return 0
+  if (start < 0 || end <= start || end - start > 15) return 0
+  let value = 0
+  for (let i = start; i < end; i++) {
+    const digit = bytes[i]! - 0x30
+    if (digit < 0 || digit > 9) return 0
+    value = value * 10 + digit
+  }
+  return Number.isSafeInteger(value) ? value : 0
 }

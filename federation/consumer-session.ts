@@ -11,7 +11,8 @@ import { DeliverPolicy } from '@nats-io/jetstream'
 import {
   type DataPlane,
   decodeCbor,
-  FixedHeader,
+  type Lease,
+  LeaseLostError,
   type Logger,
   type OutgoingMessage,
   type Resource,
@@ -55,6 +56,9 @@ const RECEIPT_MS = 1_000
 
 const emptyHw = (): HighWater => ({ tel: 0, std: 0, evt: 0 })
 
+/** Records' subjects a session keeps made (see `subjectsFor`) before it starts afresh. */
+const SUBJECT_CACHE_SIZE = 100_000
+
 /** How soon after a batch a consumer session stores its high-water mark, at most (see `saveState`). */
 const STATE_SAVE_MS = 250
 
@@ -78,6 +82,11 @@ export interface ConsumerSessionComponents {
   onViolation: (reason: string, details?: ViolationDetails) => void
   /** The receipt for the batches taken since the last one (every RECEIPT_MS while they come): audited. */
   onReceipt?: (receipt: TransferReceipt) => void
+  /**
+   * This replica's lease on receiving the agreement: checked before each batch is published and
+   * before the mark is stored, so a replica that lost it publishes nothing more.
+   */
+  lease?: Lease
 }
 
 /**
@@ -115,6 +124,10 @@ export class ConsumerSession {
   private receiptTimer: ReturnType<typeof setTimeout> | undefined
   /** The receipts' digest chain, running through the session. */
   private chain: Uint8Array = new Uint8Array(32)
+  /** See `subjectsFor` and `sourceHeaders`: per-record strings and bytes made once. */
+  private readonly subjectNames = new Map<string, [string, string]>()
+  private subjectsPeer: string | undefined
+  private readonly headerPrefixes: Partial<Record<SourceArea, Uint8Array>> = {}
 
   constructor(
     private readonly view: AgreementView,
@@ -163,6 +176,8 @@ export class ConsumerSession {
     } finally {
       this.flushReceipt()
       clearTimeout(this.saveTimer)
+      // Also after the lease was lost: a mark behind the owner's only makes a later start scan
+      // further (the header scan raises it); one that is current spares that scan.
       if (this.unsaved) await this.saveState().catch(() => {})
     }
   }
@@ -325,8 +340,9 @@ export class ConsumerSession {
     let floor = this.state.hw[area]
     // Sites that standing data in this batch tells of, learned once the batch is taken.
     const learned: [string, string][] = []
-    const sourceHeader = FixedHeader.numbered(SOURCE_HEADER, `${this.view.id.slice(0, 24)}.${area}.`)
-    const subjectPrefix = `oe.peer.${view.peer}.`
+    const sourceHeader = this.sourceHeaders(area)
+    const subjects = this.subjectsFor(view.peer)
+    const areaPrefix = `${area}.`
     for (const item of body.r as unknown[]) {
       if (!Array.isArray(item) || item.length !== 3) {
         drop('payload')
@@ -347,12 +363,17 @@ export class ConsumerSession {
         continue
       }
       floor = seq
-      const subject = `oe.${rest}`
-      if (!rest.startsWith(`${area}.`)) {
+      if (!rest.startsWith(areaPrefix)) {
         drop('not_granted')
         continue
       }
-      const decision = this.scope.check(subject, this.knownSite, true)
+      let names = subjects.get(rest)
+      if (names === undefined) {
+        if (subjects.size >= SUBJECT_CACHE_SIZE) subjects.clear()
+        names = [`oe.${rest}`, `oe.peer.${view.peer}.${rest}`]
+        subjects.set(rest, names)
+      }
+      const decision = this.scope.check(names[0], this.knownSite, true)
       if (!decision.ok) {
         drop(decision.reason)
         continue
@@ -398,7 +419,7 @@ export class ConsumerSession {
           }
         }
       }
-      messages.push({ subject: `${subjectPrefix}${rest}`, payload, headers: sourceHeader(seq) })
+      messages.push({ subject: names[1], payload, encodedHeaders: sourceHeader(seq) })
     }
     // An honest provider sends nothing the agreement does not allow: its own checks are the same
     // (see ProviderSession.prepare). Anything else is refused whole, and the session is cut.
@@ -412,6 +433,8 @@ export class ConsumerSession {
         { batch: body.n, counts: dropped },
       )
     }
+    const lease = this.components.lease
+    if (lease && !lease.valid()) throw new LeaseLostError(lease.name)
     let peerSeq = 0
     if (messages.length > 0) peerSeq = await this.components.dataPlane.publishConfirmed(messages)
     if (body.upTo > this.state.hw[area]) this.state.hw[area] = body.upTo
@@ -425,6 +448,46 @@ export class ConsumerSession {
     stats.lastBatchAt = Date.now()
     await this.channel.send({ t: 'ack', n: body.n, credit: 1 })
     this.outstanding += 1
+  }
+
+  /** Per record, `oe.<rest>` (for the scope) and `oe.peer.<alias>.<rest>`, kept per alias. */
+  private subjectsFor(peer: string): Map<string, [string, string]> {
+    if (peer !== this.subjectsPeer) {
+      this.subjectsPeer = peer
+      this.subjectNames.clear()
+    }
+    return this.subjectNames
+  }
+
+  /**
+   * The `Oe-Src: <agreement>.<area>.<seq>` header block of each record, written as bytes: the
+   * same block nats.js would write for it, without a header object per record.
+   */
+  private sourceHeaders(area: SourceArea): (seq: number) => Uint8Array {
+    let prefix = this.headerPrefixes[area]
+    if (prefix === undefined) {
+      const value = `${this.view.id.slice(0, 24)}.${area}.`
+      if (!/^[\x20-\x7e]*$/.test(value)) throw new FederationError('an agreement id that is not header-safe')
+      prefix = new TextEncoder().encode(`NATS/1.0\r\n${SOURCE_HEADER}: ${value}`)
+      this.headerPrefixes[area] = prefix
+    }
+    const head = prefix
+    return (seq) => {
+      if (!Number.isSafeInteger(seq) || seq < 0) throw new FederationError(`${seq} is not a source sequence`)
+      let digits = 1
+      for (let rest = seq; rest >= 10; rest = Math.floor(rest / 10)) digits += 1
+      const block = new Uint8Array(head.length + digits + 4)
+      block.set(head)
+      let at = head.length + digits
+      for (let rest = seq, i = 0; i < digits; i++) {
+        block[--at] = 0x30 + (rest % 10)
+        rest = Math.floor(rest / 10)
+      }
+      block.fill(0x0d, block.length - 4)
+      block[block.length - 3] = 0x0a
+      block[block.length - 1] = 0x0a
+      return block
+    }
   }
 
   private violation(reason: string, details?: ViolationDetails): FederationError {

@@ -67,3 +67,8 @@ export class PeerRefusedError extends FederationError {
     super(message)
   }
 }
+
+/** Another replica of this node runs the transfer session asked for; the peer may try again. */
+export class TransferBusyError extends FederationError {
+  override name = 'TransferBusyError'
+}

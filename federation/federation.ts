@@ -7,7 +7,7 @@
  */
 import type { KeyObject } from 'node:crypto'
 import type { Connection, Stream } from '@libp2p/interface'
-import type { DataPlane, Logger } from '../data-plane/index.ts'
+import type { DataPlane, LeaseManager, Logger } from '../data-plane/index.ts'
 import {
   type AgreementDocument,
   type AgreementState,
@@ -52,6 +52,7 @@ import { SiteIndex } from './site-index.ts'
 import {
   AGREEMENTS_BUCKET,
   type AgreementRecord,
+  type BucketChange,
   OUTBOX_BUCKET,
   type OutboxEntry,
   PEERS_BUCKET,
@@ -84,6 +85,8 @@ export interface FederationComponents {
   signer: FederationSigner
   logger: Logger
   audit: AuditSink
+  /** Leases shared by the replicas of this node: each agreement's transfer runs on one. */
+  leases: LeaseManager
 }
 
 /** A peer as the API and CLI show it. */
@@ -178,6 +181,7 @@ export class Federation {
         peer: (alias) => this.peersByAlias.get(alias),
         peerByPeerId: (peerId) => this.peerByPeerId(peerId),
         host: () => this.host,
+        leases: components.leases,
       },
     )
     this.control = new ControlRelay(init.messageTimeoutMs ?? 10_000, {
@@ -210,11 +214,17 @@ export class Federation {
   async start(): Promise<void> {
     if (this.host) return
     const js = this.components.dataPlane.jetstream
-    this.peersBucket = await RecordBucket.open<PeerRecord>(js, PEERS_BUCKET)
-    this.agreementsBucket = await RecordBucket.open<AgreementRecord>(js, AGREEMENTS_BUCKET)
-    this.outboxBucket = await RecordBucket.open<OutboxEntry>(js, OUTBOX_BUCKET)
+    const replicas = { replicas: this.components.dataPlane.replicas }
+    this.peersBucket = await RecordBucket.open<PeerRecord>(js, PEERS_BUCKET, replicas)
+    this.agreementsBucket = await RecordBucket.open<AgreementRecord>(js, AGREEMENTS_BUCKET, replicas)
+    this.outboxBucket = await RecordBucket.open<OutboxEntry>(js, OUTBOX_BUCKET, replicas)
     await this.transfers.start()
     await this.siteIndex.start(js)
+    // Other replicas of this node change the same buckets: follow them (watches first, so no
+    // change falls between the reads below and the watch).
+    await this.peersBucket.watch((change) => this.onPeerChange(change))
+    await this.agreementsBucket.watch((change) => this.onAgreementChange(change))
+    await this.outboxBucket.watch((change) => this.onOutboxChange(change))
     for (const peer of await this.peersBucket.list()) this.peersByAlias.set(peer.alias, peer)
     for (const record of await this.agreementsBucket.list()) this.agreements.set(record.id, record)
     for (const entry of await this.outboxBucket.list()) this.outbox.set(entry.key, entry)
@@ -282,6 +292,7 @@ export class Federation {
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer)
     this.timer = undefined
+    for (const bucket of [this.peersBucket, this.agreementsBucket, this.outboxBucket]) bucket?.stopWatching()
     this.offReconnect?.()
     this.transfers.stop('node stopping')
     this.siteIndex.stop()
@@ -289,6 +300,40 @@ export class Federation {
     const host = this.host
     this.host = undefined
     await host?.stop()
+  }
+
+  // ── changes made by other replicas ─────────────────────────────────────────────────────────
+
+  private onPeerChange(change: BucketChange<PeerRecord>): void {
+    const known = this.peersByAlias.get(change.key)
+    if (change.value) {
+      this.peersByAlias.set(change.key, change.value)
+      if (!known) this.host?.wake(change.value.peerId)
+    } else if (known) {
+      this.peersByAlias.delete(change.key)
+      void this.host?.disconnect(known.peerId)
+    }
+  }
+
+  private onAgreementChange(change: BucketChange<AgreementRecord>): void {
+    if (!change.value) {
+      this.agreements.delete(change.key)
+      this.transfers.endAgreement(change.key, 'agreement removed')
+      return
+    }
+    this.agreements.set(change.key, change.value)
+    // A revocation made on another replica stops this one's sessions at once.
+    const state = this.state(change.value)
+    if (state !== 'active') this.transfers.endAgreement(change.key, state)
+  }
+
+  private onOutboxChange(change: BucketChange<OutboxEntry>): void {
+    if (!change.value) {
+      this.outbox.delete(change.key)
+      return
+    }
+    this.outbox.set(change.key, change.value)
+    void this.deliver(change.value.peer)
   }
 
   // ── peers ────────────────────────────────────────────────────────────────────────────────
@@ -501,7 +546,7 @@ export class Federation {
         throw new AgreementStateError(`agreement ${id} is only proposed; reject it instead`)
       if (state === 'rejected') throw new AgreementStateError(`agreement ${id} was rejected`)
       record.revocation = signTermination('revoke', id, reason, this.components.signer)
-      this.transfers.stopSessions(id, 'revoked')
+      this.transfers.endAgreement(id, 'revoked')
       await this.save(record)
       await this.components.audit.append('agreement.revoked', { id, peer: record.peer, by: 'us', reason })
       await this.enqueue(record.peer, { t: 'revoke', revocation: record.revocation })
@@ -746,7 +791,7 @@ export class Federation {
         if (state === 'revoked') return
         if (state === 'rejected') throw new AgreementStateError(`agreement ${id} was rejected`)
         record.revocation = message.revocation
-        this.transfers.stopSessions(id, 'revoked by the peer')
+        this.transfers.endAgreement(id, 'revoked by the peer')
         await this.save(record)
         await this.components.audit.append('agreement.revoked', {
           id,
@@ -868,7 +913,7 @@ export class Federation {
       void this.deliver(alias)
     for (const record of this.agreements.values()) {
       const state = this.state(record, now)
-      if (state !== 'active') this.transfers.stopSessions(record.id, state)
+      if (state !== 'active') this.transfers.endAgreement(record.id, state)
       else if (record.role === 'provider') this.transfers.ensureProviderSession(record, now)
       if (record.expiredAt || state !== 'expired') continue
       void this.withLock(record.id, async () => {

@@ -12,7 +12,7 @@
  */
 import type { KeyObject } from 'node:crypto'
 import type { Connection, Stream } from '@libp2p/interface'
-import type { DataPlane, Logger } from '../data-plane/index.ts'
+import type { DataPlane, Lease, LeaseManager, Logger } from '../data-plane/index.ts'
 import type { AgreementState } from './agreement.ts'
 import { ConsumerSession } from './consumer-session.ts'
 import {
@@ -21,6 +21,7 @@ import {
   FederationError,
   ForeignAgreementError,
   FrameError,
+  TransferBusyError,
 } from './errors.ts'
 import type { FederationHost } from './host.ts'
 import { ProviderSession } from './provider-session.ts'
@@ -54,10 +55,21 @@ export interface TransferFlowsComponents {
   peer(alias: string): PeerRecord | undefined
   peerByPeerId(peerId: string): PeerRecord | undefined
   host(): FederationHost | undefined
+  /**
+   * Single-owner work among the replicas of this node: each agreement's outgoing session runs
+   * on the replica holding lease `transfer.<id>`, each incoming one on the replica holding
+   * `transfer-in.<id>`.
+   */
+  leases: LeaseManager
 }
 
 /** How long after a provider session was tried the next may be. */
 const SESSION_RETRY_MS = 1_000
+
+/** The lease that makes a replica the one sending an agreement's data. */
+export const providerLeaseName = (id: string): string => `transfer.${id}`
+/** The lease that makes a replica the one receiving an agreement's data. */
+export const consumerLeaseName = (id: string): string => `transfer-in.${id}`
 
 export class TransferFlows {
   private states: RecordBucket<TransferState> | undefined
@@ -67,6 +79,14 @@ export class TransferFlows {
   private readonly providerSessions = new Map<string, ProviderSession>()
   private readonly consumerSessions = new Map<string, ConsumerSession>()
   private readonly sessionRetryAt = new Map<string, number>()
+  /** Agreements whose provider lease this replica contends for, and the lease while held. */
+  private readonly providerLeases = new Map<string, Lease | undefined>()
+  /** Provider sessions' runs (until their JetStream reads are closed), one after another. */
+  private readonly providerRuns = new Map<string, Promise<void>>()
+  /** Consumer sessions' runs, so a replacing session starts only once the one before has ended. */
+  private readonly consumerRuns = new Map<string, Promise<void>>()
+  /** A consumer lease being given up: a new session waits for it rather than race it. */
+  private readonly consumerReleases = new Map<string, Promise<void>>()
 
   constructor(
     private readonly tuning: TransferTuning,
@@ -77,6 +97,7 @@ export class TransferFlows {
     this.states ??= await RecordBucket.open<TransferState>(
       this.components.dataPlane.jetstream,
       TRANSFER_BUCKET,
+      { replicas: this.components.dataPlane.replicas },
     )
   }
 
@@ -84,6 +105,21 @@ export class TransferFlows {
     for (const id of new Set([...this.providerSessions.keys(), ...this.consumerSessions.keys()])) {
       this.stopSessions(id, reason)
     }
+    for (const id of [...this.providerLeases.keys()]) void this.releaseProvider(id)
+  }
+
+  /**
+   * The agreement no longer flows (revoked, expired, …): end its sessions and stop contending
+   * for its provider lease, so the lease is free at once.
+   */
+  endAgreement(id: string, reason: string): void {
+    this.stopSessions(id, reason)
+    if (this.providerLeases.has(id)) void this.releaseProvider(id)
+  }
+
+  private async releaseProvider(id: string): Promise<void> {
+    this.providerLeases.delete(id)
+    await this.components.leases.release(providerLeaseName(id))
   }
 
   /** Flow counters of an agreement on this node. */
@@ -136,14 +172,58 @@ export class TransferFlows {
     }
   }
 
-  /** Open a provider session for an active agreement this node provides, unless one runs or was just tried. */
+  /**
+   * Open a provider session for an active agreement this node provides, unless one runs or was
+   * just tried, and only on the replica that holds the agreement's provider lease (contending
+   * for it from the first call on).
+   */
   ensureProviderSession(record: AgreementRecord, now: number): void {
+    const lease = this.providerLease(record.id)
+    if (!lease?.valid(now)) return
     if (this.providerSessions.has(record.id) || (this.sessionRetryAt.get(record.id) ?? 0) > now) return
     const peer = this.components.peer(record.peer)
     const host = this.components.host()
     if (!peer || !host?.isConnected(peer.peerId)) return
     this.sessionRetryAt.set(record.id, now + SESSION_RETRY_MS)
-    void this.runProviderSession(record, peer, host)
+    // A session starts only once the one before has closed its JetStream reads: it recreates
+    // the same durable consumer, and a read still open would take messages from it.
+    const previous = this.providerRuns.get(record.id)
+    const run = (async () => {
+      if (previous) await previous
+      await this.runProviderSession(record, peer, host, lease)
+    })()
+    this.providerRuns.set(record.id, run)
+    void run.finally(() => {
+      if (this.providerRuns.get(record.id) === run) this.providerRuns.delete(record.id)
+    })
+  }
+
+  private providerLease(id: string): Lease | undefined {
+    if (this.providerLeases.has(id)) return this.providerLeases.get(id)
+    const { leases, logger } = this.components
+    this.providerLeases.set(id, undefined)
+    leases.acquire(providerLeaseName(id), {
+      onAcquired: (lease) => {
+        if (!this.providerLeases.has(id)) return
+        this.providerLeases.set(id, lease)
+        // A new owner starts at once, from what the consumer holds.
+        this.sessionRetryAt.delete(id)
+        logger.info({ id, fence: lease.fence }, 'this replica now sends the agreement (provider lease)')
+        const record = this.components.agreement(id)
+        if (record && this.components.state(record) === 'active')
+          this.ensureProviderSession(record, Date.now())
+      },
+      onLost: (reason) => {
+        if (this.providerLeases.has(id)) this.providerLeases.set(id, undefined)
+        this.flow(id).lastError = `provider lease lost: ${reason}`
+        const session = this.providerSessions.get(id)
+        if (session) {
+          this.providerSessions.delete(id)
+          session.stop(`provider lease lost: ${reason}`)
+        }
+      },
+    })
+    return undefined
   }
 
   private view(record: AgreementRecord): AgreementView {
@@ -169,8 +249,11 @@ export class TransferFlows {
     record: AgreementRecord,
     peer: PeerRecord,
     host: FederationHost,
+    lease: Lease,
   ): Promise<void> {
     let session: ProviderSession | undefined
+    // The lease may have gone while the session before was closing.
+    if (!lease.valid() || this.components.state(record) !== 'active') return
     try {
       const stream = await host.openStream(peer.peerId, TRANSFER_PROTOCOL, {
         signal: AbortSignal.timeout(5_000),
@@ -182,8 +265,13 @@ export class TransferFlows {
         siteOf: this.components.siteOf,
         stats: this.flow(record.id),
         tuning: this.tuning,
+        lease,
       })
-      if (this.components.state(record) !== 'active' || this.providerSessions.has(record.id)) {
+      if (
+        this.components.state(record) !== 'active' ||
+        this.providerSessions.has(record.id) ||
+        !lease.valid()
+      ) {
         session.stop('no longer needed')
         return
       }
@@ -193,7 +281,14 @@ export class TransferFlows {
     } catch (error) {
       this.flow(record.id).lastError = (error as Error).message
     } finally {
-      if (session && this.providerSessions.get(record.id) === session) this.providerSessions.delete(record.id)
+      if (session && this.providerSessions.get(record.id) === session) {
+        this.providerSessions.delete(record.id)
+        // A session that ran its while is followed at once (the consumer holds what it took);
+        // one that failed right away waits out SESSION_RETRY_MS.
+        const current = this.components.agreement(record.id)
+        if (current && this.components.state(current) === 'active')
+          this.ensureProviderSession(current, Date.now())
+      }
     }
   }
 
@@ -225,6 +320,15 @@ export class TransferFlows {
       const state = this.components.state(record)
       if (state !== 'active') throw new AgreementStateError(`agreement ${id} is ${state}`)
       this.stopSessions(id, 'replaced by a new session')
+      // The session before must have ended (its last batch published, its mark stored) before
+      // this one reads what the consumer holds.
+      await this.consumerRuns.get(id)
+      await this.consumerReleases.get(id)
+      // One replica of this node receives an agreement's data at a time.
+      const lease = await this.components.leases.tryAcquire(consumerLeaseName(id))
+      if (!lease)
+        throw new TransferBusyError(`another replica of this node receives agreement ${id} now; try again`)
+      if (this.consumerSessions.has(id)) this.stopSessions(id, 'replaced by a new session')
       const session = new ConsumerSession(this.view(record), channel, {
         dataPlane: this.components.dataPlane,
         logger,
@@ -232,6 +336,7 @@ export class TransferFlows {
         sites: this.providerSitesOf(id),
         states: this.states!,
         tuning: this.tuning,
+        lease,
         current: () => {
           const current = this.components.agreement(id)
           return current ? this.view(current) : undefined
@@ -251,11 +356,31 @@ export class TransferFlows {
         },
       })
       this.consumerSessions.set(id, session)
-      logger.info({ id, peer: peer.alias }, 'transfer session started (consumer)')
+      const onLeaseLost = (): void => {
+        // This replica could not keep the lease (NATS unreachable, say): it stops receiving.
+        this.flow(id).lastError =
+          `consumer lease lost: ${String((lease.signal.reason as Error)?.message ?? '')}`
+        session.stop('consumer lease lost')
+      }
+      lease.signal.addEventListener('abort', onLeaseLost, { once: true })
+      logger.info({ id, peer: peer.alias, fence: lease.fence }, 'transfer session started (consumer)')
+      const run = session.run()
+      this.consumerRuns.set(id, run)
       try {
-        await session.run()
+        await run
       } finally {
+        lease.signal.removeEventListener('abort', onLeaseLost)
+        if (this.consumerRuns.get(id) === run) this.consumerRuns.delete(id)
         if (this.consumerSessions.get(id) === session) this.consumerSessions.delete(id)
+        // Free at once for whichever replica the provider reaches next (unless a session that
+        // replaced this one on this replica holds it).
+        if (!this.consumerSessions.has(id)) {
+          const released = this.components.leases.release(consumerLeaseName(id)).catch(() => {})
+          this.consumerReleases.set(id, released)
+          void released.then(() => {
+            if (this.consumerReleases.get(id) === released) this.consumerReleases.delete(id)
+          })
+        }
       }
     } catch (error) {
       const name = error instanceof FederationError ? error.name : 'Error'

@@ -33,8 +33,16 @@ export {
   type PeerView,
   type ProposeInput,
 } from './federation.ts'
+export { consumerLeaseName, providerLeaseName } from './flows.ts'
 export { decodeFramePayload, encodeFrame, FrameDecoder, MAX_FRAME_BYTES } from './frames.ts'
 export { describeGrant, parseGrantSpec } from './grant-spec.ts'
 export { AGREEMENT_PROTOCOL, type AgreementMessage, parseAgreementMessage } from './messages.ts'
+export {
+  REPLICAS_BUCKET,
+  ReplicaDirectory,
+  type ReplicaDirectoryComponents,
+  type ReplicaDirectoryInit,
+  type ReplicaView,
+} from './replicas.ts'
 export { TRANSFER_BUCKET } from './stores.ts'
 export { emptyStats, type FlowStats, type TransferState } from './transfer.ts'

@@ -14,10 +14,17 @@ import {
   type DataPlane,
   decodeCbor,
   encodeCbor,
+  type Lease,
   type Logger,
   type Resource,
 } from '../data-plane/index.ts'
-import { encodeBatchFrame, recordCapacity, streamSequence, telemetryTime } from './batch-codec.ts'
+import {
+  encodeBatchFrame,
+  messageSubject,
+  recordCapacity,
+  streamSequence,
+  telemetryTime,
+} from './batch-codec.ts'
 import { FederationError, FrameError } from './errors.ts'
 import {
   AREA_STREAM,
@@ -58,6 +65,11 @@ export interface ProviderSessionComponents {
   siteOf: (kind: string, rid: string) => string | undefined
   stats: FlowStats
   tuning: TransferTuning
+  /**
+   * This replica's lease on the agreement's outgoing transfer: checked before each batch, so an
+   * owner that could not renew it stops before another replica can start.
+   */
+  lease?: Lease
 }
 
 interface PendingBatch {
@@ -107,11 +119,14 @@ export class ProviderSession {
     return this.closedReason !== undefined
   }
 
-  /** Run until the stream ends, the agreement ends, or `stop()`. */
+  /** Run until the stream ends, the agreement ends, the lease goes, or `stop()`. */
   async run(): Promise<void> {
-    const { stats } = this.components
+    const { stats, lease } = this.components
     stats.sessions += 1
+    const onLeaseLost = (): void => this.stop('provider lease lost')
+    lease?.signal.addEventListener('abort', onLeaseLost, { once: true })
     try {
+      lease?.check()
       await this.channel.send({ t: 'hello', id: this.view.id })
       const ready = (await this.channel.next()) as {
         t?: string
@@ -137,6 +152,7 @@ export class ProviderSession {
         )
       }
     } finally {
+      lease?.signal.removeEventListener('abort', onLeaseLost)
       this.stop('session ended')
       await Promise.allSettled(this.closing)
     }
@@ -193,8 +209,33 @@ export class ProviderSession {
     this.tokens -= count
   }
 
-  private durableName(area: SourceArea): string {
+  /** Durable consumers of this agreement and stream, of any owner: `oe-agr-<id>-<area>[-<fence>]`. */
+  private durablePrefix(area: SourceArea): string {
     return `oe-agr-${this.view.id.slice(0, 24)}-${area}`
+  }
+
+  /**
+   * One durable consumer per owner (its lease fence in the name): a replica that lost the lease
+   * and still pulls from its own consumer can never take messages from the new owner's.
+   */
+  private durableName(area: SourceArea): string {
+    const lease = this.components.lease
+    return lease ? `${this.durablePrefix(area)}-${lease.fence}` : this.durablePrefix(area)
+  }
+
+  /** Delete this agreement's durable consumers on `stream`: earlier owners' and this one's. */
+  private async deleteDurables(stream: string, area: SourceArea): Promise<void> {
+    const jsm = this.components.dataPlane.manager
+    const prefix = this.durablePrefix(area)
+    const names = new Set([prefix, this.durableName(area)])
+    try {
+      for await (const info of jsm.consumers.list(stream)) {
+        if (info.name === prefix || info.name.startsWith(`${prefix}-`)) names.add(info.name)
+      }
+    } catch {
+      // Listing failed: the known names are deleted all the same.
+    }
+    await Promise.all([...names].map((name) => jsm.consumers.delete(stream, name).catch(() => {})))
   }
 
   /** Recreate the durable consumer so delivery starts right after what the consumer holds. */
@@ -203,7 +244,7 @@ export class ProviderSession {
     const jsm = dataPlane.manager
     const stream = AREA_STREAM[area]
     const name = this.durableName(area)
-    await jsm.consumers.delete(stream, name).catch(() => {})
+    await this.deleteDurables(stream, area)
     const start =
       hw > 0
         ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: hw + 1 }
@@ -290,9 +331,10 @@ export class ProviderSession {
     seq: number,
     cut: number,
   ): [string, Uint8Array, number] | DropReason {
-    const decision = this.scope.check(msg.subject, this.components.siteOf)
+    const subject = messageSubject(msg)
+    const decision = this.scope.check(subject, this.components.siteOf)
     if (!decision.ok) return decision.reason
-    const rest = msg.subject.slice(3)
+    const rest = subject.slice(3)
     if (area === 'tel') {
       const interval = minInterval(decision.grant)
       const t = telemetryTime(msg.data)
@@ -380,6 +422,11 @@ export class ProviderSession {
     if (this.closed) return
     if (!isActive(this.view)) {
       this.stop('the agreement is no longer active')
+      return
+    }
+    // Fencing: a replica whose lease ran out sends nothing more (another may own it by now).
+    if (this.components.lease && !this.components.lease.valid()) {
+      this.stop('provider lease lost')
       return
     }
     this.credit -= 1

@@ -4,7 +4,7 @@
  * the outbox of agreement messages not yet acknowledged by their peer (`oe-fed-outbox`).
  */
 import type { JetStreamClient } from '@nats-io/jetstream'
-import { type KV, Kvm } from '@nats-io/kv'
+import { type KV, Kvm, KvWatchInclude } from '@nats-io/kv'
 import { encodeCbor } from '../data-plane/index.ts'
 import type { AgreementDocument, Role, Termination } from './agreement.ts'
 import { decodeFederationCbor } from './canonical-cbor.ts'
@@ -52,27 +52,41 @@ export interface OutboxEntry {
   lastError?: string
 }
 
-async function openBucket(js: JetStreamClient, name: string): Promise<KV> {
-  return new Kvm(js).create(name, { history: 1 })
+async function openBucket(js: JetStreamClient, name: string, replicas: number): Promise<KV> {
+  return new Kvm(js).create(name, { history: 1, replicas })
 }
 
-async function readAll<T>(kv: KV): Promise<T[]> {
+async function readAll<T>(kv: KV): Promise<[string, T, number][]> {
   const keys: string[] = []
   for await (const key of await kv.keys()) keys.push(key)
-  const values: T[] = []
+  const values: [string, T, number][] = []
   for (const key of keys.sort()) {
     const entry = await kv.get(key)
-    if (entry?.operation === 'PUT') values.push(decodeFederationCbor(entry.value) as T)
+    if (entry?.operation === 'PUT') values.push([key, decodeFederationCbor(entry.value) as T, entry.revision])
   }
   return values
 }
 
-/** A KV bucket of CBOR records by key. */
+/** A change another replica (or this one) made to a bucket. */
+export type BucketChange<T> = { key: string; value: T } | { key: string; value: undefined }
+
+/**
+ * A KV bucket of CBOR records by key. Replicas of one node share it: `watch` tells each of the
+ * others' changes (and echoes of its own, which carry nothing new and are skipped).
+ */
 export class RecordBucket<T> {
+  /** Per key, the newest revision this replica wrote or was told of. */
+  private readonly revisions = new Map<string, number>()
+  private watcher: { stop(): void } | undefined
+
   private constructor(private readonly kv: KV) {}
 
-  static async open<T>(js: JetStreamClient, name: string): Promise<RecordBucket<T>> {
-    return new RecordBucket<T>(await openBucket(js, name))
+  static async open<T>(
+    js: JetStreamClient,
+    name: string,
+    options: { replicas?: number } = {},
+  ): Promise<RecordBucket<T>> {
+    return new RecordBucket<T>(await openBucket(js, name, options.replicas ?? 1))
   }
 
   async get(key: string): Promise<T | undefined> {
@@ -81,7 +95,8 @@ export class RecordBucket<T> {
   }
 
   async put(key: string, value: T): Promise<void> {
-    await this.kv.put(key, encodeCbor(value))
+    const revision = await this.kv.put(key, encodeCbor(value))
+    this.noteRevision(key, revision)
   }
 
   async delete(key: string): Promise<void> {
@@ -89,6 +104,41 @@ export class RecordBucket<T> {
   }
 
   async list(): Promise<T[]> {
-    return readAll<T>(this.kv)
+    const entries = await readAll<T>(this.kv)
+    for (const [key, , revision] of entries) this.noteRevision(key, revision)
+    return entries.map(([, value]) => value)
+  }
+
+  /**
+   * Call `onChange` for each change made after this call, by any replica, that this replica has
+   * not made itself or seen already. Start it before `list()` so nothing falls in between.
+   */
+  async watch(onChange: (change: BucketChange<T>) => void): Promise<void> {
+    const watcher = await this.kv.watch({ include: KvWatchInclude.UpdatesOnly })
+    this.watcher = watcher
+    void (async () => {
+      for await (const entry of watcher) {
+        if ((this.revisions.get(entry.key) ?? 0) >= entry.revision) continue
+        this.revisions.set(entry.key, entry.revision)
+        if (entry.operation === 'PUT') {
+          let value: T
+          try {
+            value = decodeFederationCbor(entry.value) as T
+          } catch {
+            continue
+          }
+          onChange({ key: entry.key, value })
+        } else onChange({ key: entry.key, value: undefined })
+      }
+    })().catch(() => {})
+  }
+
+  stopWatching(): void {
+    this.watcher?.stop()
+    this.watcher = undefined
+  }
+
+  private noteRevision(key: string, revision: number): void {
+    if ((this.revisions.get(key) ?? 0) < revision) this.revisions.set(key, revision)
   }
 }

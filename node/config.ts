@@ -136,8 +136,38 @@ export const configSchema = z.strictObject({
       server_bin: z.string().min(1).optional(),
       max_memory_store: size.prefault('256MiB'),
       max_file_store: size.prefault('10GiB'),
+      // Copies of every stream and KV bucket the node creates. Unset: 1 on the embedded server,
+      // 3 on an external cluster of 3 servers or more.
+      replicas: z.coerce
+        .number({ error: 'must be a number of replicas (1-5)' })
+        .int('must be a whole number of replicas')
+        .min(1, 'must be at least 1')
+        .max(5, 'must be at most 5 (JetStream allows 1 to 5)')
+        .optional(),
     })
     .prefault({}),
+  // This process among the replicas of one organisation's node (all sharing one NATS cluster).
+  node: z
+    .strictObject({
+      // Unset: a random id kept in <data-dir>/replica-id.
+      replica_id: z
+        .string()
+        .regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be 1-64 characters of A-Z a-z 0-9 _ -')
+        .optional(),
+      // Single-owner work (an agreement's outgoing transfer, …) is held through a lease this
+      // long, renewed every lease_renew; another replica takes it over after lease_term.
+      lease_term: duration
+        .prefault('3s')
+        .refine((value) => value >= 300 && value <= 60_000, 'must be between 300ms and 60s'),
+      lease_renew: duration
+        .prefault('1s')
+        .refine((value) => value >= 50 && value <= 30_000, 'must be between 50ms and 30s'),
+    })
+    .prefault({})
+    .refine((node) => node.lease_renew * 2 <= node.lease_term, {
+      message: 'lease_renew must be at most half of lease_term',
+      path: ['lease_renew'],
+    }),
   streams: z
     .strictObject({
       telemetry: streamLimits('7d', '1GiB'),
@@ -179,6 +209,10 @@ const SETTINGS: Record<string, 'string' | 'list' | 'number'> = {
   'nats.server_bin': 'string',
   'nats.max_memory_store': 'string',
   'nats.max_file_store': 'string',
+  'nats.replicas': 'number',
+  'node.replica_id': 'string',
+  'node.lease_term': 'string',
+  'node.lease_renew': 'string',
   'log.level': 'string',
   'log.format': 'string',
   shutdown_timeout: 'string',

@@ -1226,7 +1226,10 @@ export class HttpApi {
     const type = mediaType(request)
     if (key === null) return json(await this.ingestBody(body, type, started))
     const dataPlane = this.requireDataPlane()
-    this.idempotency ??= new IdempotencyStore(() => dataPlane.jetstream)
+    this.idempotency ??= new IdempotencyStore(
+      () => dataPlane.jetstream,
+      () => dataPlane.replicas,
+    )
     // The token that was accepted scopes the key.
     const scope = /^Bearer\s+(\S+)$/i.exec(request.headers.get('authorization') ?? '')?.[1] ?? ''
     const claim = await this.idempotency.claim(digest(scope).toString('hex'), key, type, body)

@@ -61,11 +61,15 @@ export class IdempotencyStore {
   /** Keys of the attempts running in this process now. */
   private readonly active = new Set<string>()
 
-  constructor(private readonly jetstream: () => JetStreamClient) {}
+  constructor(
+    private readonly jetstream: () => JetStreamClient,
+    /** Copies of the bucket (the node's JetStream replicas). */
+    private readonly replicas: () => number = () => 1,
+  ) {}
 
   private kv(): Promise<KV> {
     this.bucket ??= new Kvm(this.jetstream())
-      .create(IDEMPOTENCY_BUCKET, { history: 1, ttl: IDEMPOTENCY_WINDOW_MS })
+      .create(IDEMPOTENCY_BUCKET, { history: 1, ttl: IDEMPOTENCY_WINDOW_MS, replicas: this.replicas() })
       .catch((error: unknown) => {
         this.bucket = undefined
         throw error

@@ -112,6 +112,44 @@ export function registerFederationMetrics(
   })
 }
 
+/** What this replica knows of its node's replicas and leases (read at scrape time). */
+export interface ReplicaMetricsSource {
+  replicaId: string
+  /** Replicas whose membership entry is live, this one included. */
+  liveReplicas(): number
+  /** The leases this replica holds now. */
+  ownedLeases(): string[]
+}
+
+/** `oe_replicas` and `oe_lease_owned{lease, replica}` (1 per lease this replica holds). */
+export function registerReplicaMetrics(
+  registry: Registry,
+  source: () => ReplicaMetricsSource | undefined,
+): void {
+  new Gauge({
+    name: 'oe_replicas',
+    help: 'Replicas of this node with a live membership entry, as this replica sees them.',
+    registers: [registry],
+    collect() {
+      this.reset()
+      const replicas = source()
+      if (replicas) this.set(replicas.liveReplicas())
+    },
+  })
+  new Gauge({
+    name: 'oe_lease_owned',
+    help: 'Leases this replica holds (single-owner work such as an agreement’s outgoing transfer), 1 each.',
+    labelNames: ['lease', 'replica'],
+    registers: [registry],
+    collect() {
+      this.reset()
+      const replicas = source()
+      if (!replicas) return
+      for (const lease of replicas.ownedLeases()) this.set({ lease, replica: replicas.replicaId }, 1)
+    },
+  })
+}
+
 export function createMetrics(): NodeMetrics {
   const registry = new Registry()
   try {

@@ -3,18 +3,30 @@
  * NATS) and HTTP API in start order, stops them in reverse, and reports health and status.
  */
 
-import { rm } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
+import { readFile, rm, writeFile } from 'node:fs/promises'
 import { networkInterfaces } from 'node:os'
+import { join } from 'node:path'
 import type { NatsConnection } from '@nats-io/nats-core'
 import {
   connectDataPlane,
   DataPlane,
+  defaultReplicas,
   EmbeddedNatsServer,
+  type LeaseInfo,
+  LeaseManager,
   MqttAuthCallout,
   type RetentionLimits,
   redactUrl,
 } from '../data-plane/index.ts'
-import { type AgreementSummary, AuditLog, Federation, type PeerView } from '../federation/index.ts'
+import {
+  type AgreementSummary,
+  AuditLog,
+  Federation,
+  type PeerView,
+  ReplicaDirectory,
+  type ReplicaView,
+} from '../federation/index.ts'
 import {
   builtinPlugins,
   PluginConfigError,
@@ -32,7 +44,12 @@ import { type HealthReport, HttpApi } from './http-api.ts'
 import type { NodeIdentity } from './identity.ts'
 import { defaultOrgName, initDataDir } from './init.ts'
 import type { Logger } from './logger.ts'
-import { createMetrics, type NodeMetrics, registerFederationMetrics } from './metrics.ts'
+import {
+  createMetrics,
+  type NodeMetrics,
+  registerFederationMetrics,
+  registerReplicaMetrics,
+} from './metrics.ts'
 
 export const NODE_VERSION = '0.1.0'
 
@@ -57,7 +74,21 @@ export interface NodeStatus {
   listen: string[]
   /** Addresses libp2p actually listens on (ports resolved), with /p2p/<peer id>. */
   addrs: string[]
-  nats: { url: string; connected: boolean; embedded: boolean; serverVersion?: string; restarts?: number }
+  nats: {
+    url: string
+    connected: boolean
+    embedded: boolean
+    serverVersion?: string
+    restarts?: number
+    /** Copies of each stream and KV bucket this node creates. */
+    replicas: number
+  }
+  /** This process among the replicas of the organisation's node. */
+  replica: { id: string }
+  /** Every replica of this node that announced itself (this one first). */
+  replicas: ReplicaView[]
+  /** Single-owner work: who holds each lease, and since when. */
+  leases: LeaseInfo[]
   peers: PeerView[]
   agreements: AgreementSummary[]
   plugins: PluginStatus[]
@@ -78,6 +109,10 @@ export class OeNode {
   private auditLog: AuditLog | undefined
   private federationValue: Federation | undefined
   private pluginHost: PluginHost | undefined
+  private leaseManager: LeaseManager | undefined
+  private replicaDirectory: ReplicaDirectory | undefined
+  private replicaIdValue = ''
+  private replicasValue = 1
   private startedAt = 0
   private ready = false
   private jetStreamProbe: { at: number; ok: boolean; detail?: string } = { at: 0, ok: false }
@@ -93,6 +128,20 @@ export class OeNode {
     registerFederationMetrics(this.metrics.registry, () =>
       this.federationValue?.started ? this.federationValue : undefined,
     )
+    registerReplicaMetrics(this.metrics.registry, () => {
+      const leases = this.leaseManager
+      const directory = this.replicaDirectory
+      if (!leases) return undefined
+      return {
+        replicaId: this.replicaIdValue,
+        liveReplicas: () => directory?.list().filter((replica) => !replica.stale).length ?? 1,
+        ownedLeases: () =>
+          leases
+            .list()
+            .filter((lease) => lease.mine)
+            .map((lease) => lease.name),
+      }
+    })
   }
 
   get org(): string {
@@ -196,13 +245,31 @@ export class OeNode {
         await connection.drain().catch(() => connection.close())
       })
 
+      // Copies of each stream and bucket: as configured, else 1 on the embedded server and 3 on
+      // a cluster of 3 servers or more.
+      const replicas = config.nats.replicas ?? (this.embedded ? 1 : defaultReplicas(connection.info))
+      this.replicasValue = replicas
       const dataPlane = new DataPlane(
-        { limits: retentionLimits(config) },
+        { limits: retentionLimits(config), replicas },
         { connection, logger: log.child({ component: 'data-plane' }) },
       )
       await dataPlane.start(options)
       this.dataPlaneValue = dataPlane
       this.stopSteps.push(() => dataPlane.stop())
+
+      // This process among the organisation's replicas, and the leases they share.
+      this.replicaIdValue = config.node.replica_id ?? (await replicaIdOf(this.paths.root))
+      const leases = new LeaseManager(
+        { replicaId: this.replicaIdValue, termMs: config.node.lease_term, renewMs: config.node.lease_renew },
+        {
+          kv: await LeaseManager.openBucket(dataPlane.jetstream, { replicas }),
+          logger: log.child({ component: 'leases' }),
+        },
+      )
+      await leases.start()
+      this.leaseManager = leases
+      this.stopSteps.push(() => leases.stop())
+      log.info({ replica: this.replicaIdValue, replicas }, 'replica of this node')
 
       const signer = {
         publicKey: identity.publicKey,
@@ -228,7 +295,7 @@ export class OeNode {
             credit: config.federation.credit,
           },
         },
-        { dataPlane, signer, logger: log.child({ component: 'federation' }), audit },
+        { dataPlane, signer, logger: log.child({ component: 'federation' }), audit, leases },
       )
       await federation.start()
       this.federationValue = federation
@@ -258,6 +325,7 @@ export class OeNode {
           logger: log.child({ component: 'plugins' }),
           registry: this.metrics.registry,
           definitions: builtinPlugins,
+          leases,
           ...(mqtt ? { mqtt } : {}),
         },
       )
@@ -293,6 +361,23 @@ export class OeNode {
         await api.stop()
       })
       await writeApiFile(this.paths, api.url)
+
+      // Announced once the API and libp2p listen: the card of any replica lists them all.
+      const directory = new ReplicaDirectory(
+        { replicaId: this.replicaIdValue },
+        {
+          kv: await ReplicaDirectory.openBucket(dataPlane.jetstream, { replicas }),
+          logger: log.child({ component: 'replicas' }),
+          describe: () => ({
+            addrs: this.federationValue?.addresses() ?? [],
+            api: this.apiUrl,
+            version: NODE_VERSION,
+          }),
+        },
+      )
+      await directory.start()
+      this.replicaDirectory = directory
+      this.stopSteps.push(() => directory.stop())
 
       this.startedAt = Date.now()
       this.ready = true
@@ -378,8 +463,15 @@ export class OeNode {
   }
 
   card(): { card: NodeCard; text: string } {
-    const addrs = this.federationValue?.addresses() ?? advertisedAddrs(this.init.config.federation.listen)
+    const own = this.federationValue?.addresses() ?? advertisedAddrs(this.init.config.federation.listen)
+    // Partners peer with the organisation: every live replica's addresses, this one's first.
+    const addrs = this.replicaDirectory?.addresses(own) ?? own
     return createCard(this.identity, this.org, addrs)
+  }
+
+  /** The leases of this node's replicas (for plugins and status). */
+  get leases(): LeaseManager | undefined {
+    return this.leaseManager
   }
 
   async status(): Promise<NodeStatus> {
@@ -399,7 +491,11 @@ export class OeNode {
         embedded: this.embedded !== undefined,
         ...(connection?.info?.version ? { serverVersion: connection.info.version } : {}),
         ...(this.embedded ? { restarts: this.embedded.restarts } : {}),
+        replicas: this.replicasValue,
       },
+      replica: { id: this.replicaIdValue },
+      replicas: this.replicaDirectory?.list() ?? [],
+      leases: this.leaseManager?.list() ?? [],
       peers: this.federationValue?.peers() ?? [],
       agreements: this.federationValue?.list() ?? [],
       plugins: this.pluginHost?.status() ?? [],
@@ -437,4 +533,17 @@ export function retentionLimits(config: NodeConfig): RetentionLimits {
     OE_PEER: limits(streams.peer),
     OE_OUT: limits(streams.outbox),
   }
+}
+
+/**
+ * This replica's id: kept in `<data-dir>/replica-id`, made at the first start. Copying a data
+ * dir copies it too; set `node.replica_id` on each replica then.
+ */
+async function replicaIdOf(dataDir: string): Promise<string> {
+  const file = join(dataDir, 'replica-id')
+  const kept = (await readFile(file, 'utf8').catch(() => '')).trim()
+  if (/^[A-Za-z0-9_-]{1,64}$/.test(kept)) return kept
+  const id = `r-${randomBytes(6).toString('hex')}`
+  await writeFile(file, `${id}\n`, { mode: 0o600 })
+  return id
 }

@@ -217,6 +217,33 @@ export interface PluginContext<Config> {
    * suite's in-memory one) still fit.
    */
   store?(name: string): Promise<PluginStore>
+  /**
+   * Work that must run on one replica of the node at a time (a poller, a registration, the
+   * command routing of a station): `work` starts on the replica that takes lease
+   * `plugin.<id>.<name>`, and again on another when that one goes (within the lease term, 3 s by
+   * default). It must stop when `lease.signal` aborts (the lease was lost, or the plugin stops),
+   * and check `lease.valid()` before each step that must not happen twice. `name` is
+   * `[a-z0-9][a-z0-9_-]{0,63}` tokens separated by dots. On a node without replicas it simply
+   * runs. The host always provides it; optional for in-memory harnesses.
+   */
+  lease?(name: string, work: (lease: PluginLease) => Promise<void>): PluginLeaseHandle
+}
+
+/** A plugin's hold on single-owner work (see `PluginContext.lease`). */
+export interface PluginLease {
+  /** Aborted when this replica must stop the work. */
+  readonly signal: AbortSignal
+  /** Rises with each new owner: a stale owner's number is lower (fencing token). */
+  readonly fence: number
+  /** True while this replica may still do the work. */
+  valid(): boolean
+}
+
+export interface PluginLeaseHandle {
+  /** Whether this replica runs the work now. */
+  readonly held: boolean
+  /** Stop contending; if held, stop the work and let another replica take it at once. */
+  release(): Promise<void>
 }
 
 /** What `create` returns: a running plugin. */

@@ -16,6 +16,7 @@ import {
   encodeCbor,
   isResourceId,
   isResourceKind,
+  type LeaseManager,
   type Logger,
   type MqttAuthorizer,
   mqttTopicToSubject,
@@ -35,6 +36,8 @@ import type {
   PluginDataPlane,
   PluginDefinition,
   PluginInstance,
+  PluginLease,
+  PluginLeaseHandle,
   PluginMetrics,
   PluginMqtt,
   PluginStore,
@@ -45,6 +48,7 @@ import type {
 import { PluginConfigError, PluginError } from './errors.ts'
 
 const STORE_NAME = /^[a-z0-9][a-z0-9-]{0,31}$/
+const LEASE_NAME = /^[a-z0-9][a-z0-9_-]{0,63}(\.[a-z0-9][a-z0-9_-]{0,63})*$/
 /** Core NATS subject of token authorisation requests (request/reply, not stored). */
 const TOKEN_AUTH_SUBJECT = 'oe.auth.token'
 const SUBJECT_TOKEN = /^[A-Za-z0-9_-]{1,64}$/
@@ -65,6 +69,8 @@ export interface PluginHostComponents {
   definitions: readonly PluginDefinition[]
   /** The data plane's MQTT listener, if the node runs one (else why not). */
   mqtt?: PluginHostMqtt
+  /** Leases shared by the node's replicas, for plugins' single-owner work (`ctx.lease`). */
+  leases?: LeaseManager
 }
 
 export interface PluginHostMqtt {
@@ -165,6 +171,7 @@ export class PluginHost {
           dataPlane: this.facade(entry, logger),
           metrics: this.metrics(definition.id),
           store: (name) => this.store(definition.id, name),
+          lease: (name, work) => this.lease(definition.id, name, work, abort.signal, logger),
         })
         await entry.instance.start?.({ signal: options.signal ?? abort.signal })
         await Promise.all(entry.setups)
@@ -227,13 +234,66 @@ export class PluginHost {
     return action(input)
   }
 
+  /**
+   * Single-owner work of a plugin: run `work` while this replica holds lease
+   * `plugin.<id>.<name>`, start it again whenever the lease comes back, stop it (its signal)
+   * when the lease goes or the plugin stops.
+   */
+  private lease(
+    id: string,
+    name: string,
+    work: (lease: PluginLease) => Promise<void>,
+    stopped: AbortSignal,
+    logger: Logger,
+  ): PluginLeaseHandle {
+    if (!LEASE_NAME.test(name))
+      throw new PluginError(id, `lease name '${name}' is not dot-separated [a-z0-9][a-z0-9_-]{0,63} tokens`)
+    const leases = this.components.leases
+    const run = (lease: PluginLease): void => {
+      void work(lease).catch((error) => {
+        if (!lease.signal.aborted)
+          logger.warn({ lease: name, err: (error as Error).message }, 'single-owner work failed')
+      })
+    }
+    if (!leases) {
+      // No replicas: the work is this node's alone.
+      run({ signal: stopped, fence: 1, valid: () => !stopped.aborted })
+      return { held: true, release: async () => {} }
+    }
+    const leaseName = `plugin.${id}.${name}`
+    let current: PluginLease | undefined
+    const handle = leases.acquire(leaseName, {
+      onAcquired: (lease) => {
+        const signal = AbortSignal.any([lease.signal, stopped])
+        current = { signal, fence: lease.fence, valid: () => lease.valid() && !stopped.aborted }
+        logger.info({ lease: name, fence: lease.fence }, 'this replica runs the single-owner work')
+        run(current)
+      },
+      onLost: (reason) => {
+        current = undefined
+        logger.warn({ lease: name, reason }, 'single-owner work stopped: lease lost')
+      },
+    })
+    const release = async (): Promise<void> => {
+      current = undefined
+      await handle.release()
+    }
+    stopped.addEventListener('abort', () => void release(), { once: true })
+    return {
+      get held() {
+        return current?.valid() ?? false
+      },
+      release,
+    }
+  }
+
   /** A plugin's KV bucket `oe-plugin-<id>-<name>` on the node's data plane. */
   private async store(id: string, name: string): Promise<PluginStore> {
     if (!STORE_NAME.test(name))
       throw new PluginError(id, `store name '${name}' is not [a-z0-9][a-z0-9-]{0,31}`)
     const bucket = `oe-plugin-${id}-${name}`
     const kv = await new Kvm(this.components.dataPlane.jetstream)
-      .create(bucket, { history: 1 })
+      .create(bucket, { history: 1, replicas: this.components.dataPlane.replicas })
       .catch((error) => {
         throw new PluginError(id, `cannot open store '${name}': ${(error as Error).message}`, {
           cause: error,

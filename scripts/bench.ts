@@ -43,8 +43,14 @@ const SUITES: Record<string, { describe: string; load: () => Promise<Suite> }> =
     describe: 'OCPI CPO, 10,000 EVSEs, an eMSP: status change → PATCH p99 at 1,000/s, push and pull of all',
     load: async () => (await import('./bench/ocpi.ts')).ocpiSuite,
   },
+  'scale-out': {
+    describe:
+      '3 replicas of one node on a 3-server NATS cluster: ingest with 1/2/3 replicas, takeover after kill -9 (p50, max)',
+    load: async () => (await import('./bench/scale-out.ts')).scaleOutSuite,
+  },
   'csip-aus': {
-    describe: 'CSIP-AUS client, 1,000 sites polling and posting every 60 s: control start → command p99, CPU, RSS',
+    describe:
+      'CSIP-AUS client, 1,000 sites polling and posting every 60 s: control start → command p99, CPU, RSS',
     load: async () => (await import('./bench/csip-aus.ts')).csipAusSuite,
   },
 }

@@ -86,6 +86,27 @@ const DOCS: Record<string, KeyDoc> = {
   },
   'nats.max_memory_store': { meaning: 'embedded JetStream memory limit', type: 'size' },
   'nats.max_file_store': { meaning: 'embedded JetStream disk limit', type: 'size' },
+  'nats.replicas': {
+    meaning:
+      'copies JetStream keeps of every stream and KV bucket the node creates (1–5); set it on every replica of a node alike',
+    type: 'number',
+    default: '1 on the embedded server; on an external cluster of 3 servers or more, 3',
+  },
+  'node.replica_id': {
+    meaning:
+      "this process's id among the replicas of one node (all on one NATS cluster, sharing one node key): the owner written in the leases it holds",
+    type: 'text (A-Z a-z 0-9 _ -)',
+    default: 'a random id kept in `<data-dir>/replica-id`',
+  },
+  'node.lease_term': {
+    meaning:
+      "how long a replica holds single-owner work (an agreement's outgoing transfer, a plugin's polling) without renewing: another replica takes over after this (300ms–60s)",
+    type: 'duration',
+  },
+  'node.lease_renew': {
+    meaning: 'how often the owner renews its leases; at most half of `node.lease_term`',
+    type: 'duration',
+  },
   'streams.*.max_age': { meaning: 'retention per stream (older messages are dropped)', type: 'duration' },
   'streams.*.max_bytes': { meaning: 'size cap per stream (oldest dropped first)', type: 'size' },
   'log.level': { meaning: 'log level (`--log-level`); logs go to stderr' },

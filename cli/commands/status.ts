@@ -4,6 +4,7 @@ import { clientFor } from '../input.ts'
 import { formatDuration, type GlobalOptions, report } from '../output.ts'
 // Not components.tsx: that would load ink for every status call.
 import { plainText, pluginDetailBody, pluginSummary } from '../ui/plugin-detail.ts'
+import { replicaStatusLines } from '../ui/replicas.ts'
 
 /** Plugins whose status has a detailed view in plain text too (the others get one line). */
 const DETAILED = new Set(['openadr-vtn', 'openadr-ven'])
@@ -28,7 +29,9 @@ export function pluginStatusLines(status: NodeStatus, now: number, width = 100):
 export function registerStatus(program: Command): void {
   program
     .command('status')
-    .description('show the running node: identity, uptime, API, NATS, peers, agreements and plugins')
+    .description(
+      'show the running node: identity, uptime, API, NATS, replicas and leases, peers, agreements and plugins',
+    )
     .addHelpText('after', '\nExamples:\n  oe-node status\n  oe-node status --json | jq .nats')
     .action(async (_options: unknown, command: Command) => {
       const globals = command.optsWithGlobals<GlobalOptions>()
@@ -41,6 +44,7 @@ export function registerStatus(program: Command): void {
         `api         ${s.api}`,
         `listen      ${s.listen.join(' ')}`,
         `nats        ${s.nats.url} (${s.nats.embedded ? 'embedded' : 'external'}, ${s.nats.connected ? 'connected' : 'DISCONNECTED'}${s.nats.serverVersion ? `, v${s.nats.serverVersion}` : ''})`,
+        ...replicaStatusLines(s),
         `peers       ${s.peers.length}`,
         `agreements  ${s.agreements.length}`,
         `plugins     ${s.plugins.length}`,

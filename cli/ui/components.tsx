@@ -31,6 +31,7 @@ import {
   type NodeView,
   type PaneId,
   type PluginView,
+  paneShown,
   RECEIPT_TYPE,
   reviewed,
   selectedIndex,
@@ -39,6 +40,7 @@ import {
 } from './model.ts'
 import { pluginDetailLines, pluginSummary } from './plugin-detail.ts'
 import { type AgreementRate, sumDrops } from './rates.ts'
+import { leasesOf, shortLeaseName } from './replicas.ts'
 import type { UiSnapshot } from './source.ts'
 
 // ---- lines -------------------------------------------------------------------------------------
@@ -454,6 +456,51 @@ export function pluginLines(props: PaneProps): LineSpec[] {
   return lines
 }
 
+const REPLICA_COLORS: Record<string, string> = { this: 'cyan', up: 'green', stale: 'yellow' }
+
+/**
+ * The replicas of the node (shown when it has several): each one's heartbeat age and the leases
+ * it holds, i.e. which replica runs which single-owner work.
+ */
+export function replicaLines(props: PaneProps & { status: NodeStatus | undefined }): LineSpec[] {
+  const { lists, width } = props
+  const items = lists.replicas
+  const selected = selectedIndex(props.state, lists, 'replicas')
+  const leases = props.status?.leases ?? []
+  const lines = [
+    titleLine(
+      'replicas-title',
+      'Replicas',
+      [seg(`${countText(selected, props.rows, items.length)} · ${leases.length} leases`, { dim: true })],
+      props.state.focus === 'replicas',
+      width,
+    ),
+  ]
+  for (const { item, selected: isSelected } of visible(items, 'replicas', props)) {
+    const style = rowStyle(isSelected)
+    const state = item.stale ? 'stale' : item.self ? 'this' : 'up'
+    const held = props.status ? leasesOf(props.status, item.id) : []
+    const owns =
+      held.length === 0
+        ? 'no leases'
+        : `${held.length} · ${held
+            .slice(0, 3)
+            .map((lease) => `${shortLeaseName(lease.name)} ${formatSpan(lease.heldMs)}`)
+            .join(', ')}`
+    lines.push(
+      line(
+        `replica-${item.id}`,
+        marker(isSelected),
+        seg(cell(item.id, 16), style),
+        seg(cell(state, 6), { ...style, color: REPLICA_COLORS[state] ?? 'white' }),
+        seg(cell(`hb ${formatRtt(item.heartbeatAgoMs)}`, 10), style),
+        seg(cell(owns, Math.max(0, width - 34)), style),
+      ),
+    )
+  }
+  return lines
+}
+
 /** The facts of an audit entry in a few words: peer, agreement, then the rest as key=value. */
 export function auditSummary(entry: AuditEntry): string {
   if (entry.type === RECEIPT_TYPE) {
@@ -795,13 +842,15 @@ export function screenLines({ view, state, size }: ScreenProps): LineSpec[] {
     return [...top, ...review, footer]
   }
 
+  const withReplicas = paneShown('replicas', lists)
   const blocks: Block[] = [
     { panes: ['agreements'], overhead: 2, items: lists.agreements.length },
     { panes: ['pending'], overhead: 1, items: lists.pending.length },
     { panes: ['peers', 'plugins'], overhead: 1, items: Math.max(lists.peers.length, lists.plugins.length) },
     { panes: ['audit'], overhead: 1, items: lists.audit.length },
+    ...(withReplicas ? [{ panes: ['replicas'] as PaneId[], overhead: 1, items: lists.replicas.length }] : []),
   ]
-  const rows = allocateRows(available, blocks, state.focus) ?? [1, 1, 1, 1]
+  const rows = allocateRows(available, blocks, state.focus) ?? blocks.map(() => 1)
   const waiting = snapshot === undefined
   const pane = (index: number, paneWidth = width): PaneProps => ({
     lists,
@@ -836,6 +885,7 @@ export function screenLines({ view, state, size }: ScreenProps): LineSpec[] {
     ),
     ...pendingLines(pane(1), waiting),
     ...services,
+    ...(withReplicas ? replicaLines({ ...pane(4), status: snapshot?.status }) : []),
     ...auditLines(pane(3), waiting),
     footer,
   ]

@@ -86,6 +86,8 @@ export function audit(count: number): AuditEntry[] {
 }
 
 export interface SnapshotOptions {
+  /** Replicas of the node besides this one (their pane shows only when there are some). */
+  otherReplicas?: number
   at?: number
   recordsIn?: number
   drops?: number
@@ -138,7 +140,42 @@ export function snapshot(options: SnapshotOptions = {}): UiSnapshot {
       connected: options.natsConnected ?? true,
       embedded: true,
       serverVersion: '2.10.27',
+      replicas: 1,
     },
+    replica: { id: 'r-0a1b2c' },
+    replicas: [
+      {
+        id: 'r-0a1b2c',
+        addrs: ['/ip4/10.0.0.5/tcp/7400/p2p/12D3KooWQx'],
+        api: 'http://127.0.0.1:7410',
+        version: '0.1.0',
+        startedAt: new Date(AT - HOUR).toISOString(),
+        heartbeatAgoMs: 400,
+        self: true,
+        stale: false,
+      },
+      ...Array.from({ length: options.otherReplicas ?? 0 }, (_, index) => ({
+        id: `r-${(index + 1).toString(16).padStart(6, '0')}`,
+        addrs: [`/ip4/10.0.0.${6 + index}/tcp/7400/p2p/12D3KooWQx`],
+        api: `http://10.0.0.${6 + index}:7410`,
+        version: '0.1.0',
+        startedAt: new Date(AT - HOUR).toISOString(),
+        heartbeatAgoMs: 1_600,
+        self: false,
+        stale: index === 2,
+      })),
+    ],
+    leases: [
+      {
+        name: `transfer.${active.id}`,
+        owner: options.otherReplicas ? 'r-000001' : 'r-0a1b2c',
+        fence: 42,
+        acquiredAt: new Date(AT - HOUR).toISOString(),
+        heldMs: HOUR,
+        renewedAgoMs: 600,
+        mine: !options.otherReplicas,
+      },
+    ],
     peers: [
       {
         alias: 'chargeco',

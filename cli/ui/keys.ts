@@ -12,6 +12,7 @@ import {
   type Lists,
   PANES,
   type PaneId,
+  paneShown,
   reviewed,
   selectedIndex,
   selectedItem,
@@ -48,9 +49,10 @@ function move(state: UiState, lists: Lists, pane: PaneId, delta: number): UiStat
   return { ...state, selected: { ...state.selected, [pane]: keyOf(pane, items[index]) } }
 }
 
-function cyclePane(state: UiState, delta: number): UiState {
-  const index = PANES.indexOf(state.focus)
-  const focus = PANES[(index + delta + PANES.length) % PANES.length]!
+function cyclePane(state: UiState, delta: number, lists: Lists): UiState {
+  const shown = PANES.filter((pane) => paneShown(pane, lists) || pane === state.focus)
+  const index = shown.indexOf(state.focus)
+  const focus = shown[(index + delta + shown.length) % shown.length]!
   return { ...state, focus }
 }
 
@@ -121,9 +123,9 @@ export function reduceKey(
     return { state }
   }
 
-  if (key.tab) return { state: cyclePane(cleared, key.shift ? -1 : 1) }
-  if (key.rightArrow) return { state: cyclePane(cleared, 1) }
-  if (key.leftArrow) return { state: cyclePane(cleared, -1) }
+  if (key.tab) return { state: cyclePane(cleared, key.shift ? -1 : 1, lists) }
+  if (key.rightArrow) return { state: cyclePane(cleared, 1, lists) }
+  if (key.leftArrow) return { state: cyclePane(cleared, -1, lists) }
   if (key.upArrow) return { state: move(cleared, lists, state.focus, -1) }
   if (key.downArrow) return { state: move(cleared, lists, state.focus, 1) }
   if (key.pageUp) return { state: move(cleared, lists, state.focus, -10) }

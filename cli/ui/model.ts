@@ -7,11 +7,17 @@ import type { NodeStatus } from '../../node/index.ts'
 import type { RateTable } from './rates.ts'
 import type { AgreementAction, UiSnapshot } from './source.ts'
 
-export type PaneId = 'agreements' | 'pending' | 'peers' | 'plugins' | 'audit'
+export type PaneId = 'agreements' | 'pending' | 'peers' | 'plugins' | 'replicas' | 'audit'
 export type PluginView = NodeStatus['plugins'][number]
+export type ReplicaItem = NodeStatus['replicas'][number]
 
 /** Tab order. */
-export const PANES: readonly PaneId[] = ['agreements', 'pending', 'peers', 'plugins', 'audit']
+export const PANES: readonly PaneId[] = ['agreements', 'pending', 'peers', 'plugins', 'replicas', 'audit']
+
+/** Whether a pane is on screen: the replicas pane only for a node that has several. */
+export function paneShown(pane: PaneId, lists: Lists): boolean {
+  return pane !== 'replicas' || lists.replicas.length > 1
+}
 
 export interface Unreachable {
   message: string
@@ -68,13 +74,14 @@ export interface Lists {
   pending: AgreementSummary[]
   peers: PeerView[]
   plugins: PluginView[]
+  replicas: ReplicaItem[]
   audit: AuditEntry[]
 }
 
 const STATE_ORDER: Record<string, number> = { active: 0, accepted: 1, expired: 2, revoked: 3, rejected: 4 }
 
 export function listsOf(snapshot: UiSnapshot | undefined): Lists {
-  if (!snapshot) return { agreements: [], pending: [], peers: [], plugins: [], audit: [] }
+  if (!snapshot) return { agreements: [], pending: [], peers: [], plugins: [], replicas: [], audit: [] }
   const { agreements, peers, plugins } = snapshot.status
   const signed = agreements
     .map((agreement, index) => ({ agreement, index }))
@@ -92,6 +99,8 @@ export function listsOf(snapshot: UiSnapshot | undefined): Lists {
     pending,
     peers,
     plugins,
+    // A node from before replicas reports none.
+    replicas: snapshot.status.replicas ?? [],
     audit: collapseReceipts(snapshot.audit),
   }
 }
@@ -130,6 +139,8 @@ export function keyOf(pane: PaneId, item: unknown): string {
       return (item as PeerView).alias
     case 'plugins':
       return (item as PluginView).id
+    case 'replicas':
+      return (item as ReplicaItem).id
     case 'audit': {
       // A receipt line keeps its key (its agreement) as newer receipts replace it.
       const entry = item as AuditEntry

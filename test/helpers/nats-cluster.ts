@@ -1,0 +1,154 @@
+/**
+ * A real NATS cluster on loopback for scale-out tests: `size` nats-server processes with
+ * JetStream, joined by `cluster {}` routes. Route ports cannot be 0 (each server must name the
+ * others), so free ports are found by binding and releasing. Each server can be killed and
+ * started again on the same ports and store, and the cluster waits for a JetStream meta leader
+ * before it is handed out.
+ *
+ *   const cluster = await startNatsCluster()           // 3 servers
+ *   startNode({ args: ['--nats-url', cluster.url] })
+ *   await cluster.servers[0].kill(); await cluster.servers[0].start()
+ */
+import { type ChildProcess, spawn } from 'node:child_process'
+import { mkdir, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { jetstreamManager } from '@nats-io/jetstream'
+import { connect } from '@nats-io/transport-node'
+import { freePort } from '../../data-plane/index.ts'
+import { tempDir, waitFor } from './node-process.ts'
+
+const clusters: (() => Promise<void>)[] = []
+
+/** Kill every cluster started (call before `cleanupAll`, which removes their stores). */
+export async function stopClusters(): Promise<void> {
+  while (clusters.length > 0) await clusters.pop()!().catch(() => {})
+}
+
+export interface ClusterServer {
+  name: string
+  port: number
+  clusterPort: number
+  url: string
+  readonly running: boolean
+  /** SIGKILL (a crash), and wait for the exit. */
+  kill: () => Promise<void>
+  /** Start again on the same ports and store; resolves once it answers. */
+  start: () => Promise<void>
+}
+
+export interface NatsCluster {
+  servers: ClusterServer[]
+  /** Every server's client URL, comma-separated (what `--nats-url` takes). */
+  url: string
+  stop: () => Promise<void>
+}
+
+export async function startNatsCluster(
+  options: {
+    size?: number
+    executable?: string
+    name?: string
+    /** Client listen host (default 127.0.0.1; `0.0.0.0` lets network namespaces reach it). */
+    host?: string
+  } = {},
+): Promise<NatsCluster> {
+  const size = options.size ?? 3
+  const dir = await tempDir('oe-nats-cluster-')
+  const ports: { port: number; clusterPort: number }[] = []
+  for (let i = 0; i < size; i++) ports.push({ port: await freePort(), clusterPort: await freePort() })
+  const routes = ports.map((p) => `nats-route://127.0.0.1:${p.clusterPort}`)
+  const servers: ClusterServer[] = []
+  for (let i = 0; i < size; i++) {
+    const name = `n${i + 1}`
+    const store = join(dir, name)
+    await mkdir(store, { recursive: true })
+    const config = join(dir, `${name}.conf`)
+    await writeFile(
+      config,
+      [
+        `server_name: ${name}`,
+        `listen: ${options.host ?? '127.0.0.1'}:${ports[i]!.port}`,
+        `jetstream { store_dir: ${JSON.stringify(store)} }`,
+        'cluster {',
+        `  name: ${options.name ?? 'oe-test'}`,
+        `  listen: 127.0.0.1:${ports[i]!.clusterPort}`,
+        `  routes: [${routes.filter((_, j) => j !== i).join(', ')}]`,
+        '}',
+        '',
+      ].join('\n'),
+    )
+    let child: ChildProcess | undefined
+    let exited: Promise<void> = Promise.resolve()
+    const start = async (): Promise<void> => {
+      if (child && child.exitCode === null && child.signalCode === null) return
+      const proc = spawn(options.executable ?? 'nats-server', ['-c', config], {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      })
+      child = proc
+      exited = new Promise<void>((resolve) => proc.on('exit', () => resolve()))
+      await new Promise<void>((resolve, reject) => {
+        let log = ''
+        const timer = setTimeout(() => reject(new Error(`${name} not ready: ${log.slice(-1000)}`)), 15_000)
+        proc.stderr!.on('data', (chunk: Buffer) => {
+          log += chunk.toString()
+          if (log.includes('Server is ready')) {
+            clearTimeout(timer)
+            resolve()
+          }
+        })
+        proc.on('exit', () => {
+          clearTimeout(timer)
+          reject(new Error(`${name} exited: ${log.slice(-1000)}`))
+        })
+      })
+      // Keep reading stderr so the pipe never fills.
+      proc.stderr!.resume()
+    }
+    const server: ClusterServer = {
+      name,
+      port: ports[i]!.port,
+      clusterPort: ports[i]!.clusterPort,
+      url: `nats://127.0.0.1:${ports[i]!.port}`,
+      get running() {
+        return child !== undefined && child.exitCode === null && child.signalCode === null
+      },
+      kill: async () => {
+        if (server.running) child!.kill('SIGKILL')
+        await exited
+      },
+      start,
+    }
+    servers.push(server)
+  }
+  const stop = async (): Promise<void> => {
+    await Promise.all(
+      servers.map(async (server) => {
+        await server.kill()
+      }),
+    )
+  }
+  // Registered before the start, so a failed start is cleaned up too.
+  clusters.push(stop)
+  await Promise.all(servers.map((server) => server.start()))
+  const url = servers.map((server) => server.url).join(',')
+  await waitJetStream(url)
+  return { servers, url, stop }
+}
+
+/** Wait until the cluster's JetStream answers (a meta leader was elected). */
+export async function waitJetStream(url: string, timeoutMs = 20_000): Promise<void> {
+  const nc = await connect({ servers: url.split(','), reconnect: true, maxReconnectAttempts: -1 })
+  try {
+    await waitFor(
+      async () => {
+        const jsm = await jetstreamManager(nc, { timeout: 1_000 })
+        await jsm.getAccountInfo()
+        return true
+      },
+      timeoutMs,
+      'a JetStream meta leader',
+    )
+  } finally {
+    await nc.close()
+  }
+}
