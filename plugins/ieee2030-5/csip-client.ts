@@ -8,9 +8,22 @@
  * server's post rate. Everything the client learnt is kept in KV, so a restart neither registers
  * again nor drops an envelope; when the server is unreachable, the cached schedule keeps running
  * (the envelope in force stays until it ends, then the default applies).
+ *
+ * Replicas: all of that is single-owner work, run under the plugin lease `client` (the host's
+ * `ctx.lease`). The replica holding it is `active`; the others are `standby`, ready, and show the
+ * shared state. A replica taking over starts from KV: what is registered is found again, responses
+ * already posted are not posted twice, and the commands in force are not published again. When the
+ * lease goes, timers stop and every step still under way checks the lease before it acts.
  */
+import { hostname } from 'node:os'
 import type { Logger, TelemetryRecord } from '../../data-plane/index.ts'
-import type { PluginDataPlane, PluginInstance, PluginMetrics } from '../api.ts'
+import type {
+  PluginDataPlane,
+  PluginInstance,
+  PluginLease,
+  PluginLeaseHandle,
+  PluginMetrics,
+} from '../api.ts'
 import { CsipTransport } from './client.ts'
 import type { CsipVersion, ParsedXml, XmlNode } from './codec.ts'
 import type { CsipConfig, CsipSiteConfig, ResourceRef } from './config.ts'
@@ -57,7 +70,7 @@ import {
   type MirrorReadingType,
   RESPONSE_STATUS,
 } from './sep.ts'
-import { CsipState, emptySiteState, type KeyValueStore, type SiteState } from './state.ts'
+import { CsipState, emptySiteState, type KeyValueStore, type OwnerRecord, type SiteState } from './state.ts'
 
 /**
  * What the client needs from the data plane beyond today's plugin API: publishing control
@@ -78,6 +91,8 @@ export interface CsipClientComponents {
   metrics: PluginMetrics
   signal: AbortSignal
   store: KeyValueStore
+  /** Runs work on one replica of the node at a time (the host's `ctx.lease`); without it, here. */
+  lease?: (name: string, work: (lease: PluginLease) => Promise<void>) => PluginLeaseHandle
 }
 
 /** Poll rate 2030.5 assumes when a resource gives none (seconds). */
@@ -86,6 +101,15 @@ const DEFAULT_POLL_S = 900
 const RETRY_MIN_S = 1
 /** A server clock further off than this from the host's is logged (the schedule follows the server). */
 const CLOCK_WARN_MS = 60_000
+/** How often a standby replica reads the shared state it shows in its status. */
+const STANDBY_REFRESH_MS = 5_000
+
+/** This replica's turn at the client's work: while its lease holds. */
+interface Session {
+  lease: PluginLease
+  /** Aborts on lease loss or plugin stop: requests under way end at once. */
+  signal: AbortSignal
+}
 
 interface Site {
   rid: string
@@ -125,8 +149,19 @@ interface Site {
 export class CsipClient {
   private readonly transport: CsipTransport
   private readonly state: CsipState
-  private readonly sites: Site[] = []
+  /** The configured sites' identities (known once the transport has its certificate). */
+  private identities: { rid: string; config: CsipSiteConfig; lfdi: string }[] = []
+  /** The sites this replica works on: loaded from KV when it becomes the owner, empty on standby. */
+  private sites: Site[] = []
   private phase: 'created' | 'running' | 'stopped' = 'created'
+  private session: Session | undefined
+  /** One session at a time: a new one starts once the last has wound down. */
+  private sessions: Promise<void> = Promise.resolve()
+  private leaseHandle: PluginLeaseHandle | undefined
+  /** On standby: the owner as it recorded itself, and the shared site state, read every few seconds. */
+  private owner: OwnerRecord | undefined
+  private shared = new Map<string, SiteState>()
+  private standbyTimer: ReturnType<typeof setInterval> | undefined
   private version: CsipVersion
   private dcap: DeviceCapability | undefined
   private dcapPollRate: number | undefined
@@ -140,6 +175,7 @@ export class CsipClient {
   private loop: Promise<void> | undefined
   private tickTimer: ReturnType<typeof setInterval> | undefined
   private ticking: Promise<void> = Promise.resolve()
+  /** Aborted when the client stops (every session's signal follows it). */
   private readonly abort = new AbortController()
   private warnedNoControl = false
   private listener: NotificationListener | undefined
@@ -185,61 +221,53 @@ export class CsipClient {
     this.phase = 'running'
     await this.transport.start()
     const { mode } = this.config
-    for (const [rid, siteConfig] of Object.entries(this.config.sites)) {
-      // Aggregator: each site's own EndDevice, never the aggregator certificate's LFDI.
-      const lfdi = mode === 'device' ? this.transport.lfdi : siteConfig.lfdi!
-      const stored = await this.state.load(rid).catch(() => undefined)
-      const state = stored && stored.lfdi === lfdi ? stored : emptySiteState(lfdi)
-      const schedule = new ControlSchedule(hashSeed(lfdi))
-      schedule.restore(state.events, state.programs)
-      if (state.offsetMs !== undefined) this.offsetMs = state.offsetMs
-      this.sites.push({
-        rid,
-        config: siteConfig,
-        lfdi,
-        sfdi: sfdiFromLfdi(lfdi),
-        state,
-        schedule,
-        registered: false,
-        nextPoll: 0,
-        nextPost: Date.now() + 5_000,
-        failures: 0,
-        readingTypes: { site: new Map(), der: new Map() },
-        buffer: new Map(),
-        pendingResponses: [],
-        lastPostAt: Date.now(),
-        connected: true,
-        energized: true,
-      })
-    }
+    // Aggregator: each site's own EndDevice, never the aggregator certificate's LFDI.
+    this.identities = Object.entries(this.config.sites).map(([rid, config]) => ({
+      rid,
+      config,
+      lfdi: mode === 'device' ? this.transport.lfdi : config.lfdi!,
+    }))
     this.subscribeTelemetry()
     if (this.config.notify_listen) await this.listen(this.config.notify_listen)
     if (this.phase !== 'running') return
     this.components.logger.info(
-      { server: this.config.server, mode, sites: this.sites.length, lfdi: this.transport.lfdi },
+      { server: this.config.server, mode, sites: this.identities.length, lfdi: this.transport.lfdi },
       'csip-aus client starting',
     )
-    // The restored schedule is in force at once, before the server is reached.
-    this.tickTimer = setInterval(() => this.scheduleTick(), 1_000)
-    this.scheduleTick()
-    this.loop = this.run()
+    const work = (lease: PluginLease): Promise<void> => {
+      this.sessions = this.sessions.then(() => this.own(lease))
+      return this.sessions
+    }
+    if (this.components.lease) {
+      this.startStandby()
+      this.leaseHandle = this.components.lease('client', work)
+      return
+    }
+    // No replicas (a harness without the host): this client is the owner until it stops.
+    const local: PluginLease = { signal: this.abort.signal, fence: 0, valid: () => this.phase === 'running' }
+    await this.activate(local)
+    if (this.session) this.sessions = this.serve(this.session)
   }
 
   async stop(): Promise<void> {
     this.halt()
-    await this.loop
-    await this.ticking
+    await this.sessions
+    await this.leaseHandle?.release()
     await this.state.flush()
     await this.listener?.stop()
     this.transport.stop()
   }
 
   ready(): boolean {
+    // A standby replica is ready: it takes over when the owner goes.
     return this.phase === 'running'
   }
 
   status(): Record<string, unknown> {
+    if (!this.session) return this.standbyStatus()
     return {
+      role: 'active',
+      ...(this.components.lease ? { fence: this.session.lease.fence } : {}),
       server: this.config.server,
       mode: this.config.mode,
       version: this.version,
@@ -264,10 +292,12 @@ export class CsipClient {
     }
   }
 
-  /** Operator actions: `poll` polls the server now. */
+  /** Operator actions: `poll` polls the server now (on the replica that runs the client). */
   operatorActions(): NonNullable<PluginInstance['actions']> {
     return {
       poll: async () => {
+        if (!this.session)
+          return { polling: false, role: 'standby', ...(this.owner ? { owner: this.owner } : {}) }
         this.nextDiscovery = 0
         for (const site of this.sites) site.nextPoll = 0
         this.wake?.()
@@ -281,11 +311,160 @@ export class CsipClient {
     this.phase = 'stopped'
     this.abort.abort()
     clearInterval(this.tickTimer)
+    clearInterval(this.standbyTimer)
     this.wake?.()
   }
 
+  /** True while this replica may act: the client runs and its lease holds. */
   private get running(): boolean {
-    return this.phase === 'running'
+    const session = this.session
+    return (
+      this.phase === 'running' && session !== undefined && !session.signal.aborted && session.lease.valid()
+    )
+  }
+
+  /** The signal requests of the current session carry. */
+  private get signal(): AbortSignal {
+    return this.session?.signal ?? this.abort.signal
+  }
+
+  // ── replicas ─────────────────────────────────────────────────────────────────────────────────
+
+  /** Run the client while `lease` holds: from the shared state, until the lease goes. */
+  private async own(lease: PluginLease): Promise<void> {
+    await this.activate(lease)
+    if (this.session?.lease === lease) await this.serve(this.session)
+  }
+
+  /** Become the owner: sites from KV, the restored schedule in force, the loop running. */
+  private async activate(lease: PluginLease): Promise<void> {
+    if (this.phase !== 'running' || lease.signal.aborted || !lease.valid()) return
+    const session: Session = { lease, signal: AbortSignal.any([this.abort.signal, lease.signal]) }
+    this.session = session
+    this.dcap = undefined
+    this.nextDiscovery = 0
+    this.discoveryFailures = 0
+    this.connected = false
+    this.lastError = undefined
+    this.sites = []
+    const sites: Site[] = []
+    for (const { rid, config, lfdi } of this.identities) {
+      const stored = await this.state.load(rid).catch(() => undefined)
+      const state = stored && stored.lfdi === lfdi ? stored : emptySiteState(lfdi)
+      const schedule = new ControlSchedule(hashSeed(lfdi))
+      schedule.restore(state.events, state.programs)
+      if (state.offsetMs !== undefined) this.offsetMs = state.offsetMs
+      sites.push({
+        rid,
+        config,
+        lfdi,
+        sfdi: sfdiFromLfdi(lfdi),
+        state,
+        schedule,
+        registered: false,
+        nextPoll: 0,
+        nextPost: Date.now() + 5_000,
+        failures: 0,
+        readingTypes: { site: new Map(), der: new Map() },
+        buffer: new Map(),
+        pendingResponses: [...(state.pending ?? [])],
+        lastPostAt: Date.now(),
+        connected: true,
+        energized: true,
+      })
+    }
+    if (!this.running) {
+      this.session = undefined
+      return
+    }
+    this.sites = sites
+    if (this.components.lease) {
+      this.components.logger.info({ fence: lease.fence }, 'this replica runs the csip-aus client')
+      const owner: OwnerRecord = {
+        fence: lease.fence,
+        host: hostname(),
+        pid: process.pid,
+        since: new Date().toISOString(),
+      }
+      this.owner = owner
+      await this.state.saveOwner(owner).catch(() => {})
+    }
+    // The restored schedule is in force at once, before the server is reached.
+    this.tickTimer = setInterval(() => this.scheduleTick(), 1_000)
+    this.scheduleTick()
+    this.loop = this.run()
+  }
+
+  /** Wait for the session to end (lease lost, or the client stopping), then wind it down. */
+  private async serve(session: Session): Promise<void> {
+    if (!session.signal.aborted) {
+      await new Promise<void>((resolve) =>
+        session.signal.addEventListener('abort', () => resolve(), { once: true }),
+      )
+    }
+    clearInterval(this.tickTimer)
+    this.wake?.()
+    await this.loop
+    await this.ticking
+    // Each step saved what it did; those writes land before the next owner (a lease term later) reads.
+    await this.state.flush()
+    if (this.session === session) this.session = undefined
+    this.sites = []
+    this.connected = false
+    // No longer the owner: the record it wrote says so until the next owner's is read.
+    if (this.owner?.fence === session.lease.fence) this.owner = undefined
+    if (this.phase === 'running') {
+      this.components.logger.warn(
+        { fence: session.lease.fence },
+        'csip-aus client on standby: another replica runs it now',
+      )
+      void this.refreshStandby()
+    }
+  }
+
+  private startStandby(): void {
+    void this.refreshStandby()
+    this.standbyTimer = setInterval(() => {
+      if (!this.session) void this.refreshStandby()
+    }, STANDBY_REFRESH_MS)
+  }
+
+  /** What a standby replica shows: the owner it recorded and the shared site state. */
+  private async refreshStandby(): Promise<void> {
+    try {
+      this.owner = await this.state.loadOwner()
+      for (const { rid } of this.identities) {
+        const state = await this.state.load(rid)
+        if (state) this.shared.set(rid, state)
+      }
+    } catch {
+      // The data plane is unreachable: show what was read last.
+    }
+  }
+
+  private standbyStatus(): Record<string, unknown> {
+    return {
+      role: 'standby',
+      ...(this.owner ? { owner: this.owner } : {}),
+      server: this.config.server,
+      mode: this.config.mode,
+      version: this.version,
+      sites: Object.fromEntries(
+        this.identities.map(({ rid, lfdi }) => {
+          const state = this.shared.get(rid)
+          return [
+            rid,
+            {
+              lfdi,
+              sfdi: sfdiFromLfdi(lfdi),
+              registered: state?.endDevice !== undefined,
+              ...(state?.endDevice ? { endDevice: state.endDevice } : {}),
+              controls: state?.published ?? {},
+            },
+          ]
+        }),
+      ),
+    }
   }
 
   /** Server time now, epoch seconds (the schedule's clock). */
@@ -383,7 +562,7 @@ export class CsipClient {
   }
 
   private async get(href: string): Promise<ParsedXml> {
-    const parsed = await this.transport.get(href, { signal: this.abort.signal })
+    const parsed = await this.transport.get(href, { signal: this.signal })
     this.contact()
     if (this.config.version === 'auto' && parsed.version && parsed.version !== this.version) {
       this.version = parsed.version
@@ -484,7 +663,7 @@ export class CsipClient {
             { lfdi: site.lfdi, sfdi: site.sfdi, changedTime: Math.floor(this.serverNow()) },
             this.version,
           ),
-          { signal: this.abort.signal },
+          { signal: this.signal },
         )
         this.contact()
         const href =
@@ -524,7 +703,7 @@ export class CsipClient {
         device.connectionPointLink,
         encodeConnectionPoint(site.config.nmi, this.version),
         {
-          signal: this.abort.signal,
+          signal: this.signal,
         },
       )
     }
@@ -548,7 +727,7 @@ export class CsipClient {
     const now = Math.floor(this.serverNow())
     const connected = site.connected
     const put = (href: string | undefined, xml: string) =>
-      href ? this.transport.put(href, xml, { signal: this.abort.signal }) : Promise.resolve()
+      href ? this.transport.put(href, xml, { signal: this.signal }) : Promise.resolve()
     await put(
       der.capabilityLink,
       encodeDerCapability(
@@ -642,7 +821,7 @@ export class CsipClient {
           },
           this.version,
         ),
-        { signal: this.abort.signal },
+        { signal: this.signal },
       )
       const href =
         answer.location ??
@@ -749,7 +928,7 @@ export class CsipClient {
           { maxW: site.ratedW, gradW, updatedTime: Math.floor(this.serverNow()) },
           this.version,
         ),
-        { signal: this.abort.signal },
+        { signal: this.signal },
       )
     }
     const due = site.schedule.update(programs, this.serverNow())
@@ -824,7 +1003,7 @@ export class CsipClient {
         const answer = await this.transport.post(
           target,
           encodeSubscription({ resource: href, notificationUri, limit: 1 }, this.version),
-          { signal: this.abort.signal },
+          { signal: this.signal },
         )
         known[href] = answer.location ?? 'subscribed'
         changed = true
@@ -851,7 +1030,7 @@ export class CsipClient {
         },
         this.version,
       ),
-      { signal: this.abort.signal },
+      { signal: this.signal },
     )
   }
 
@@ -860,6 +1039,7 @@ export class CsipClient {
     site.state.events = snapshot.events
     site.state.programs = snapshot.programs
     site.state.offsetMs = this.offsetMs
+    site.state.pending = [...site.pendingResponses]
     void this.state.save(site.rid, site.state).catch((error: Error) => {
       this.components.logger.warn({ site: site.rid, err: error.message }, 'state not saved')
     })
@@ -884,6 +1064,8 @@ export class CsipClient {
         let changed = responses.length > 0
         for (const control of controls) {
           if (sameControl(site.state.published[control.command], control.payload)) continue
+          // The lease may have gone while the last command was published: the next owner publishes.
+          if (!this.running) return
           const ok = await this.publishControl(site, control)
           if (ok) {
             site.state.published[control.command] = control.payload
@@ -948,16 +1130,19 @@ export class CsipClient {
             },
             this.version,
           ),
-          { signal: this.abort.signal },
+          { signal: this.signal },
         )
         this.contact()
         this.counters.responses.inc()
         site.pendingResponses.shift()
+        // Posted: a replica taking over must not post it again.
+        this.persist(site)
       } catch (error) {
         const status = (error as { status?: number }).status
         if (status !== undefined && status >= 400 && status < 500) {
           // The server refuses it: sending again will not help.
           site.pendingResponses.shift()
+          this.persist(site)
           this.components.logger.warn(
             { site: site.rid, ...response, status },
             'response refused by the server',
@@ -981,7 +1166,7 @@ export class CsipClient {
       }
       return
     }
-    const refs = this.sites.flatMap((site) => [site.config.meter, ...site.config.ders])
+    const refs = this.identities.flatMap(({ config }) => [config.meter, ...config.ders])
     dataPlane.onTelemetry(
       { kinds: [...new Set(refs.map((ref) => ref.kind))], rids: [...new Set(refs.map((ref) => ref.rid))] },
       (record) => {
@@ -1001,7 +1186,8 @@ export class CsipClient {
 
   /** The site's readings stamped since the last post, read from the node's telemetry (OE_TEL). */
   private async pullTelemetry(site: Site): Promise<void> {
-    const { dataPlane, signal } = this.components
+    const { dataPlane } = this.components
+    const signal = this.signal
     if (!dataPlane.readTelemetry) return
     const since = site.pulledSince ?? site.lastPostAt
     site.pulledSince = Date.now()
@@ -1073,7 +1259,7 @@ export class CsipClient {
       const href = site.state.mirrors[role]
       if (!href || rows[role].length === 0) continue
       await this.transport.post(href, encodeMirrorMeterReadingList(rows[role], this.version), {
-        signal: this.abort.signal,
+        signal: this.signal,
       })
       this.contact()
       this.counters.readings.inc(rows[role].length)

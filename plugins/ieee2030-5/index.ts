@@ -7,7 +7,9 @@
  * DERPrograms → DefaultDERControl and DERControls, schedules them (primacy, supersession,
  * cancellation, randomisation, server time), publishes what is in force as site control commands
  * (`limit_export`, `limit_import`, `limit_generation`, `limit_load`, `connect`), posts a response
- * for every event, and mirrors the site's telemetry to MirrorUsagePoints.
+ * for every event, and mirrors the site's telemetry to MirrorUsagePoints. With several replicas of
+ * the node, one of them does all that (plugin lease `plugin.csip-aus.client`); the others stand by
+ * (`status().role`) and take over from the shared KV state within a lease term.
  *
  * Modules: config.ts (the slice), identity.ts (LFDI/SFDI), client.ts (transport: mutual TLS),
  * codec.ts (XML in/out for both versions), sep.ts (2030.5 resources), normalise.ts (modes →
@@ -66,6 +68,8 @@ export function createCsipPlugin(options: CsipPluginOptions = {}) {
         metrics: ctx.metrics,
         signal: ctx.signal,
         store,
+        // Replicas of one node: the client's work runs on the replica holding lease `client`.
+        ...(typeof ctx.lease === 'function' ? { lease: ctx.lease.bind(ctx) } : {}),
       })
       return {
         start: (startOptions) => client.start(startOptions),

@@ -4,11 +4,12 @@
  * hrefs the server gave it (EndDevice, DER, MirrorUsagePoints) so a restart does not register
  * again; the events it knows with their randomised windows and the responses already sent; the
  * programs last read (so an outage right after a restart keeps the envelope); and the commands
- * last published (so a restart publishes only what changed).
+ * last published (so a restart publishes only what changed). Key `owner` says which replica of
+ * the node runs the client now (the others stand by and show it).
  */
 import type { PluginStore } from '../api.ts'
 import type { SiteCommand, SiteControl } from './normalise.ts'
-import type { EventTrack, ProgramSnapshot } from './scheduler.ts'
+import type { EventTrack, ProgramSnapshot, ResponseDue } from './scheduler.ts'
 
 export interface SiteState {
   v: 1
@@ -24,6 +25,16 @@ export interface SiteState {
   offsetMs?: number
   /** Resources subscribed to (or refused by the server: no point asking again), by href. */
   subscriptions?: Record<string, string>
+  /** Responses due but not yet posted (a replica taking over posts them, once). */
+  pending?: ResponseDue[]
+}
+
+/** Key `owner`: which replica runs the client now (written by it when it takes over). */
+export interface OwnerRecord {
+  fence: number
+  host: string
+  pid: number
+  since: string
 }
 
 /** The subset of the plugin API's store the client uses (an in-memory one stands in when the host has none). */
@@ -69,6 +80,20 @@ export class CsipState {
     const run = () => this.store.put(`site.${rid}`, bytes)
     this.writing = this.writing.then(run, run)
     return this.writing
+  }
+
+  async loadOwner(): Promise<OwnerRecord | undefined> {
+    const bytes = await this.store.get('owner')
+    if (!bytes) return undefined
+    try {
+      return JSON.parse(new TextDecoder().decode(bytes)) as OwnerRecord
+    } catch {
+      return undefined
+    }
+  }
+
+  async saveOwner(owner: OwnerRecord): Promise<void> {
+    await this.store.put('owner', new TextEncoder().encode(JSON.stringify(owner)))
   }
 
   async forget(rid: string): Promise<void> {
