@@ -9,7 +9,7 @@ import { asCrypto, defaultCrypto } from '@chainsafe/libp2p-noise/crypto'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { generateKeyPairFromSeed } from '@libp2p/crypto/keys'
 import { identify } from '@libp2p/identify'
-import type { Libp2p, PeerId, StreamHandler } from '@libp2p/interface'
+import type { Libp2p, MultiaddrConnection, PeerId, StreamHandler } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { type Ping, ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
@@ -17,6 +17,11 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 import type { Logger } from '../data-plane/index.ts'
 import type { PeerRecord } from './stores.ts'
+
+/** How long an inbound connection may take to finish its handshake (Noise, Yamux). */
+const INBOUND_UPGRADE_TIMEOUT_MS = 5_000
+/** Inbound handshakes one remote address may have in progress at once. */
+const MAX_PENDING_PER_ADDRESS = 16
 
 export interface FederationHostInit {
   listen: string[]
@@ -98,6 +103,26 @@ export class FederationHost {
       components.onRefused({ peerId: id, direction, remoteAddr })
       return true
     }
+    // Handshakes in progress per remote address: one address cannot take every pending slot.
+    const pending = new Map<string, number>()
+    const holdPending = (maConn: MultiaddrConnection): boolean => {
+      const address = /^\/ip[46]\/([^/]+)/.exec(maConn.remoteAddr.toString())?.[1] ?? '?'
+      const held = pending.get(address) ?? 0
+      if (held >= MAX_PENDING_PER_ADDRESS) return true
+      pending.set(address, held + 1)
+      let released = false
+      const release = () => {
+        if (released) return
+        released = true
+        const left = (pending.get(address) ?? 1) - 1
+        if (left <= 0) pending.delete(address)
+        else pending.set(address, left)
+      }
+      // Upgraded or not, a connection stops being pending by the upgrade timeout.
+      setTimeout(release, INBOUND_UPGRADE_TIMEOUT_MS).unref?.()
+      maConn.addEventListener('close', release, { once: true })
+      return false
+    }
     this.node = await createLibp2p({
       privateKey,
       addresses: { listen: this.init.listen },
@@ -109,13 +134,21 @@ export class FederationHost {
         // Loopback and private addresses are where test hosts and many partners live.
         denyDialMultiaddr: () => false,
         denyDialPeer: (peerId) => !components.isAllowed(peerId.toString()),
+        denyInboundConnection: (maConn) => holdPending(maConn),
         denyInboundEncryptedConnection: (peerId, conn) =>
           refuse(peerId, 'inbound', conn.remoteAddr.toString()),
         denyOutboundEncryptedConnection: (peerId, conn) =>
           refuse(peerId, 'outbound', conn.remoteAddr.toString()),
       },
       // Many nodes may share a host (a demo, a lab); only gated peers get past the handshake.
-      connectionManager: { maxConnections: 256, inboundConnectionThreshold: 50 },
+      // Half-open sockets time out after 5 s, and up to 128 may be in their handshake at once
+      // (libp2p's default of 10 let ten idle sockets hold off every inbound peer for 10 s).
+      connectionManager: {
+        maxConnections: 256,
+        inboundConnectionThreshold: 50,
+        maxIncomingPendingConnections: 128,
+        inboundUpgradeTimeout: INBOUND_UPGRADE_TIMEOUT_MS,
+      },
     })
     this.node.addEventListener('peer:connect', (event) => {
       const id = event.detail.toString()
