@@ -3,7 +3,9 @@
  * (enter on the Plugins pane) and the plugin lines of `oe-node status`. The OpenADR plugins get
  * their own view: the VTN's VENs (resources, last seen, active events, last report) and the
  * events in force; the VEN's link to its VTN (URL, version, registered, last poll) and the
- * events it follows. Any other plugin shows its status fields as they come.
+ * events it follows. Any other plugin shows its status fields as they come. A plugin whose
+ * single-owner work runs on another replica of the node says `role: 'standby'` (and only its
+ * config): it shows as standing by, not as down.
  */
 import type { LineSpec, Segment } from './components.tsx'
 import { cell, clockTime, formatAgo, shortId, textWidth, truncate } from './format.ts'
@@ -66,8 +68,21 @@ function lastReportText(report: VenRow['lastReport'], now: number): string {
   return `${values || report.name || shortId(report.id)} · ${formatAgo(report.at, now)}`
 }
 
+/** What a standby replica shows instead of its (absent) link to the outside. */
+export const STANDBY_TEXT = 'standby (another replica runs it)'
+
+/** This replica stands by: another one runs the plugin's single-owner work. */
+const isStandby = (plugin: PluginView) => plugin.role === 'standby'
+
+/** The link line of a standby replica: no link of its own, and who has it when known. */
+function standbyField(plugin: PluginView): LineSpec {
+  const owner = typeof plugin.owner === 'string' ? ` · owner ${plugin.owner}` : ''
+  return field('link', 'link', `○ ${STANDBY_TEXT}${owner}`, { color: 'cyan' })
+}
+
 /** A few words for the Plugins pane: what the plugin serves or follows, and its events in force. */
 export function pluginSummary(plugin: PluginView): string | undefined {
+  if (isStandby(plugin)) return STANDBY_TEXT
   if (plugin.id === 'openadr-vtn') {
     const vens = asArray<VenRow>(plugin.vens)
     const events = asArray<VtnEventRow>(plugin.activeEvents)
@@ -106,22 +121,25 @@ function csipBody(plugin: PluginView, now: number, width: number): LineSpec[] {
       'server',
       `${String(plugin.server)} (${String(plugin.mode)}, ${String(plugin.version ?? '?')})`,
     ),
-    plugin.connected
-      ? field(
-          'link',
-          'link',
-          `● connected · last contact ${formatAgo(Date.parse(String(plugin.lastContact)), now)}`,
-          {
-            color: 'green',
-          },
-        )
-      : field('link', 'link', `● unreachable${plugin.lastError ? `: ${String(plugin.lastError)}` : ''}`, {
-          color: 'red',
-        }),
-    field('clock', 'server clock', `${offset >= 0 ? '+' : ''}${(offset / 1000).toFixed(1)} s from ours`),
-    line('gap-1'),
-    heading('sites', `Sites (${sites.length})`),
   ]
+  if (isStandby(plugin)) lines.push(standbyField(plugin))
+  else
+    lines.push(
+      plugin.connected
+        ? field(
+            'link',
+            'link',
+            `● connected · last contact ${formatAgo(Date.parse(String(plugin.lastContact)), now)}`,
+            {
+              color: 'green',
+            },
+          )
+        : field('link', 'link', `● unreachable${plugin.lastError ? `: ${String(plugin.lastError)}` : ''}`, {
+            color: 'red',
+          }),
+      field('clock', 'server clock', `${offset >= 0 ? '+' : ''}${(offset / 1000).toFixed(1)} s from ours`),
+    )
+  lines.push(line('gap-1'), heading('sites', `Sites (${sites.length})`))
   lines.push(
     ...table(
       'site',
@@ -260,8 +278,17 @@ function venBody(plugin: PluginView, now: number, width: number): LineSpec[] {
   const registered = plugin.registered
     ? `as ${String(plugin.venName ?? '?')} (venID ${String(plugin.venID ?? '?')})`
     : 'not yet'
+  const vtn = field('vtn', 'VTN', `${String(plugin.vtn)} (OpenADR ${String(plugin.openadrVersion ?? '?')})`)
+  // A standby replica knows only its config: no link, registration or events of its own.
+  if (isStandby(plugin))
+    return [
+      vtn,
+      standbyField(plugin),
+      field('ven', 'VEN name', String(plugin.venName ?? '?')),
+      field('resources', 'resources', String(plugin.resources ?? 0)),
+    ]
   const lines = [
-    field('vtn', 'VTN', `${String(plugin.vtn)} (OpenADR ${String(plugin.openadrVersion ?? '?')})`),
+    vtn,
     plugin.connected
       ? field('link', 'link', '● connected', { color: 'green' })
       : field('link', 'link', `● unreachable${plugin.lastError ? `: ${String(plugin.lastError)}` : ''}`, {
@@ -298,9 +325,11 @@ function venBody(plugin: PluginView, now: number, width: number): LineSpec[] {
 const HIDDEN = new Set(['id', 'version', 'state', 'ready'])
 
 function genericBody(plugin: PluginView, width: number): LineSpec[] {
-  const lines: LineSpec[] = []
+  const standby = isStandby(plugin)
+  const lines: LineSpec[] = standby ? [standbyField(plugin)] : []
   for (const [key, value] of Object.entries(plugin)) {
     if (HIDDEN.has(key) || value === undefined) continue
+    if (standby && (key === 'role' || key === 'owner')) continue
     const text = typeof value === 'string' ? value : JSON.stringify(value)
     lines.push(field(`field-${key}`, key, truncate(text, Math.max(10, width - 14))))
   }

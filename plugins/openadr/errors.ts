@@ -43,3 +43,27 @@ export class OpenAdrContractError extends OpenAdrError {
     super(pluginId, `${message}: ${errors.join('; ')}`)
   }
 }
+
+/** This replica no longer follows the VTN (its lease went): the step was not taken. */
+export class VenStandbyError extends OpenAdrError {
+  override name = 'VenStandbyError'
+  constructor(message = 'this replica no longer holds the VEN lease', options?: ErrorOptions) {
+    super('openadr-ven', message, options)
+  }
+}
+
+/**
+ * Another replica of the node changed the same VTN object (or claimed the same name) at the same
+ * moment, and this change still lost after a few tries from the newest version: nothing was
+ * written. The VTN answers 409 where the operation lists it.
+ */
+export class VtnConflictError extends OpenAdrError {
+  override name = 'VtnConflictError'
+  constructor(
+    readonly key: string,
+    message = `another replica changed '${key}' at the same time: try again`,
+    options?: ErrorOptions,
+  ) {
+    super('openadr-vtn', message, options)
+  }
+}

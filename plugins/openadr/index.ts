@@ -12,14 +12,20 @@
  * the events in force; the VEN's, its link to the VTN and the events it follows.
  * VEN resources become standing data, reports become telemetry, and `limit_power` on a VEN
  * resource becomes an IMPORT_CAPACITY_LIMIT event for that VEN (its reading and reporting show
- * as `control_result` events).
+ * as `control_result` events). Every replica of the node may serve it on the one bucket (behind a
+ * TCP load balancer): each reads the others' changes within about a third of a second, two
+ * changes of one object never overwrite each other (the loser is redone on the newest version,
+ * or refused with 409), and a webhook goes out once, from the replica that made the change.
  *
  * `openadr-ven` is a VEN (client) that follows any VTN: it registers itself and its resources,
  * polls events, turns capacity limits into `limit_power` commands and prices and levels into
  * events at the right time, and sends the reports the events ask for from the node's telemetry.
  * With `notifications = "webhook"` or `"mqtt"` (3.1.0) the VTN tells it of events, which it acts
  * on at once; polling goes on, every 300 s by default, as a safety net. Its registration, the
- * reports it sent and its webhook token are kept in its store, so a restart loses nothing.
+ * events, what it acted on, the reports it sent and its webhook token are kept in its store, so a
+ * restart loses nothing. With several replicas of the node, one of them at a time follows the
+ * VTN (lease `plugin.openadr-ven.ven`); the others stand by and one takes over within the lease
+ * term when it goes, resuming from the store (nothing commanded or reported twice).
  *
  * Modules: config.ts (both slices), contract.ts (the OpenAPI documents, ajv), codec.ts + v310.ts
  * + v301.ts (version codecs), model.ts (the VTN's object form), visibility.ts (who sees what),
@@ -54,6 +60,9 @@
  * [plugins.openadr-ven.resources]
  * "battery-1" = "battery.site7-bat"
  */
+import { randomBytes } from 'node:crypto'
+import { readFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import { definePlugin } from '../api.ts'
 import { parseListen, venConfigSchema, vtnConfigSchema } from './config.ts'
 import { createMemoryStore } from './state.ts'
@@ -96,7 +105,7 @@ export const openadrVtnPlugin = definePlugin({
       return createMemoryStore(name)
     }
     const vtn = new Vtn(
-      { config: ctx.config, host, port },
+      { config: ctx.config, host, port, replica: await replicaMark(ctx.dataDir) },
       {
         dataPlane: ctx.dataPlane,
         logger: ctx.logger,
@@ -122,12 +131,13 @@ export const openadrVenPlugin = definePlugin({
   configSchema: venConfigSchema,
   create: async (ctx) => {
     const ven = new Ven(
-      { config: ctx.config },
+      { config: ctx.config, replica: await replicaMark(ctx.dataDir) },
       {
         dataPlane: ctx.dataPlane,
         logger: ctx.logger,
         metrics: ctx.metrics,
         store: ctx.store ? await ctx.store('state') : createMemoryStore('state'),
+        ...(ctx.lease ? { lease: ctx.lease.bind(ctx) } : {}),
       },
     )
     ctx.signal.addEventListener('abort', () => void ven.stop(), { once: true })
@@ -139,3 +149,13 @@ export const openadrVenPlugin = definePlugin({
     }
   },
 })
+
+/** This replica's mark, kept in its own data folder (a restart finds it again, another replica has its own). */
+async function replicaMark(dataDir: string): Promise<string> {
+  const file = join(dataDir, 'replica')
+  const kept = (await readFile(file, 'utf8').catch(() => '')).trim()
+  if (/^[a-f0-9]{16}$/.test(kept)) return kept
+  const mark = randomBytes(8).toString('hex')
+  await writeFile(file, `${mark}\n`, { mode: 0o600 })
+  return mark
+}

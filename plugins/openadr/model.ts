@@ -37,6 +37,8 @@ export interface StoredObject {
   /** The client that owns it (reports, subscriptions, vens, resources); none for BL objects. */
   clientID?: string
   body: Body
+  /** Rises by one with each stored change (absent on objects stored before replicas). */
+  revision?: number
 }
 
 export type Operation = 'CREATE' | 'UPDATE' | 'DELETE'

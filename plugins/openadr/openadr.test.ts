@@ -4,12 +4,14 @@
  * OAuth tokens, webhook retries and the report schedule; and the plugin compliance suite.
  */
 import { describe, expect, test } from 'vitest'
+import type { PluginStore } from '../api.ts'
 import { runPluginCompliance } from '../compliance.ts'
 import { parseBasic, TokenIssuer } from './auth.ts'
 import { VtnClient } from './client.ts'
 import { prepareCommon, stripNulls, toUtc } from './codec.ts'
 import { contractFor } from './contract.ts'
 import { openadrVenPlugin, openadrVtnPlugin } from './index.ts'
+import type { StoredObject } from './model.ts'
 import {
   limitToEventBody,
   limitWatts,
@@ -17,7 +19,7 @@ import {
   reportValueToReading,
   resourceIdFor,
 } from './normalise.ts'
-import { createMemoryStore, newId } from './state.ts'
+import { createMemoryStore, fixedId, newId, VtnState } from './state.ts'
 import { startWebhookReceiver } from './testing.ts'
 import { changePoints, durationMs, resolveEvent, valuesAt } from './timing.ts'
 import { targetsFromValuesMaps, targetsToValuesMaps, v301 } from './v301.ts'
@@ -516,4 +518,91 @@ test('the VEN transport refuses to send what its document refuses', async () => 
     name: 'OpenAdrContractError',
   })
   expect(sent).toBe(0)
+})
+
+describe('VTN state shared by replicas (one store, two VtnStates)', () => {
+  const object = (id: string, n = 0): StoredObject => ({
+    kind: 'program',
+    id,
+    createdDateTime: '2026-01-01T00:00:00.000Z',
+    modificationDateTime: '2026-01-01T00:00:00.000Z',
+    body: { programName: id, n },
+  })
+  const pair = async () => {
+    const store = createMemoryStore()
+    const a = new VtnState({ store }, { replica: 'aaaa', syncIntervalMs: 60_000 })
+    const b = new VtnState({ store }, { replica: 'bbbb', syncIntervalMs: 60_000 })
+    await a.start()
+    await b.start()
+    return { a, b, stop: () => Promise.all([a.stop(), b.stop()]) }
+  }
+
+  test("each sees the other's creates, changes and deletes once it reads the other's feed", async () => {
+    const { a, b, stop } = await pair()
+    try {
+      const id = newId()
+      await a.create(object(id))
+      await new Promise((resolve) => setTimeout(resolve, 80))
+      await b.sync()
+      expect(b.get('program', id)?.revision).toBe(1)
+      await b.changeObject(
+        'program',
+        id,
+        (current) => current && { ...current, body: { ...current.body, n: 5 } },
+      )
+      await new Promise((resolve) => setTimeout(resolve, 80))
+      await a.sync()
+      expect(a.get('program', id)?.body.n).toBe(5)
+      await a.changeObject('program', id, () => 'delete')
+      await new Promise((resolve) => setTimeout(resolve, 80))
+      await b.sync()
+      expect(b.get('program', id)).toBeUndefined()
+    } finally {
+      await stop()
+    }
+  })
+
+  test('changes of one object from both at once are never lost: each counts, or is refused by name', async () => {
+    const { a, b, stop } = await pair()
+    try {
+      await a.create(object('counter'))
+      let refused = 0
+      const add = (state: VtnState) =>
+        state
+          .changeObject('program', 'counter', (current) =>
+            current
+              ? { ...current, body: { ...current.body, n: (current.body.n as number) + 1 } }
+              : undefined,
+          )
+          .then(
+            () => 1,
+            (error: Error) => {
+              expect(error.name).toBe('VtnConflictError')
+              refused += 1
+              return 0
+            },
+          )
+      const counted = await Promise.all(Array.from({ length: 20 }, (_, i) => add(i % 2 === 0 ? a : b)))
+      const stored = await new VtnState({
+        store: (a as unknown as { components: { store: PluginStore } }).components.store,
+      })
+      await stored.load()
+      expect(stored.get('program', 'counter')?.body.n).toBe(counted.reduce((sum, one) => sum + one, 0))
+      expect(refused).toBeLessThan(20)
+    } finally {
+      await stop()
+    }
+  })
+
+  test('a name claimed by both at once goes to one of them; a fixed id is the same everywhere', async () => {
+    const { a, b, stop } = await pair()
+    try {
+      const [first, second] = await Promise.all([a.claimUnique('program:x'), b.claimUnique('program:x')])
+      expect(first && second).toBe(false)
+      expect(fixedId('oe-node-control')).toBe(fixedId('oe-node-control'))
+      expect(fixedId('oe-node-control') < newId()).toBe(true)
+    } finally {
+      await stop()
+    }
+  })
 })

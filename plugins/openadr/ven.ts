@@ -22,14 +22,20 @@
  * frequency, repeat; frequency 0 is ad hoc: at once), from the node's telemetry: DEMAND (mean
  * `power`, kW), USAGE (kWh from the `energy_import` register, else from `power`),
  * STORAGE_CHARGE_LEVEL (last `soc`, as a PERCENT fraction), SETPOINT (the limit applied, kW).
+ *
+ * Replicas: when several replicas of the node run this plugin, one of them at a time (the
+ * holder of lease `plugin.openadr-ven.ven`) follows the VTN: it polls, keeps the notifier,
+ * registers, reports and publishes; the others stand by (ready, `role: "standby"`). A new owner
+ * resumes from the store: the events (with their first reading times and offsets), the values
+ * already acted on and the reports already sent, so nothing is commanded or reported twice.
  */
-import { randomBytes } from 'node:crypto'
+import { randomBytes, randomUUID } from 'node:crypto'
 import type { Logger, ResourceKind, TelemetryRecord } from '../../data-plane/index.ts'
-import type { PluginDataPlane, PluginMetrics, PluginStore } from '../api.ts'
+import type { PluginDataPlane, PluginLease, PluginLeaseHandle, PluginMetrics, PluginStore } from '../api.ts'
 import { VtnClient } from './client.ts'
 import { isoString } from './codec.ts'
 import { DEFAULT_POLL_INTERVAL, parseListen, splitNodeResource, type VenConfig } from './config.ts'
-import { OpenAdrError, VtnRequestError } from './errors.ts'
+import { OpenAdrError, VenStandbyError, VtnRequestError } from './errors.ts'
 import type { Body } from './model.ts'
 import { limitWatts } from './normalise.ts'
 import {
@@ -46,6 +52,11 @@ import { MqttNotifier, type VenNotification, type VenNotifier, WebhookNotifier }
 
 export interface VenInit {
   config: VenConfig
+  /**
+   * This replica's mark (kept on its own disk): tells a restart of this replica, which re-asserts
+   * the values it had acted on, from a takeover of another replica's work, which goes on from them.
+   */
+  replica?: string
 }
 
 export interface VenComponents {
@@ -53,6 +64,17 @@ export interface VenComponents {
   logger: Logger
   metrics: PluginMetrics
   store: PluginStore
+  /** Single-owner work among the node's replicas (`PluginContext.lease`); without it, this VEN is alone. */
+  lease?: (name: string, work: (lease: PluginLease) => Promise<void>) => PluginLeaseHandle
+}
+
+/** One stretch of time during which this replica follows the VTN. */
+interface Term {
+  lease: PluginLease
+  /** Aborted when the term ends (lease lost, plugin stopping): in-flight requests stop with it. */
+  abort: AbortController
+  loop: Promise<void> | undefined
+  notifier: VenNotifier | undefined
 }
 
 interface Registration {
@@ -75,6 +97,14 @@ interface Applied {
   value: unknown
   start: number
   end: number
+}
+
+/** Applied as kept in the store (JSON has no infinities: an open start or end is left out). */
+interface StoredApplied {
+  eventID: string
+  value: unknown
+  start?: number
+  end?: number
 }
 
 const PRICE_TYPES = new Set([
@@ -152,9 +182,16 @@ export class Ven {
   private readonly sentReports = new Set<string>()
   /** Targeted events (id|modified) that made this VEN read its grants again. */
   private readonly refreshedFor = new Set<string>()
-  private abort = new AbortController()
   private started = false
-  private loop: Promise<void> | undefined
+  /** Set while this replica follows the VTN (holds the lease). */
+  private term: Term | undefined
+  private handle: PluginLeaseHandle | undefined
+  /** Without leases: the plugin's own lifetime stands for the lease. */
+  private alone: AbortController | undefined
+  /** Settles when the last term's work (loop, evaluation, notifier) has wound down. */
+  private ended: Promise<void> = Promise.resolve()
+  /** This process (a restart gets a new one). */
+  private readonly processRun = randomUUID()
   private timer: ReturnType<typeof setTimeout> | undefined
   private wake: (() => void) | undefined
   private connected = false
@@ -163,19 +200,20 @@ export class Ven {
   private failures = 0
   private cycles = 0
   private evaluating: Promise<void> = Promise.resolve()
-  private notifier: VenNotifier | undefined
   /** Events notified (id → when): a poll that started before is older news about them. */
   private readonly notifiedAt = new Map<string, number>()
   private notifierError: string | undefined
   private readonly pollIntervalS: number
   /** What was last written to the store's `events` (written again only when it changes). */
   private savedEvents = ''
+  private savedApplied = ''
   private readonly metric: {
     polls: { inc(value?: number): void }
     failures: { inc(value?: number): void }
     controls: { inc(value?: number): void }
     reports: { inc(value?: number): void }
     notifications: { inc(value?: number): void }
+    active: { set(value: number): void }
   }
 
   constructor(
@@ -212,6 +250,7 @@ export class Ven {
         'notifications_received_total',
         'event notifications received from the VTN (webhook or MQTT)',
       ),
+      active: metrics.gauge('active', 'whether this replica follows the VTN (1) or stands by (0)'),
     }
   }
 
@@ -224,20 +263,90 @@ export class Ven {
         'this data plane cannot take controls or give telemetry: limits and reports are skipped',
       )
     this.started = true
-    this.abort = new AbortController()
+    this.metric.active.set(0)
+    if (this.components.lease) {
+      // Replicas of this node may all run this plugin: the lease holder follows the VTN.
+      this.handle = this.components.lease('ven', (lease) => this.own(lease))
+      return
+    }
+    const alone = new AbortController()
+    this.alone = alone
     try {
-      await this.loadState()
-      this.notifier = await this.createNotifier()
-      await this.notifier?.start(options)
+      await this.activate({ signal: alone.signal, fence: 0, valid: () => !alone.signal.aborted }, options)
     } catch (error) {
       this.started = false
-      await this.notifier?.stop().catch(() => {})
-      this.notifier = undefined
+      alone.abort()
       throw error
     }
-    // Events known before a restart apply at once, whether or not the VTN answers now.
+  }
+
+  /** The lease's work: take over (retrying what fails, e.g. the store) until the lease goes. */
+  private async own(lease: PluginLease): Promise<void> {
+    const { logger } = this.components
+    for (let attempt = 0; this.started && !lease.signal.aborted; attempt++) {
+      try {
+        if (await this.activate(lease)) logger.info({ fence: lease.fence }, 'this replica follows the VTN')
+        return
+      } catch (error) {
+        if (lease.signal.aborted || !this.started) return
+        const waitMs = Math.min(30_000, 1_000 * 2 ** Math.min(attempt, 5))
+        logger.warn({ err: (error as Error).message, waitMs }, 'cannot take over the VEN: trying again')
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, waitMs)
+          const done = () => {
+            clearTimeout(timer)
+            resolve()
+          }
+          lease.signal.addEventListener('abort', done, { once: true })
+        })
+      }
+    }
+  }
+
+  /** Begin a term: resume from the store, start the notifier and the cycle (false: the lease went meanwhile). */
+  private async activate(lease: PluginLease, options: { signal?: AbortSignal } = {}): Promise<boolean> {
+    await this.ended
+    if (lease.signal.aborted) return false
+    const term: Term = { lease, abort: new AbortController(), loop: undefined, notifier: undefined }
+    try {
+      await this.loadState()
+      if (lease.signal.aborted) return false
+      term.notifier = await this.createNotifier()
+      await term.notifier?.start(options)
+    } catch (error) {
+      await term.notifier?.stop().catch(() => {})
+      throw error
+    }
+    if (lease.signal.aborted || !this.started) {
+      await term.notifier?.stop().catch(() => {})
+      return false
+    }
+    this.term = term
+    this.metric.active.set(1)
+    lease.signal.addEventListener('abort', () => this.end(term), { once: true })
+    // Events known before (a restart, or the previous owner) apply at once, whether or not the
+    // VTN answers now.
     if (this.events.size > 0) void this.evaluate()
-    this.loop = this.run()
+    term.loop = this.cycleLoop(term)
+    return true
+  }
+
+  /** End a term at once: timers cleared, requests aborted; the rest winds down in `ended`. */
+  private end(term: Term): void {
+    if (this.term !== term) return
+    this.term = undefined
+    this.metric.active.set(0)
+    term.abort.abort()
+    if (this.timer) clearTimeout(this.timer)
+    this.timer = undefined
+    this.wake?.()
+    if (this.started && term.lease.signal.aborted)
+      this.components.logger.info({ fence: term.lease.fence }, 'lease gone: this replica stands by')
+    this.ended = (async () => {
+      await term.loop?.catch(() => {})
+      await this.evaluating.catch(() => {})
+      await term.notifier?.stop().catch(() => {})
+    })()
   }
 
   /** The notifier of config `notifications` (the webhook's bearer token is kept in the store). */
@@ -276,7 +385,7 @@ export class Ven {
 
   /** An event the VTN notified: taken in at once, acted on at once. */
   private notified(notification: VenNotification): void {
-    if (!this.started) return
+    if (!this.term) return
     this.metric.notifications.inc()
     if (notification.objectType !== 'EVENT') {
       // A program changed (or another object): the next poll reads what follows from it.
@@ -303,27 +412,39 @@ export class Ven {
   async stop(): Promise<void> {
     if (!this.started) return
     this.started = false
-    this.abort.abort()
-    if (this.timer) clearTimeout(this.timer)
-    this.wake?.()
-    await this.loop?.catch(() => {})
-    await this.evaluating.catch(() => {})
-    await this.notifier?.stop().catch(() => {})
-    this.notifier = undefined
+    this.alone?.abort()
+    this.alone = undefined
+    if (this.term) this.end(this.term)
+    const handle = this.handle
+    this.handle = undefined
+    await handle?.release().catch(() => {})
+    await this.ended
   }
 
   ready(): boolean {
-    // The node is ready whether or not the VTN answers; status says how the VTN link is.
+    // The node is ready whether or not the VTN answers, and as a standby replica; status says
+    // how the VTN link is, and which replica follows it.
     return this.started
   }
 
   /**
    * For `oe-node status` and the terminal UI: the VTN link (URL, version, registered, last
    * poll, last error) and the events in force or to come, with what applies now and to which
-   * of this node's resources (at most 50, soonest first).
+   * of this node's resources (at most 50, soonest first). `role` says whether this replica
+   * follows the VTN (`active`) or stands by (`standby`: only what the config says).
    */
   status(): Record<string, unknown> {
     const now = Date.now()
+    const { config } = this.init
+    if (!this.term)
+      return {
+        role: 'standby',
+        vtn: config.vtn_url,
+        openadrVersion: config.version,
+        venName: config.ven_name,
+        resources: this.resources.length,
+        notifications: { mode: config.notifications, pollInterval: this.pollIntervalS },
+      }
     const active = [...this.events.values()]
       .filter((known) => known.resolved.end > now)
       .sort((a, b) => a.resolved.start - b.resolved.start)
@@ -340,6 +461,7 @@ export class Ven {
         now: valuesAt(known.resolved, now).map((value) => ({ type: value.type, value: value.value })),
       }))
     return {
+      role: 'active',
       vtn: this.init.config.vtn_url,
       // `version` is the plugin's own (the host sets it).
       openadrVersion: this.init.config.version,
@@ -353,7 +475,7 @@ export class Ven {
       notifications: {
         mode: this.init.config.notifications,
         pollInterval: this.pollIntervalS,
-        ...this.notifier?.status(),
+        ...this.term.notifier?.status(),
         ...(this.notifierError ? { lastError: this.notifierError } : {}),
       },
       ...(this.lastPoll ? { lastPoll: this.lastPoll } : {}),
@@ -363,7 +485,21 @@ export class Ven {
 
   // ---- state that survives restarts --------------------------------------------------------
 
+  /** Resume from the store (what this replica held in memory may be stale: another may have followed since). */
   private async loadState(): Promise<void> {
+    this.registration = undefined
+    this.events.clear()
+    this.applied.clear()
+    this.sentReports.clear()
+    this.refreshedFor.clear()
+    this.notifiedAt.clear()
+    this.savedEvents = ''
+    this.savedApplied = ''
+    this.cycles = 0
+    this.failures = 0
+    this.connected = false
+    this.lastError = undefined
+    this.notifierError = undefined
     const read = async (key: string) => {
       const value = await this.components.store.get(key)
       return value ? JSON.parse(decoder.decode(value)) : undefined
@@ -394,6 +530,43 @@ export class Ven {
         this.events.set(event.id, { event, obtained, offset: drawn, resolved })
       }
     }
+    // What was acted on: a replica taking over (or this process taking its lease back) goes on
+    // from it, as it is in force on the data plane. A restart of the replica that acted re-asserts
+    // it instead, as a single node always did (what it drives may have restarted with it).
+    const applied = (await read('applied')) as
+      | { vtn?: string; replica?: string; run?: string; applied?: [string, StoredApplied][] }
+      | undefined
+    const restarted = applied?.replica === (this.init.replica ?? '') && applied?.run !== this.processRun
+    if (applied?.vtn === this.init.config.vtn_url && !restarted && Array.isArray(applied.applied)) {
+      for (const [key, value] of applied.applied)
+        this.applied.set(key, {
+          eventID: value.eventID,
+          value: value.value,
+          start: value.start ?? Number.NEGATIVE_INFINITY,
+          end: value.end ?? Number.POSITIVE_INFINITY,
+        })
+    }
+  }
+
+  /** The values acted on, when they changed since last written. */
+  private async saveApplied(): Promise<void> {
+    const text = JSON.stringify({
+      vtn: this.init.config.vtn_url,
+      replica: this.init.replica ?? '',
+      run: this.processRun,
+      applied: [...this.applied].map(([key, value]) => [
+        key,
+        {
+          eventID: value.eventID,
+          value: value.value,
+          ...(Number.isFinite(value.start) ? { start: value.start } : {}),
+          ...(Number.isFinite(value.end) ? { end: value.end } : {}),
+        },
+      ]),
+    })
+    if (text === this.savedApplied) return
+    await this.components.store.put('applied', encoder.encode(text))
+    this.savedApplied = text
   }
 
   /** The events not yet over, when they changed since last written. */
@@ -433,19 +606,19 @@ export class Ven {
 
   // ---- the cycle ----------------------------------------------------------------------------
 
-  private async run(): Promise<void> {
+  private async cycleLoop(term: Term): Promise<void> {
     const { logger } = this.components
-    while (this.started) {
+    while (this.term === term) {
       let waitMs = this.pollIntervalS * 1000
       try {
-        const retryAfterS = await this.cycle()
+        const retryAfterS = await this.cycle(term)
         if (!this.connected) logger.info({ vtn: this.init.config.vtn_url }, 'VTN reached')
         this.connected = true
         this.failures = 0
         this.lastError = undefined
         if (retryAfterS !== undefined) waitMs = Math.max(waitMs, retryAfterS * 1000)
       } catch (error) {
-        if (!this.started) return
+        if (this.term !== term) return
         this.failures += 1
         this.metric.failures.inc()
         this.lastError = (error as Error).message.slice(0, 300)
@@ -461,7 +634,9 @@ export class Ven {
           this.registration = undefined
         }
       }
+      if (this.term !== term) return
       await this.evaluate()
+      if (this.term !== term) return
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, waitMs)
         timer.unref?.()
@@ -475,12 +650,12 @@ export class Ven {
   }
 
   /** One poll; answers the Retry-After the VTN gave, if any. */
-  private async cycle(): Promise<number | undefined> {
-    const signal = this.abort.signal
+  private async cycle(term: Term): Promise<number | undefined> {
+    const signal = term.abort.signal
     const registering = !this.registration || this.cycles % 10 === 0
-    if (registering) await this.register(signal)
+    if (registering) await this.register(term)
     this.cycles += 1
-    await this.maintainNotifier(registering, signal)
+    await this.maintainNotifier(term, registering)
     const events: Body[] = []
     const pollStarted = Date.now()
     let retryAfterS: number | undefined
@@ -511,24 +686,24 @@ export class Ven {
       for (const event of unexplained)
         this.refreshedFor.add(`${String(event.id)}|${String(event.modificationDateTime)}`)
       if (this.refreshedFor.size > 10_000) this.refreshedFor.clear()
-      await this.register(signal)
+      await this.register(term)
     }
     this.absorb(events, pollStarted)
     return retryAfterS
   }
 
   /** A notifier that fails does not stop polling: it is retried next cycle and shown in status. */
-  private async maintainNotifier(recheck: boolean, signal: AbortSignal): Promise<void> {
-    if (!this.notifier || !this.registration) return
+  private async maintainNotifier(term: Term, recheck: boolean): Promise<void> {
+    if (!term.notifier || !this.registration || !term.lease.valid()) return
     try {
-      await this.notifier.maintain(this.registration.venID, recheck || this.notifierError !== undefined, {
-        signal,
+      await term.notifier.maintain(this.registration.venID, recheck || this.notifierError !== undefined, {
+        signal: term.abort.signal,
       })
       if (this.notifierError)
         this.components.logger.info({ mode: this.init.config.notifications }, 'notifications set up')
       this.notifierError = undefined
     } catch (error) {
-      if (!this.started) return
+      if (this.term !== term) return
       const message = (error as Error).message.slice(0, 300)
       if (this.notifierError === undefined)
         this.components.logger.warn(
@@ -547,7 +722,12 @@ export class Ven {
     )
   }
 
-  private async register(signal: AbortSignal): Promise<void> {
+  private async register(term: Term): Promise<void> {
+    const signal = term.abort.signal
+    /** Before each write to the VTN: a replica that lost the lease creates nothing. */
+    const owning = () => {
+      if (!term.lease.valid()) throw new VenStandbyError()
+    }
     const { config } = this.init
     const v310 = config.version === '3.1.0'
     const targetsOf = (value: unknown): string[] =>
@@ -563,6 +743,7 @@ export class Ven {
       own.find((candidate) => candidate.venName === config.ven_name) ??
       (own.length === 1 ? own[0] : undefined)
     if (!ven) {
+      owning()
       const created = await this.client.call<Body>(
         'createVen',
         {
@@ -589,6 +770,7 @@ export class Ven {
       }
     for (const { name } of this.resources) {
       if (resources[name]) continue
+      owning()
       const created = await this.client.call<Body>(
         'createResource',
         v310
@@ -598,6 +780,7 @@ export class Ven {
       )
       resources[name] = { id: String(created.body.id), targets: targetsOf(created.body.targets) }
     }
+    owning()
     this.registration = { venID, venTargets: targetsOf(ven.targets), resources }
     await this.saveRegistration()
   }
@@ -648,7 +831,8 @@ export class Ven {
 
   private evaluate(): Promise<void> {
     const run = async () => {
-      if (!this.started) return
+      const term = this.term
+      if (!term) return
       const now = Date.now()
       // Winner per resource and payload type: lowest priority number, then the latest event.
       const winners = new Map<string, { known: KnownEvent; value: ReturnType<typeof valuesAt>[number] }>()
@@ -676,26 +860,36 @@ export class Ven {
         if (
           previous &&
           previous.eventID === eventID &&
-          previous.value === value.value &&
+          sameValue(previous.value, value.value) &&
           previous.start === value.start &&
           previous.end === value.end
         )
           continue
         const resource = this.resources.find((candidate) => candidate.name === key.split('\u0000')[0])!
+        // A replica that lost the lease publishes nothing more: the next owner acts instead.
+        if (!term.lease.valid()) return
         try {
           await this.act(resource, known, value)
-          this.applied.set(key, { eventID, value: value.value, start: value.start, end: value.end })
         } catch (error) {
           this.components.logger.warn(
             { resource: resource.name, type: value.type, err: (error as Error).message },
             'event value not acted on',
           )
+          continue
         }
+        this.applied.set(key, { eventID, value: value.value, start: value.start, end: value.end })
+        // Kept at once (also should the lease just have gone: the next owner starts only after
+        // the lease's guard time), so the next owner does not act on it again.
+        await this.saveApplied().catch((error) =>
+          this.components.logger.warn({ err: (error as Error).message }, 'acted-on values not saved'),
+        )
       }
+      if (!term.lease.valid()) return
       for (const key of this.applied.keys()) if (!winners.has(key)) this.applied.delete(key)
-      await this.sendDueReports(now)
-      await this.saveEvents(now).catch((error) =>
-        this.components.logger.warn({ err: (error as Error).message }, 'events not saved'),
+      await this.sendDueReports(term, now)
+      if (!term.lease.valid()) return
+      await Promise.all([this.saveApplied(), this.saveEvents(now)]).catch((error) =>
+        this.components.logger.warn({ err: (error as Error).message }, 'state not saved'),
       )
       this.schedule(now)
     }
@@ -767,7 +961,7 @@ export class Ven {
   private schedule(now: number): void {
     if (this.timer) clearTimeout(this.timer)
     this.timer = undefined
-    if (!this.started) return
+    if (!this.term) return
     let next = Number.POSITIVE_INFINITY
     for (const known of this.events.values()) {
       const points = changePoints(known.resolved, now)
@@ -785,9 +979,8 @@ export class Ven {
 
   // ---- reports ------------------------------------------------------------------------------
 
-  private async sendDueReports(now: number): Promise<void> {
+  private async sendDueReports(term: Term, now: number): Promise<void> {
     if (!this.registration || !this.connected) return
-    let changed = false
     for (const known of this.events.values()) {
       const descriptors = (known.event.reportDescriptors as Body[] | undefined) ?? []
       for (const [index, descriptor] of descriptors.entries()) {
@@ -800,8 +993,10 @@ export class Ven {
         // 'Do it now': of reports already overdue, only the latest is sent.
         for (const item of unsent.slice(0, -1)) this.sentReports.add(keyOf(item))
         const item = unsent.at(-1)!
+        // A replica that lost the lease reports nothing more: the next owner does.
+        if (!term.lease.valid()) return
         try {
-          if (!(await this.sendReport(known, descriptor, item.covers, now))) continue
+          if (!(await this.sendReport(term, known, descriptor, item.covers, now))) continue
           this.metric.reports.inc()
         } catch (error) {
           this.components.logger.warn(
@@ -811,14 +1006,17 @@ export class Ven {
           continue
         }
         this.sentReports.add(keyOf(item))
-        changed = true
+        // Kept at once, so the next owner does not send it again.
+        await this.saveReports().catch((error) =>
+          this.components.logger.warn({ err: (error as Error).message }, 'sent reports not saved'),
+        )
       }
     }
-    if (changed) await this.saveReports().catch(() => {})
   }
 
   /** Send one report; false when there was nothing to report (it is tried again later). */
   private async sendReport(
+    term: Term,
     known: KnownEvent,
     descriptor: Body,
     covers: number[],
@@ -842,7 +1040,7 @@ export class Ven {
     const units = type === 'USAGE' ? 'KWH' : type === 'STORAGE_CHARGE_LEVEL' ? 'PERCENT' : 'KW'
     const entries: Body[] = []
     for (const resource of resources) {
-      const values = await this.measure(resource, known, type, intervals, now)
+      const values = await this.measure(resource, known, type, intervals, now, term.abort.signal)
       const reportIntervals = values
         .map((value, i) => {
           const interval = intervals[i]!
@@ -884,7 +1082,8 @@ export class Ven {
       resources: entries,
       ...(config.version === '3.0.1' ? { programID: String(known.event.programID) } : {}),
     }
-    await this.client.call('createReport', { body }, { signal: this.abort.signal })
+    if (!term.lease.valid()) throw new VenStandbyError()
+    await this.client.call('createReport', { body }, { signal: term.abort.signal })
     return true
   }
 
@@ -895,6 +1094,7 @@ export class Ven {
     type: string,
     intervals: readonly { start: number; end: number }[],
     now: number,
+    signal: AbortSignal,
   ): Promise<(number | undefined)[]> {
     if (type === 'SETPOINT') {
       const key = `${resource.name}\u0000IMPORT_CAPACITY_LIMIT`
@@ -910,7 +1110,7 @@ export class Ven {
     if (!read) return intervals.map(() => undefined)
     const records = await read(resource.kind, resource.rid, quantities, {
       since: Number.isFinite(since) ? since : now - 3_600_000,
-      signal: this.abort.signal,
+      signal,
     })
     return intervals.map((interval) => {
       const end = Number.isFinite(interval.end) ? Math.min(interval.end, now) : now
@@ -939,6 +1139,9 @@ export class Ven {
     })
   }
 }
+
+/** Values compare equal also after a trip through the store (JSON). */
+const sameValue = (a: unknown, b: unknown) => a === b || JSON.stringify(a) === JSON.stringify(b)
 
 const round = (value: number) => Number.parseFloat(value.toPrecision(10))
 

@@ -11,6 +11,7 @@ import { TokenIssuer } from './auth.ts'
 import { dropUndefined, isObject, isoString } from './codec.ts'
 import type { VtnConfig } from './config.ts'
 import { contractFor, OPENADR_VERSIONS, type OpenAdrVersion } from './contract.ts'
+import { VtnConflictError } from './errors.ts'
 import {
   type Body,
   type Client,
@@ -34,7 +35,7 @@ import {
 } from './mqtt.ts'
 import { limitToEventBody, reportToTelemetry, resourceIdFor } from './normalise.ts'
 import { CODECS, problem, type VtnRequest, type VtnResponse, VtnServer } from './server.ts'
-import { newId, VtnState } from './state.ts'
+import { fixedId, newId, VtnState } from './state.ts'
 import { resolveEvent, valuesAt } from './timing.ts'
 import { mayWrite, OWNED_KINDS, owns, targetView } from './visibility.ts'
 import { WebhookSender } from './webhooks.ts'
@@ -43,6 +44,11 @@ export interface VtnInit {
   config: VtnConfig
   host: string
   port: number
+  /**
+   * This replica's mark (`[a-z0-9]+`, kept in its data folder): names its change feed and claims
+   * in the store when several replicas of the node serve one bucket. Random when not given.
+   */
+  replica?: string
 }
 
 export interface VtnComponents {
@@ -179,7 +185,17 @@ export class Vtn {
     private readonly components: VtnComponents,
   ) {
     const { config } = init
-    this.state = new VtnState(components.objects)
+    this.state = new VtnState(
+      {
+        store: components.objects,
+        logger: components.logger,
+        retried: components.metrics.counter(
+          'replica_retries_total',
+          'VTN changes redone on the newest version: another replica changed the same object at once',
+        ),
+      },
+      init.replica ? { replica: init.replica } : undefined,
+    )
     this.tokens = new TokenIssuer(
       { clients: config.clients, lifetimeS: config.token_lifetime },
       { store: components.tokens },
@@ -227,12 +243,13 @@ export class Vtn {
     if (this.started) return
     this.started = true
     try {
-      await this.state.load()
+      await this.state.start()
       await this.tokens.prune()
       await this.ensureControlProgram()
       await this.server.start(options)
     } catch (error) {
       this.started = false
+      await this.state.stop()
       throw error
     }
     this.listening = true
@@ -265,6 +282,7 @@ export class Vtn {
     if (this.pruneTimer) clearInterval(this.pruneTimer)
     await this.webhooks.stop()
     await this.server.stop()
+    await this.state.stop()
   }
 
   ready(): boolean {
@@ -410,9 +428,9 @@ export class Vtn {
       if (!route) return problem({ status: request.contract.status(operation, 501, 404) })
       switch (route.action) {
         case 'search':
-          return this.search(request, route.kind, client)
+          return await this.search(request, route.kind, client)
         case 'read':
-          return this.read(request, route.kind, client)
+          return await this.read(request, route.kind, client)
         case 'create':
           return await this.state.exclusive(() => this.create(request, route.kind, client))
         case 'update':
@@ -422,6 +440,7 @@ export class Vtn {
       }
     } catch (error) {
       if (error instanceof Refusal) return error.response
+      if (error instanceof VtnConflictError) return this.conflict(request, error.message).response
       throw error
     }
   }
@@ -670,7 +689,7 @@ export class Vtn {
     )
   }
 
-  private search(request: VtnRequest, kind: ObjectKind, client: Client): VtnResponse {
+  private async search(request: VtnRequest, kind: ObjectKind, client: Client): Promise<VtnResponse> {
     const { query, codec } = request
     const requested = codec.queryTargets(query)
     const granted = client.role === 'ven' ? this.granted(client) : undefined
@@ -703,7 +722,7 @@ export class Vtn {
       return true
     }
     if (kind === 'resource' && request.params.venID !== undefined) {
-      const ven = this.state.get('ven', request.params.venID)
+      const ven = await this.state.fetch('ven', request.params.venID)
       if (!ven || !owns(client, ven)) throw this.notFound('ven', request.params.venID)
     }
     const skip = (query.skip as number | undefined) ?? 0
@@ -729,8 +748,13 @@ export class Vtn {
     return { status: 200, body: out }
   }
 
-  private read(request: VtnRequest, kind: ObjectKind, client: Client): VtnResponse {
-    const object = this.visibleObject(request, kind, client)
+  private async read(request: VtnRequest, kind: ObjectKind, client: Client): Promise<VtnResponse> {
+    const object = this.visibleObject(
+      request,
+      kind,
+      client,
+      await this.state.fetch(kind, this.pathId(request, kind)),
+    )
     const view = this.view(object.object, client, undefined, object.granted)
     const rendered = this.render(request, object.object, view.targets)
     if (!rendered)
@@ -741,14 +765,19 @@ export class Vtn {
     return { status: 200, body: rendered }
   }
 
+  /** The id in the path. */
+  private pathId(request: VtnRequest, kind: ObjectKind): string {
+    return request.params[OPERATIONS[kind].idParam]!
+  }
+
   /** The object of the path, if this client may see it (404 otherwise: others' objects read as absent). */
   private visibleObject(
     request: VtnRequest,
     kind: ObjectKind,
     client: Client,
+    object: StoredObject | undefined,
   ): { object: StoredObject; granted: Set<string> | undefined } {
-    const id = request.params[OPERATIONS[kind].idParam]!
-    const object = this.state.get(kind, id)
+    const id = this.pathId(request, kind)
     const granted = client.role === 'ven' ? this.granted(client) : undefined
     if (!object || !this.view(object, client, undefined, granted).visible) throw this.notFound(kind, id)
     if (
@@ -788,37 +817,48 @@ export class Vtn {
       isObject(request.body)
     ) {
       const ven =
-        typeof request.body.venID === 'string' ? this.state.get('ven', request.body.venID) : undefined
+        typeof request.body.venID === 'string' ? await this.state.fetch('ven', request.body.venID) : undefined
       if (ven?.clientID && request.body.clientID === undefined) fill.clientID = ven.clientID
     }
     const body = this.decodeBody(request, kind, client, fill)
     const now = isoString(Date.now())
     const object: StoredObject = { kind, id: newId(), createdDateTime: now, modificationDateTime: now, body }
     await this.checkAndComplete(request, object, client, undefined)
-    await this.state.put(object)
+    await this.state.create(object)
     await this.afterWrite(object, 'CREATE', undefined)
     if (kind === 'report') await this.pruneReports()
     const rendered = this.render(request, object, (object.body.targets as string[] | undefined) ?? [])
     return { status: 201, body: rendered }
   }
 
+  /**
+   * Change the object from its newest version: when another replica changed it meanwhile, the
+   * request is applied again to that one (the VTN's own merges, such as the targets a VEN may
+   * not change, then keep the other change), or refused with 409 after a few tries.
+   */
   private async update(request: VtnRequest, kind: ObjectKind, client: Client): Promise<VtnResponse> {
-    const { object: existing } = this.visibleObject(request, kind, client)
-    if (!mayWrite(client, kind, 'update'))
-      throw this.forbidden(request, `a ${client.role.toUpperCase()} client may not change ${kind}s`)
-    const fill: Body = {}
-    if (kind === 'resource') fill.venID = request.params.venID ?? existing.body.venID
-    if ((kind === 'ven' || kind === 'resource') && existing.clientID && request.version === '3.1.0')
-      fill.clientID = existing.clientID
-    const body = this.decodeBody(request, kind, client, fill)
-    const object: StoredObject = {
-      ...existing,
-      modificationDateTime: isoString(Math.max(Date.now(), Date.parse(existing.modificationDateTime) + 1)),
-      body,
-    }
-    await this.checkAndComplete(request, object, client, existing)
-    await this.state.put(object)
-    await this.afterWrite(object, 'UPDATE', existing)
+    const id = this.pathId(request, kind)
+    // Absent or not this client's: 404 before anything is claimed.
+    this.visibleObject(request, kind, client, await this.state.fetch(kind, id))
+    const committed = await this.state.changeObject(kind, id, async (current) => {
+      const { object: existing } = this.visibleObject(request, kind, client, current)
+      if (!mayWrite(client, kind, 'update'))
+        throw this.forbidden(request, `a ${client.role.toUpperCase()} client may not change ${kind}s`)
+      const fill: Body = {}
+      if (kind === 'resource') fill.venID = request.params.venID ?? existing.body.venID
+      if ((kind === 'ven' || kind === 'resource') && existing.clientID && request.version === '3.1.0')
+        fill.clientID = existing.clientID
+      const body = this.decodeBody(request, kind, client, fill)
+      const changed: StoredObject = {
+        ...existing,
+        modificationDateTime: isoString(Math.max(Date.now(), Date.parse(existing.modificationDateTime) + 1)),
+        body,
+      }
+      await this.checkAndComplete(request, changed, client, existing)
+      return changed
+    })
+    const object = committed.after!
+    await this.afterWrite(object, 'UPDATE', committed.before)
     const view = this.view(
       object,
       client,
@@ -829,17 +869,26 @@ export class Vtn {
   }
 
   private async remove(request: VtnRequest, kind: ObjectKind, client: Client): Promise<VtnResponse> {
-    const { object, granted } = this.visibleObject(request, kind, client)
-    if (!mayWrite(client, kind, 'delete'))
-      throw this.forbidden(request, `a ${client.role.toUpperCase()} client may not delete ${kind}s`)
-    const rendered = this.render(request, object, this.view(object, client, undefined, granted).targets)
-    await this.state.delete(kind, object.id)
+    const id = this.pathId(request, kind)
+    // Absent or not this client's: 404 before anything is claimed.
+    this.visibleObject(request, kind, client, await this.state.fetch(kind, id))
+    let rendered: Body | undefined
+    const committed = await this.state.changeObject(kind, id, (current) => {
+      const { object, granted } = this.visibleObject(request, kind, client, current)
+      if (!mayWrite(client, kind, 'delete'))
+        throw this.forbidden(request, `a ${client.role.toUpperCase()} client may not delete ${kind}s`)
+      rendered = this.render(request, object, this.view(object, client, undefined, granted).targets)
+      return 'delete'
+    })
+    const object = committed.before!
     await this.afterWrite(object, 'DELETE', object)
     if (kind === 'ven') {
       for (const resource of this.state.list('resource')) {
         if (resource.body.venID !== object.id) continue
-        await this.state.delete('resource', resource.id)
-        await this.afterWrite(resource, 'DELETE', resource)
+        const gone = await this.state.changeObject('resource', resource.id, (current) =>
+          current ? 'delete' : undefined,
+        )
+        if (gone.changed && gone.before) await this.afterWrite(gone.before, 'DELETE', gone.before)
       }
     }
     return { status: 200, body: rendered }
@@ -850,7 +899,13 @@ export class Vtn {
     const excess = this.state.count('report') - this.init.config.max_reports
     if (excess <= 0) return
     for (const report of this.state.list('report').slice(0, excess))
-      await this.state.delete('report', report.id)
+      await this.state.forget('report', report.id)
+  }
+
+  /** Claim a name that must be unique across replicas (409 while another replica makes it). */
+  private async unique(request: VtnRequest, name: string, what: string): Promise<void> {
+    if (!(await this.state.claimUnique(name)))
+      throw this.conflict(request, `another replica of this VTN is making ${what} now`)
   }
 
   /** Per-kind rules on create and update: references, names, owners, what a VEN may not change. */
@@ -863,17 +918,27 @@ export class Vtn {
     const body = object.body
     const others = (kind: ObjectKind) =>
       this.state.list(kind).filter((candidate) => candidate.id !== object.id)
+    const lookup = (kind: ObjectKind, id: unknown) =>
+      typeof id === 'string' ? this.state.fetch(kind, id) : Promise.resolve(undefined)
+    /** Whether a unique name is new or changed by this write (then it is claimed first). */
+    const named = (field: string) => existing?.body[field] !== body[field]
     switch (object.kind) {
       case 'program':
+        if (named('programName'))
+          await this.unique(
+            request,
+            `program:${String(body.programName)}`,
+            `program '${String(body.programName)}'`,
+          )
         if (others('program').some((program) => program.body.programName === body.programName))
           throw this.conflict(request, `a program named '${String(body.programName)}' exists`)
         break
       case 'event':
-        if (!this.state.get('program', body.programID as string))
+        if (!(await lookup('program', body.programID)))
           throw this.conflict(request, `no program '${String(body.programID)}'`)
         break
       case 'subscription':
-        if (body.programID !== undefined && !this.state.get('program', body.programID as string))
+        if (body.programID !== undefined && !(await lookup('program', body.programID)))
           throw this.conflict(request, `no program '${String(body.programID)}'`)
         for (const entry of (body.objectOperations as Body[] | undefined) ?? []) {
           // Webhooks are HTTP: no file:, data: or other schemes the VTN's fetch would follow.
@@ -885,7 +950,7 @@ export class Vtn {
         delete body.clientID
         break
       case 'report': {
-        const event = this.state.get('event', body.eventID as string)
+        const event = await lookup('event', body.eventID)
         const granted = client.role === 'ven' ? this.granted(client) : undefined
         if (!event || !this.view(event, client, undefined, granted).visible)
           throw this.conflict(request, `no event '${String(body.eventID)}'`)
@@ -907,6 +972,7 @@ export class Vtn {
           // Targets are BL's to grant: a VEN's update keeps them.
           if (existing?.body.targets !== undefined) body.targets = existing.body.targets
           else delete body.targets
+          if (!existing) await this.unique(request, `ven-client:${client.clientId}`, 'a ven of this client')
           if (!existing && this.state.list('ven').some((ven) => ven.clientID === client.clientId))
             throw this.conflict(request, 'this client already has a ven object')
         } else {
@@ -914,12 +980,14 @@ export class Vtn {
         }
         delete body.clientID
         if (object.clientID === undefined) delete object.clientID
+        if (named('venName'))
+          await this.unique(request, `ven:${String(body.venName)}`, `ven '${String(body.venName)}'`)
         if (others('ven').some((ven) => ven.body.venName === body.venName))
           throw this.conflict(request, `a ven named '${String(body.venName)}' exists`)
         break
       }
       case 'resource': {
-        const ven = this.state.get('ven', body.venID as string)
+        const ven = await lookup('ven', body.venID)
         const granted = client.role === 'ven' ? this.granted(client) : undefined
         if (!ven || !this.view(ven, client, undefined, granted).visible)
           throw new Refusal(problem({ status: 404, detail: `no ven '${String(body.venID)}'` }))
@@ -930,6 +998,12 @@ export class Vtn {
           if (existing?.body.targets !== undefined) body.targets = existing.body.targets
           else delete body.targets
         }
+        if (named('resourceName') || named('venID'))
+          await this.unique(
+            request,
+            `resource:${ven.id}:${String(body.resourceName)}`,
+            `resource '${String(body.resourceName)}' of ven '${ven.id}'`,
+          )
         if (
           others('resource').some(
             (resource) => resource.body.venID === ven.id && resource.body.resourceName === body.resourceName,
@@ -1100,6 +1174,10 @@ export class Vtn {
 
   // ---- control: limit_power → event ---------------------------------------------------------
 
+  /**
+   * The program of the node's control events, made once: its id comes from its name, so
+   * replicas starting together make the same object, and the second finds the first's.
+   */
   private async ensureControlProgram(): Promise<void> {
     const name = this.init.config.control_program
     const existing = this.state.list('program').find((program) => program.body.programName === name)
@@ -1110,7 +1188,7 @@ export class Vtn {
     const now = isoString(Date.now())
     const program: StoredObject = {
       kind: 'program',
-      id: newId(),
+      id: fixedId(name),
       createdDateTime: now,
       modificationDateTime: now,
       body: {
@@ -1120,8 +1198,10 @@ export class Vtn {
         ],
       },
     }
-    await this.state.put(program)
-    this.controlProgramId = program.id
+    const made = await this.state.changeObject('program', program.id, (current) =>
+      current ? undefined : program,
+    )
+    this.controlProgramId = made.after?.id ?? program.id
   }
 
   private findResourceByRid(rid: string): { resource: StoredObject; ven: StoredObject } | undefined {
@@ -1143,7 +1223,12 @@ export class Vtn {
   }
 
   private async onLimitPower(message: ControlMessage): Promise<void> {
-    const found = this.findResourceByRid(message.rid)
+    // A resource registered through another replica a moment ago: read the others' changes first.
+    let found = this.findResourceByRid(message.rid)
+    if (!found) {
+      await this.state.sync().catch(() => {})
+      found = this.findResourceByRid(message.rid)
+    }
     if (!found) {
       this.components.logger.debug({ rid: message.rid }, 'limit_power for a resource no VEN has: ignored')
       return
@@ -1167,17 +1252,16 @@ export class Vtn {
     await this.state.exclusive(async () => {
       const target = controlTarget(message.rid)
       // Grant the target on the resource object, as BL would.
-      const resource = this.state.get('resource', found.resource.id)!
-      const targets = (resource.body.targets as string[] | undefined) ?? []
-      if (!targets.includes(target)) {
-        const updated: StoredObject = {
+      const granted = await this.state.changeObject('resource', found.resource.id, (resource) => {
+        const targets = (resource?.body.targets as string[] | undefined) ?? []
+        if (!resource || targets.includes(target)) return undefined
+        return {
           ...resource,
-          modificationDateTime: isoString(now),
+          modificationDateTime: isoString(Math.max(now, Date.parse(resource.modificationDateTime) + 1)),
           body: { ...resource.body, targets: [...targets, target] },
         }
-        await this.state.put(updated)
-        this.notify(updated, 'UPDATE')
-      }
+      })
+      if (granted.changed && granted.after) this.notify(granted.after, 'UPDATE')
       if (!this.controlProgramId || !this.state.get('program', this.controlProgramId))
         await this.ensureControlProgram()
       const body = limitToEventBody({
@@ -1189,21 +1273,13 @@ export class Vtn {
         now,
         source: typeof source === 'string' ? source : message.from,
       })
-      const record = this.state.control(message.rid)
-      const previous = record ? this.state.get('event', record.eventID) : undefined
-      const stamp = isoString(now)
-      const event: StoredObject = previous
-        ? {
-            ...previous,
-            modificationDateTime: isoString(Math.max(now, Date.parse(previous.modificationDateTime) + 1)),
-            body,
-          }
-        : { kind: 'event', id: newId(now), createdDateTime: stamp, modificationDateTime: stamp, body }
-      await this.state.put(event)
-      await this.state.putControl(
+      // The resource's control record names its one event (a new one if it has none, or BL
+      // deleted it); recorded first, so two replicas commanding one resource share that event.
+      const control = await this.state.changeControl(message.rid, (record) =>
         dropUndefined({
+          ...record,
           rid: message.rid,
-          eventID: event.id,
+          eventID: record && this.state.get('event', record.eventID) ? record.eventID : newId(now),
           resourceID: found.resource.id,
           venID: found.ven.id,
           watts,
@@ -1211,7 +1287,19 @@ export class Vtn {
           delivered: false,
         }),
       )
-      this.notify(event, previous ? 'UPDATE' : 'CREATE')
+      const eventID = control.after!.eventID
+      const stamp = isoString(now)
+      const written = await this.state.changeObject('event', eventID, (previous) =>
+        previous
+          ? {
+              ...previous,
+              modificationDateTime: isoString(Math.max(now, Date.parse(previous.modificationDateTime) + 1)),
+              body,
+            }
+          : { kind: 'event', id: eventID, createdDateTime: stamp, modificationDateTime: stamp, body },
+      )
+      const event = written.after!
+      this.notify(event, written.before ? 'UPDATE' : 'CREATE')
       await this.controlResult(
         message.rid,
         dropUndefined({
@@ -1228,15 +1316,19 @@ export class Vtn {
   private async markDelivered(event: StoredObject): Promise<void> {
     const record = this.state.controlByEvent(event.id)
     if (!record || record.delivered) return
-    record.delivered = true
     try {
-      await this.state.putControl(record)
+      // Once, whichever replica the VEN read it through: the replica that records it reports it.
+      const marked = await this.state.changeControl(record.rid, (current) =>
+        current && current.eventID === event.id && !current.delivered
+          ? { ...current, delivered: true }
+          : undefined,
+      )
+      if (!marked.changed) return
       await this.controlResult(
         record.rid,
         dropUndefined({ status: 'Delivered', eventID: event.id, v: record.watts, until: record.until }),
       )
     } catch (error) {
-      record.delivered = false
       this.components.logger.warn(
         { rid: record.rid, err: (error as Error).message },
         'control delivery not recorded',
