@@ -191,6 +191,39 @@ export interface PluginStore {
   delete(key: string): Promise<void>
   /** Keys present now, optionally matching a filter with NATS wildcards (`events.*`, `a.>`). */
   keys(filter?: string): Promise<string[]>
+  // Shared state among replicas of the node (the host always provides these; they are optional
+  // only so in-memory harness stores still fit):
+  /** The value with its revision, for `update`. */
+  getEntry?(key: string): Promise<PluginStoreEntry | undefined>
+  /** Store only if the key is absent (or deleted): the new revision, or `undefined` if it exists. */
+  create?(key: string, value: Uint8Array): Promise<number | undefined>
+  /**
+   * Store only if the key is still at `revision` (compare-and-set): the new revision, or
+   * `undefined` when another write (another replica's, say) came first.
+   */
+  update?(key: string, value: Uint8Array, revision: number): Promise<number | undefined>
+  /**
+   * Follow every change to keys matching `filter` (NATS wildcards; default all) made by any
+   * replica, this one's included, in order, until `signal` aborts. With `initial`, the values
+   * present now come first. Resolves once the watch is in place.
+   */
+  watch?(
+    filter: string | undefined,
+    onChange: (change: PluginStoreChange) => void,
+    options?: { signal?: AbortSignal; initial?: boolean },
+  ): Promise<void>
+}
+
+export interface PluginStoreEntry {
+  value: Uint8Array
+  revision: number
+}
+
+/** A change seen by `PluginStore.watch`: `value` is absent for a delete. */
+export interface PluginStoreChange {
+  key: string
+  value: Uint8Array | undefined
+  revision: number
 }
 
 export interface PluginMetrics {

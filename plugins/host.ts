@@ -5,7 +5,13 @@
  */
 import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
-import { AckPolicy, DeliverPolicy, type JsMsg } from '@nats-io/jetstream'
+import {
+  AckPolicy,
+  DeliverPolicy,
+  JetStreamApiCodes,
+  JetStreamApiError,
+  type JsMsg,
+} from '@nats-io/jetstream'
 import { type KV, Kvm, KvWatchInclude } from '@nats-io/kv'
 import { nanos } from '@nats-io/nats-core'
 import { Counter, Gauge, type Registry } from 'prom-client'
@@ -53,6 +59,16 @@ const LEASE_NAME = /^[a-z0-9][a-z0-9_-]{0,63}(\.[a-z0-9][a-z0-9_-]{0,63})*$/
 const TOKEN_AUTH_SUBJECT = 'oe.auth.token'
 const SUBJECT_TOKEN = /^[A-Za-z0-9_-]{1,64}$/
 /** JetStream KV keys: no leading/trailing dot, no empty tokens. */
+/** A compare-and-set that lost: the key was written (or created) since. */
+function isWrongLastSequence(error: unknown): boolean {
+  if (error instanceof JetStreamApiError)
+    return (
+      error.code === JetStreamApiCodes.StreamWrongLastSequence ||
+      error.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown
+    )
+  return /wrong last sequence/i.test((error as Error)?.message ?? '')
+}
+
 const STORE_KEY = /^[-/_=a-zA-Z0-9]+(?:\.[-/_=a-zA-Z0-9]+)*$/
 
 export interface PluginHostInit {
@@ -171,7 +187,7 @@ export class PluginHost {
           dataPlane: this.facade(entry, logger),
           metrics: this.metrics(definition.id),
           store: (name) => this.store(definition.id, name),
-          lease: (name, work) => this.lease(definition.id, name, work, abort.signal, logger),
+          lease: (name, work) => this.lease(definition.id, name, work, abort.signal, logger, entry.closers),
         })
         await entry.instance.start?.({ signal: options.signal ?? abort.signal })
         await Promise.all(entry.setups)
@@ -245,14 +261,21 @@ export class PluginHost {
     work: (lease: PluginLease) => Promise<void>,
     stopped: AbortSignal,
     logger: Logger,
+    closers: (() => Promise<unknown>)[],
   ): PluginLeaseHandle {
     if (!LEASE_NAME.test(name))
       throw new PluginError(id, `lease name '${name}' is not dot-separated [a-z0-9][a-z0-9_-]{0,63} tokens`)
     const leases = this.components.leases
+    /** The work now running on this replica, until it has returned. */
+    let running: Promise<void> | undefined
     const run = (lease: PluginLease): void => {
-      void work(lease).catch((error) => {
+      const done = work(lease).catch((error) => {
         if (!lease.signal.aborted)
           logger.warn({ lease: name, err: (error as Error).message }, 'single-owner work failed')
+      })
+      running = done
+      void done.then(() => {
+        if (running === done) running = undefined
       })
     }
     if (!leases) {
@@ -276,9 +299,15 @@ export class PluginHost {
     })
     const release = async (): Promise<void> => {
       current = undefined
+      // The work sees its signal abort (the plugin stops); the lease is given up only once it
+      // has returned (5 s at most), so the next owner never overlaps a step still under way.
+      if (running && stopped.aborted)
+        await Promise.race([running, new Promise((resolve) => setTimeout(resolve, 5_000).unref?.())])
       await handle.release()
     }
-    stopped.addEventListener('abort', () => void release(), { once: true })
+    // Stopping the plugin (which aborts `stopped` first) waits for this, so the node lets its
+    // leases go only after the work has returned.
+    closers.push(release)
     return {
       get held() {
         return current?.valid() ?? false
@@ -319,6 +348,53 @@ export class PluginHost {
         const keys: string[] = []
         for await (const key of await kv.keys(filter ?? '>')) keys.push(key)
         return keys
+      },
+      getEntry: (key) =>
+        checked(key, async () => {
+          const entry = await kv.get(key)
+          return entry?.operation === 'PUT' ? { value: entry.value, revision: entry.revision } : undefined
+        }),
+      create: (key, value) =>
+        checked(key, async () => {
+          try {
+            return await kv.create(key, value)
+          } catch (error) {
+            if (isWrongLastSequence(error)) return undefined
+            throw error
+          }
+        }),
+      update: (key, value, revision) =>
+        checked(key, async () => {
+          try {
+            return await kv.update(key, value, revision)
+          } catch (error) {
+            if (isWrongLastSequence(error)) return undefined
+            throw error
+          }
+        }),
+      watch: async (filter, onChange, options = {}) => {
+        if (options.signal?.aborted) return
+        const watcher = await kv.watch({
+          key: filter ?? '>',
+          include: options.initial ? KvWatchInclude.LastValue : KvWatchInclude.UpdatesOnly,
+        })
+        options.signal?.addEventListener('abort', () => watcher.stop(), { once: true })
+        void (async () => {
+          for await (const entry of watcher) {
+            try {
+              onChange({
+                key: entry.key,
+                value: entry.operation === 'PUT' ? entry.value : undefined,
+                revision: entry.revision,
+              })
+            } catch (error) {
+              this.components.logger.warn(
+                { plugin: id, store: name, err: (error as Error).message },
+                'store watch handler failed',
+              )
+            }
+          }
+        })().catch(() => {})
       },
     }
   }

@@ -14,7 +14,14 @@ import * as z from 'zod'
 import { DataPlane, LeaseManager, type Logger } from '../data-plane/index.ts'
 import { configSchema } from '../node/config.ts'
 import { retentionLimits } from '../node/node.ts'
-import { definePlugin, PluginError, PluginHost, type PluginLease } from '../plugins/index.ts'
+import {
+  definePlugin,
+  PluginError,
+  PluginHost,
+  type PluginLease,
+  type PluginStore,
+  type PluginStoreChange,
+} from '../plugins/index.ts'
 import { cleanupAll, startNatsServer, waitFor } from './helpers/node-process.ts'
 
 afterAll(cleanupAll)
@@ -104,7 +111,7 @@ describe('plugin lease facility', () => {
       await stop(first === 'ra' ? a : b)
       await waitFor(() => running.size === 1 && !running.has(first!), 5_000, 'the work to move')
       expect(starts).toHaveLength(2)
-      expect(overlap).toBe(0)
+      expect(overlap, starts.join(" ")).toBe(0)
       // The new owner's fence is higher than the old one's.
       const fences = starts.map((entry) => Number(entry.split(':')[1]))
       expect(fences[1]).toBeGreaterThan(fences[0]!)
@@ -150,6 +157,87 @@ describe('plugin lease facility', () => {
       await dataPlane.stop()
       await nc.close()
       await rm(dir, { recursive: true, force: true })
+    }
+  })
+
+  test('a plugin store is shared by replicas: compare-and-set and a watch of every change', async () => {
+    const server = await startNatsServer()
+    const stores: PluginStore[] = []
+    const storeProbe = definePlugin({
+      id: 'store-probe',
+      version: '1.0.0',
+      description: 'hands its store to the test',
+      configSchema: z.object({}),
+      create: (ctx) => ({
+        start: async () => {
+          stores.push(await ctx.store!('shared'))
+        },
+      }),
+    })
+    const parts: { nc: NatsConnection; dataPlane: DataPlane; host: PluginHost; dir: string }[] = []
+    const encode = (text: string) => new TextEncoder().encode(text)
+    try {
+      for (let i = 0; i < 2; i++) {
+        const nc = await connect({ servers: server.url })
+        const dataPlane = new DataPlane(
+          { limits: retentionLimits(configSchema.parse({})) },
+          { connection: nc, logger: silent },
+        )
+        await dataPlane.start()
+        const dir = await mkdtemp(join(tmpdir(), 'oe-plugin-store-'))
+        const host = new PluginHost(
+          { config: { 'store-probe': { enabled: true } }, dir },
+          { dataPlane, logger: silent, registry: new Registry(), definitions: [storeProbe] },
+        )
+        await host.start()
+        parts.push({ nc, dataPlane, host, dir })
+      }
+      const [a, b] = stores as [PluginStore, PluginStore]
+      const seen: PluginStoreChange[] = []
+      const watching = new AbortController()
+      await b.watch!('programs.>', (change) => seen.push(change), { signal: watching.signal })
+
+      // Create once: the second replica's create of the same key loses.
+      const created = await a.create!('programs.p1', encode('v1'))
+      expect(created).toBeGreaterThan(0)
+      expect(await b.create!('programs.p1', encode('other'))).toBeUndefined()
+      // Compare-and-set: both read revision r; one update wins, the other is told it lost.
+      const entry = await b.getEntry!('programs.p1')
+      expect(entry?.revision).toBe(created)
+      const won = await a.update!('programs.p1', encode('v2 from a'), entry!.revision)
+      const lost = await b.update!('programs.p1', encode('v2 from b'), entry!.revision)
+      expect(won).toBeGreaterThan(entry!.revision)
+      expect(lost).toBeUndefined()
+      expect(new TextDecoder().decode((await b.get('programs.p1'))!)).toBe('v2 from a')
+      // The other replica saw every change, in order; a delete has no value; other keys not at all.
+      await a.put('other.key', encode('x'))
+      await a.delete('programs.p1')
+      await waitFor(() => seen.length >= 3, 5_000, 'three changes watched')
+      expect(
+        seen.map((change) => [change.key, change.value && new TextDecoder().decode(change.value)]),
+      ).toEqual([
+        ['programs.p1', 'v1'],
+        ['programs.p1', 'v2 from a'],
+        ['programs.p1', undefined],
+      ])
+      // After a delete the key can be created again.
+      expect(await b.create!('programs.p1', encode('again'))).toBeGreaterThan(won!)
+      // A watch with `initial` starts from what is there now.
+      const initial: string[] = []
+      await a.watch!('programs.>', (change) => initial.push(change.key), {
+        signal: watching.signal,
+        initial: true,
+      })
+      await waitFor(() => initial.length === 1, 5_000, 'the initial value')
+      expect(initial).toEqual(['programs.p1'])
+      watching.abort()
+    } finally {
+      for (const part of parts) {
+        await part.host.stop()
+        await part.dataPlane.stop()
+        await part.nc.close()
+        await rm(part.dir, { recursive: true, force: true })
+      }
     }
   })
 })
