@@ -8,19 +8,11 @@ import type { KV } from '@nats-io/kv'
 import type { NatsConnection } from '@nats-io/nats-core'
 import { connect } from '@nats-io/transport-node'
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest'
+import { silentLogger } from '../node/logger.ts'
 import { cleanupAll, type NatsServerProcess, startNatsServer } from '../test/helpers/node-process.ts'
 import { type Lease, LeaseLostError, LeaseManager, LeaseNameError } from './lease.ts'
-import type { Logger } from './nats-server.ts'
 
-const silent: Logger = {
-  child: () => silent,
-  trace: () => {},
-  debug: () => {},
-  info: () => {},
-  warn: () => {},
-  error: () => {},
-  fatal: () => {},
-} as unknown as Logger
+const silent = silentLogger()
 
 const TERM = 600
 const RENEW = 150

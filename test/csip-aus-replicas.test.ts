@@ -14,8 +14,9 @@ import type { NatsConnection } from '@nats-io/nats-core'
 import { connect } from '@nats-io/transport-node'
 import { Registry } from 'prom-client'
 import { afterAll, expect, test } from 'vitest'
-import { DataPlane, decodeCbor, LeaseManager, type Logger } from '../data-plane/index.ts'
+import { DataPlane, decodeCbor, LeaseManager } from '../data-plane/index.ts'
 import { configSchema } from '../node/config.ts'
+import { silentLogger } from '../node/logger.ts'
 import { retentionLimits } from '../node/node.ts'
 import { PluginHost } from '../plugins/host.ts'
 import { csipAusPlugin } from '../plugins/ieee2030-5/index.ts'
@@ -27,15 +28,7 @@ afterAll(cleanupAll)
 const SITE_LFDI = '3E4F45AB31EDFE5B67E343E5E4562E3100000007'
 const CONTROL_SUBJECT = 'oe.ctl.site.site-1.limit_export'
 
-const silent: Logger = {
-  child: () => silent,
-  trace: () => {},
-  debug: () => {},
-  info: () => {},
-  warn: () => {},
-  error: () => {},
-  fatal: () => {},
-} as unknown as Logger
+const silent = silentLogger()
 
 interface Replica {
   id: string

@@ -14,8 +14,9 @@ import type { NatsConnection, Subscription } from '@nats-io/nats-core'
 import { connect } from '@nats-io/transport-node'
 import { Registry } from 'prom-client'
 import { afterAll, describe, expect, test } from 'vitest'
-import { DataPlane, decodeCbor, freePort, LeaseManager, type Logger } from '../data-plane/index.ts'
+import { DataPlane, decodeCbor, freePort, LeaseManager } from '../data-plane/index.ts'
 import { configSchema } from '../node/config.ts'
+import { silentLogger } from '../node/logger.ts'
 import { retentionLimits } from '../node/node.ts'
 import { PluginHost, type PluginStatus } from '../plugins/index.ts'
 import { openadrVenPlugin, openadrVtnPlugin } from '../plugins/openadr/index.ts'
@@ -24,15 +25,7 @@ import { cleanupAll, startNatsServer, tempDir, waitFor } from './helpers/node-pr
 
 afterAll(cleanupAll)
 
-const silent: Logger = {
-  child: () => silent,
-  trace: () => {},
-  debug: () => {},
-  info: () => {},
-  warn: () => {},
-  error: () => {},
-  fatal: () => {},
-} as unknown as Logger
+const silent = silentLogger()
 
 const SECRETS = { bl: 'bl-secret-123', 'ven-1': 'ven-1-secret-1' }
 const LIMIT_SUBJECT = 'oe.ctl.battery.site-bat.limit_power'

@@ -11,8 +11,9 @@ import { connect } from '@nats-io/transport-node'
 import { Registry } from 'prom-client'
 import { afterAll, describe, expect, test } from 'vitest'
 import * as z from 'zod'
-import { DataPlane, LeaseManager, type Logger } from '../data-plane/index.ts'
+import { DataPlane, LeaseManager } from '../data-plane/index.ts'
 import { configSchema } from '../node/config.ts'
+import { silentLogger } from '../node/logger.ts'
 import { retentionLimits } from '../node/node.ts'
 import {
   definePlugin,
@@ -26,15 +27,7 @@ import { cleanupAll, startNatsServer, waitFor } from './helpers/node-process.ts'
 
 afterAll(cleanupAll)
 
-const silent: Logger = {
-  child: () => silent,
-  trace: () => {},
-  debug: () => {},
-  info: () => {},
-  warn: () => {},
-  error: () => {},
-  fatal: () => {},
-} as unknown as Logger
+const silent = silentLogger()
 
 /** Which replica runs the work now, and every start and stop it saw. */
 const running = new Set<string>()
@@ -111,7 +104,7 @@ describe('plugin lease facility', () => {
       await stop(first === 'ra' ? a : b)
       await waitFor(() => running.size === 1 && !running.has(first!), 5_000, 'the work to move')
       expect(starts).toHaveLength(2)
-      expect(overlap, starts.join(" ")).toBe(0)
+      expect(overlap, starts.join(' ')).toBe(0)
       // The new owner's fence is higher than the old one's.
       const fences = starts.map((entry) => Number(entry.split(':')[1]))
       expect(fences[1]).toBeGreaterThan(fences[0]!)
