@@ -7,6 +7,7 @@ import { registerCard } from './commands/card.ts'
 import { registerDemo } from './commands/demo.ts'
 import { registerIngest } from './commands/ingest.ts'
 import { registerInit } from './commands/init.ts'
+import { registerKey } from './commands/key.ts'
 import { registerOcpi } from './commands/ocpi.ts'
 import { registerOcpp } from './commands/ocpp.ts'
 import { registerPeers } from './commands/peers.ts'
@@ -53,6 +54,7 @@ export function createProgram(): Command {
   registerDemo(program)
   registerUi(program)
   registerToken(program)
+  registerKey(program)
   const override = (command: Command): void => {
     command.exitOverride()
     for (const sub of command.commands) override(sub)

@@ -25,6 +25,13 @@
  * hash made with the same key. Checkpoints are written every `checkpointEvery` entries, every
  * `checkpointIntervalMs` when something was appended since the last one, and on stop.
  *
+ * Key rotation: an entry of type `key.rotated` with `data = {fromPeerId, toPeerId, statement}`
+ * hands the log from one node key to the next. `statement` is the succession statement
+ * (`succession.ts`), signed by both keys. The old key checkpoints everything before it, the new
+ * key everything after. The verifier starts from the `from` key of the first rotation (or the
+ * node's key when there is none), follows each rotation, and requires the chain to end at the
+ * node's current key.
+ *
  * @example
  * const audit = new AuditLog({ dir: paths.audit }, { signer: identity, logger })
  * await audit.start()
@@ -38,6 +45,7 @@ import { chmod, type FileHandle, mkdir, open } from 'node:fs/promises'
 import { join } from 'node:path'
 import { peerIdFromString } from '@libp2p/peer-id'
 import * as ed from '@noble/ed25519'
+import { type KeySuccession, parseSuccession } from './succession.ts'
 
 // @noble/ed25519 needs a synchronous SHA-512 for sign/verify; the runtime's is exact and fast.
 ed.hashes.sha512 = (message: Uint8Array) => new Uint8Array(createHash('sha512').update(message).digest())
@@ -93,6 +101,10 @@ export const GENESIS_HASH = '0'.repeat(64)
 export const CHECKPOINT_TYPE = 'checkpoint'
 /** Written at start when a torn last line (a write cut short by a crash) was cut off. */
 export const RECOVERED_TYPE = 'audit.recovered'
+/** Written by `rotateSigner`: the node key changed (see the header). */
+export const KEY_ROTATED_TYPE = 'key.rotated'
+/** Written by a partner that verified a peer's succession statement. */
+export const PEER_KEY_SUCCEEDED_TYPE = 'peer.key_succeeded'
 
 const DEFAULT_CHECKPOINT_EVERY = 100
 const DEFAULT_CHECKPOINT_INTERVAL_MS = 60_000
@@ -259,7 +271,7 @@ export class AuditLog {
   private readonly file: string
   private readonly checkpointEvery: number
   private readonly checkpointIntervalMs: number
-  private readonly signer: AuditSigner
+  private signer: AuditSigner
   private readonly logger: AuditLogComponents['logger']
   private state: LogState = 'stopped'
   private startPromise: Promise<void> | undefined
@@ -356,8 +368,8 @@ export class AuditLog {
         new AuditError(`audit entry type ${JSON.stringify(type)} is not a lowercase name`),
       )
     }
-    if (type === CHECKPOINT_TYPE) {
-      return Promise.reject(new AuditError('the type "checkpoint" is reserved for the log itself'))
+    if (type === CHECKPOINT_TYPE || type === KEY_ROTATED_TYPE) {
+      return Promise.reject(new AuditError(`the type "${type}" is reserved for the log itself`))
     }
     let copy: Record<string, unknown>
     try {
@@ -374,6 +386,46 @@ export class AuditLog {
       if (this.sinceCheckpoint >= this.checkpointEvery) await this.checkpointLogged()
       return entry
     })
+  }
+
+  /**
+   * Hand the log to a new node key: a checkpoint by the old key seals what it vouched for, then
+   * the `key.rotated` entry (the succession statement, signed by both keys), then a checkpoint by
+   * the new key, which signs every checkpoint from then on.
+   */
+  rotateSigner(
+    signer: AuditSigner,
+    rotation: { fromPeerId: string; toPeerId: string; statement: KeySuccession },
+  ): Promise<AuditEntry> {
+    if (this.state !== 'started') return Promise.reject(new AuditError('the audit log is not started'))
+    if (base64url(this.signer.publicKey) !== rotation.statement.from)
+      return Promise.reject(new AuditError('the rotation does not start from the key that signs this log'))
+    if (base64url(signer.publicKey) !== rotation.statement.to)
+      return Promise.reject(new AuditError('the rotation does not hand over to the new signer'))
+    const data = JSON.parse(JSON.stringify(rotation)) as Record<string, unknown>
+    return this.enqueue(async () => {
+      if (this.sinceCheckpoint > 0) await this.writeCheckpoint()
+      const entry = await this.writeEntry(KEY_ROTATED_TYPE, data)
+      this.signer = signer
+      await this.writeCheckpoint()
+      return entry
+    })
+  }
+
+  /**
+   * Continue a log that was handed to `signer` already (its newest `key.rotated` entry names it),
+   * after a rotation that stopped before the key file was replaced.
+   */
+  continueWithSigner(signer: AuditSigner): void {
+    if (!this.rotatedTo(base64url(signer.publicKey)))
+      throw new AuditError('the audit log was not handed to this key')
+    this.signer = signer
+  }
+
+  /** Whether the log's newest `key.rotated` entry hands it to `publicKey` (base64url). */
+  rotatedTo(publicKey: string): boolean {
+    const rotation = this.recentEntries.findLast((entry) => entry.type === KEY_ROTATED_TYPE)
+    return (rotation?.data.statement as { to?: unknown } | undefined)?.to === publicKey
   }
 
   /** The newest entries, newest last (at most 500, loaded from the file's end at start). Frozen. */
@@ -566,7 +618,11 @@ export async function verifyAuditLog(
 ): Promise<AuditVerifyResult> {
   options.signal?.throwIfAborted()
   const file = join(dir, AUDIT_FILE)
-  const expectedKey = base64url(publicKey)
+  const nodeKey = base64url(publicKey)
+  // Checkpoints before the first rotation are the first rotation's old key's to sign.
+  let expectedKey = (await firstRotationFrom(file, options)) ?? nodeKey
+  let expectedBytes = fromBase64url(expectedKey) ?? publicKey
+  let lastRotationLine = 0
   const result: AuditVerifyResult = { ok: true, entries: 0, checkpoints: 0, receipts: 0, lastSeq: 0 }
   const receipts = new ReceiptChecker()
   let lineNumber = 0
@@ -596,9 +652,18 @@ export async function verifyAuditLog(
     }
     if (auditEntryHash(entry) !== entry.hash) return { reason: 'hash does not match content', seq }
     if (entry.type === CHECKPOINT_TYPE) {
-      const problem = checkpointProblem(entry, previous, expectedKey, publicKey)
+      const problem = checkpointProblem(entry, previous, expectedKey, expectedBytes)
       if (problem !== undefined) return { reason: problem, seq }
       result.checkpoints++
+    }
+    if (entry.type === KEY_ROTATED_TYPE) {
+      const rotation = rotationOf(entry)
+      if (typeof rotation === 'string') return { reason: rotation, seq }
+      if (rotation.from !== expectedKey)
+        return { reason: 'key.rotated does not start from the key that signed the log before it', seq }
+      expectedKey = rotation.to
+      expectedBytes = fromBase64url(rotation.to)!
+      lastRotationLine = lineNumber
     }
     const receiptProblem = receipts.check(entry)
     if (receiptProblem !== undefined) return { reason: receiptProblem, seq }
@@ -643,7 +708,56 @@ export async function verifyAuditLog(
       claimedSeq(rest).seq,
     )
   }
+  if (expectedKey !== nodeKey) {
+    lineNumber = lastRotationLine
+    return fail("the last key.rotated entry hands the log to another key than this node's")
+  }
   return result
+}
+
+/** The statement of a `key.rotated` entry, checked (both signatures), or why it is not one. */
+function rotationOf(entry: AuditEntry): KeySuccession | string {
+  const { fromPeerId, toPeerId, statement } = entry.data
+  if (typeof fromPeerId !== 'string' || typeof toPeerId !== 'string' || statement === undefined)
+    return 'key.rotated data is not {fromPeerId, toPeerId, statement}'
+  try {
+    return parseSuccession(statement, 'statement')
+  } catch (error) {
+    return `key.rotated: ${(error as Error).message}`
+  }
+}
+
+/**
+ * The old key of the log's first `key.rotated` entry, found by a first read of the file (lines
+ * that do not parse are the second, checking read's to report).
+ */
+async function firstRotationFrom(
+  file: string,
+  options: { signal?: AbortSignal },
+): Promise<string | undefined> {
+  const marker = Buffer.from(`"type":"${KEY_ROTATED_TYPE}"`)
+  const stream = createReadStream(file, options.signal ? { signal: options.signal } : {})
+  let rest: Buffer = Buffer.alloc(0)
+  try {
+    for await (const chunk of stream as AsyncIterable<Buffer>) {
+      const { lines, rest: tail } = splitLines(rest.length === 0 ? chunk : Buffer.concat([rest, chunk]))
+      rest = Buffer.from(tail)
+      for (const line of lines) {
+        if (line.indexOf(marker) === -1) continue
+        const parsed = parseLine(line)
+        if (!('entry' in parsed) || parsed.entry.type !== KEY_ROTATED_TYPE) continue
+        const statement = parsed.entry.data.statement as { from?: unknown } | undefined
+        if (typeof statement?.from === 'string') return statement.from
+      }
+    }
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+    if (options.signal?.aborted) throw options.signal.reason
+    throw new AuditError(`could not read ${file}`, { cause: error })
+  } finally {
+    stream.destroy()
+  }
+  return undefined
 }
 
 export const RECEIPT_TYPE = 'transfer.received'
@@ -652,23 +766,27 @@ const ZERO_CHAIN = '0'.repeat(64)
 /**
  * Transfer receipts (`transfer.received`, written by the consumer of an agreement) checked
  * against the provider's key: the peer's ed25519 key comes from its PeerId in the log's own
- * `peer.added` entry, so the check needs nothing but the log. Each receipt's `lastSig` must be
+ * `peer.added` entry, so the check needs nothing but the log; a `peer.key_succeeded` entry (the
+ * peer rotated its key; its statement is checked) adds the new key, and receipts signed by any
+ * key of the peer's chain verify. Each receipt's `lastSig` must be
  * the provider's signature over `lastDigest` (the SHA-256 of the last batch body it covers);
  * `prev` must be where the agreement's last receipt left the chain, or the start of a session
  * (64 zeros); and a receipt of one batch must have `chain = sha256(prev ‖ lastDigest)`. (A
  * receipt of several batches holds only the last digest, so its chain cannot be recomputed.)
  */
 class ReceiptChecker {
-  private readonly peerKeys = new Map<string, Uint8Array>()
+  /** Per peer alias, its keys: the one it was added with, then each successor. */
+  private readonly peerKeys = new Map<string, Uint8Array[]>()
   private readonly chains = new Map<string, string>()
 
   check(entry: AuditEntry): string | undefined {
     const data = entry.data
     if (entry.type === 'peer.added' && typeof data.peer === 'string' && typeof data.peerId === 'string') {
       const key = peerKey(data.peerId)
-      if (key) this.peerKeys.set(data.peer, key)
+      if (key) this.peerKeys.set(data.peer, [key])
       return undefined
     }
+    if (entry.type === PEER_KEY_SUCCEEDED_TYPE) return this.succeeded(data)
     if (entry.type !== RECEIPT_TYPE) return undefined
     const { id, peer, batches, records, bytes, prev, chain, lastDigest, lastSig } = data
     if (
@@ -691,17 +809,18 @@ class ReceiptChecker {
     ) {
       return 'transfer receipt is not {id, peer, batches, records, bytes, prev, chain, lastDigest, lastSig}'
     }
-    const key = this.peerKeys.get(peer)
-    if (!key) return `transfer receipt names peer '${peer}', which no peer.added entry before it added`
+    const keys = this.peerKeys.get(peer)
+    if (!keys) return `transfer receipt names peer '${peer}', which no peer.added entry before it added`
     const signature = fromBase64url(lastSig)
-    let valid = false
-    try {
-      valid =
-        signature?.length === 64 &&
-        ed.verify(signature, Buffer.from(lastDigest, 'hex'), key, { zip215: false })
-    } catch {
-      valid = false
-    }
+    const valid =
+      signature?.length === 64 &&
+      keys.some((key) => {
+        try {
+          return ed.verify(signature, Buffer.from(lastDigest, 'hex'), key, { zip215: false })
+        } catch {
+          return false
+        }
+      })
     if (!valid) return `transfer receipt's provider signature does not verify against ${peer}'s key`
     // Receipts written before `prev` was recorded carry no chain start: their links are not checked.
     if (typeof prev === 'string') {
@@ -717,6 +836,25 @@ class ReceiptChecker {
       }
     }
     this.chains.set(id, chain)
+    return undefined
+  }
+
+  /** A peer's key succession: its statement must verify and start from the peer's newest key. */
+  private succeeded(data: Record<string, unknown>): string | undefined {
+    if (typeof data.peer !== 'string' || data.statement === undefined)
+      return 'peer.key_succeeded data is not {peer, …, statement}'
+    let statement: KeySuccession
+    try {
+      statement = parseSuccession(data.statement, 'statement')
+    } catch (error) {
+      return `peer.key_succeeded: ${(error as Error).message}`
+    }
+    const keys = this.peerKeys.get(data.peer)
+    if (!keys)
+      return `peer.key_succeeded names peer '${data.peer}', which no peer.added entry before it added`
+    if (base64url(keys[keys.length - 1]!) !== statement.from)
+      return `peer.key_succeeded does not start from the newest key of '${data.peer}'`
+    keys.push(fromBase64url(statement.to)!)
     return undefined
   }
 }

@@ -83,6 +83,12 @@ export interface ConsumerSessionComponents {
   /** The receipt for the batches taken since the last one (every RECEIPT_MS while they come): audited. */
   onReceipt?: (receipt: TransferReceipt) => void
   /**
+   * The key the provider signs batches with (base64url): the key its connection is authenticated
+   * with, which after a key rotation is the successor of the one the agreement names. Default:
+   * the agreement's provider key.
+   */
+  providerKey?: string
+  /**
    * This replica's lease on receiving the agreement: checked before each batch is published and
    * before the mark is stored, so a replica that lost it publishes nothing more.
    */
@@ -135,7 +141,7 @@ export class ConsumerSession {
     private readonly components: ConsumerSessionComponents,
   ) {
     this.scope = compileScope(view.doc.body)
-    this.providerKey = publicKeyObject(view.doc.body.provider.key)
+    this.providerKey = publicKeyObject(components.providerKey ?? view.doc.body.provider.key)
   }
 
   private readonly knownSite = (kind: string, rid: string): string | undefined =>

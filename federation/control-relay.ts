@@ -34,7 +34,7 @@ import type { FederationHost } from './host.ts'
 import { parseReply } from './messages.ts'
 import { refuseStream } from './refuse.ts'
 import type { AgreementRecord, PeerRecord } from './stores.ts'
-import { publicKeyObject } from './transfer.ts'
+import { publicKeyObject, remoteKey } from './transfer.ts'
 
 export interface ControlRelayComponents {
   dataPlane: DataPlane
@@ -237,7 +237,10 @@ export class ControlRelay {
           `agreement ${cmd.id} does not let ${peer.alias} control this node's resources`,
         )
       }
-      if (!cryptoVerify(null, controlBytes(cmd), publicKeyObject(record.doc.body.consumer.key), frame.sig)) {
+      // Signed by the key the connection is authenticated with: the consumer's key in force
+      // (its successor after a key rotation), which the peer directory ties to this agreement.
+      const signerKey = remoteKey(connection.remotePeer) ?? record.doc.body.consumer.key
+      if (!cryptoVerify(null, controlBytes(cmd), publicKeyObject(signerKey), frame.sig)) {
         throw new BadSignatureError('the control command is not signed by the consumer')
       }
       const stale = commandTimeProblem(cmd.at)

@@ -72,3 +72,29 @@ export class PeerRefusedError extends FederationError {
 export class TransferBusyError extends FederationError {
   override name = 'TransferBusyError'
 }
+
+/**
+ * A key succession statement ("org X's key old → new from time T") was refused. The subclasses
+ * say why; nothing changed when one is thrown.
+ */
+export class KeySuccessionError extends FederationError {
+  override name = 'KeySuccessionError'
+}
+
+/** A succession statement's signature by the old key or by the new key does not verify. */
+export class SuccessionSignatureError extends KeySuccessionError {
+  override name = 'SuccessionSignatureError'
+}
+
+/** A succession statement's old key is the key of no peer of this node. */
+export class SuccessionUnknownPeerError extends KeySuccessionError {
+  override name = 'SuccessionUnknownPeerError'
+}
+
+/**
+ * A succession statement's old key is not the current key of the peer it came from (a key it
+ * already replaced, another peer's key, or a second successor for a key already succeeded).
+ */
+export class SuccessionKeyMismatchError extends KeySuccessionError {
+  override name = 'SuccessionKeyMismatchError'
+}

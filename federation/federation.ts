@@ -4,6 +4,13 @@
  * take effect here at once and are delivered to the peer through a durable outbox, retried
  * until the peer acknowledges them. Messages from peers are checked against the agreement and
  * the authenticated sender before anything changes; repeats are harmless.
+ *
+ * Key rotation: a peer's succession statement (signed by its old and its new key) moves the peer
+ * to its new key under the same alias; the old key stays accepted (gate, messages) until the
+ * statement's grace ends. Agreements keep the keys they were signed with: whatever a party signs
+ * later (batches, control commands, acceptances, revocations) is checked against the party's key
+ * in force, found by following that chain. This node's own statements go through the outbox; a
+ * peer that was offline gets them from a courier keyed by the retired key (`courier.ts`).
  */
 import type { KeyObject } from 'node:crypto'
 import type { Connection, Stream } from '@libp2p/interface'
@@ -29,6 +36,7 @@ import {
 } from './agreement.ts'
 import { CONTROL_PROTOCOL } from './control.ts'
 import { ControlRelay } from './control-relay.ts'
+import { type OpenStream, withCourier } from './courier.ts'
 import {
   AgreementExpiredError,
   AgreementFormatError,
@@ -38,8 +46,11 @@ import {
   FederationError,
   ForeignAgreementError,
   FrameError,
+  KeySuccessionError,
   PeerExistsError,
   PeerRefusedError,
+  SuccessionKeyMismatchError,
+  SuccessionUnknownPeerError,
   UnknownPeerError,
 } from './errors.ts'
 import { type AuditSink, TransferFlows } from './flows.ts'
@@ -53,12 +64,16 @@ import {
   AGREEMENTS_BUCKET,
   type AgreementRecord,
   type BucketChange,
+  IDENTITY_BUCKET,
   OUTBOX_BUCKET,
   type OutboxEntry,
   PEERS_BUCKET,
   type PeerRecord,
   RecordBucket,
+  type RetiredPeerKey,
+  SUCCESSIONS_KEY,
 } from './stores.ts'
+import { type KeySuccession, peerIdOfKey } from './succession.ts'
 import { DEFAULT_TUNING, type FlowStats, TRANSFER_PROTOCOL, type TransferTuning } from './transfer.ts'
 
 export const ALIAS_PATTERN = /^[a-z][a-z0-9-]{0,31}$/
@@ -87,6 +102,13 @@ export interface FederationComponents {
   audit: AuditSink
   /** Leases shared by the replicas of this node: each agreement's transfer runs on one. */
   leases: LeaseManager
+  /**
+   * A key this node retired (by its public key, base64url), to carry a succession statement to
+   * a peer that was offline when the key was rotated. Undefined when it is no longer kept.
+   */
+  retiredSigner?: (publicKey: string) => Promise<FederationSigner | undefined>
+  /** Flow counters to carry on from (those of the federation this one replaces after a key rotation). */
+  flows?: ReadonlyMap<string, FlowStats>
 }
 
 /** A peer as the API and CLI show it. */
@@ -100,6 +122,10 @@ export interface PeerView {
   lastSeen: string | null
   lastError: string | null
   added: string
+  /** Keys the peer replaced (key rotation): accepted until `acceptedUntil`, refused after. */
+  retired?: { peerId: string; acceptedUntil: string }[]
+  /** True while the peer has not acknowledged this node's latest key succession statement. */
+  keySuccessionPending?: boolean
 }
 
 /** An agreement as `agreement list --json` shows it. */
@@ -142,6 +168,10 @@ export interface ProposeInput {
 
 const iso = (ms: number): string => new Date(ms).toISOString()
 
+/** How soon a courier tries again after it could not reach its peer, at first and at most. */
+const COURIER_RETRY_MS = 1_000
+const COURIER_MAX_RETRY_MS = 15_000
+
 export class Federation {
   private host: FederationHost | undefined
   private peersBucket: RecordBucket<PeerRecord> | undefined
@@ -162,6 +192,14 @@ export class Federation {
   private readonly transfers: TransferFlows
   private offReconnect: (() => void) | undefined
   private readonly control: ControlRelay
+  private identityBucket: RecordBucket<KeySuccession[]> | undefined
+  /** This node's own key successions, oldest first (shared by its replicas). */
+  private ownSuccessions: KeySuccession[] = []
+  /** Per peer alias, when its courier may run next, and its current backoff. */
+  private readonly couriers = new Map<string, { next: number; backoffMs: number; running: boolean }>()
+  /** Retired keys whose connections are being closed now. */
+  private readonly closing = new Set<string>()
+  private retiredWarned = false
 
   constructor(
     private readonly init: FederationInit,
@@ -183,6 +221,7 @@ export class Federation {
         host: () => this.host,
         leases: components.leases,
       },
+      components.flows,
     )
     this.control = new ControlRelay(init.messageTimeoutMs ?? 10_000, {
       dataPlane: components.dataPlane,
@@ -218,6 +257,7 @@ export class Federation {
     this.peersBucket = await RecordBucket.open<PeerRecord>(js, PEERS_BUCKET, replicas)
     this.agreementsBucket = await RecordBucket.open<AgreementRecord>(js, AGREEMENTS_BUCKET, replicas)
     this.outboxBucket = await RecordBucket.open<OutboxEntry>(js, OUTBOX_BUCKET, replicas)
+    this.identityBucket = await RecordBucket.open<KeySuccession[]>(js, IDENTITY_BUCKET, replicas)
     await this.transfers.start()
     await this.siteIndex.start(js)
     // Other replicas of this node change the same buckets: follow them (watches first, so no
@@ -225,6 +265,8 @@ export class Federation {
     await this.peersBucket.watch((change) => this.onPeerChange(change))
     await this.agreementsBucket.watch((change) => this.onAgreementChange(change))
     await this.outboxBucket.watch((change) => this.onOutboxChange(change))
+    await this.identityBucket.watch((change) => this.onOwnSuccessions(change.value ?? []))
+    this.ownSuccessions = (await this.identityBucket.get(SUCCESSIONS_KEY)) ?? []
     for (const peer of await this.peersBucket.list()) this.peersByAlias.set(peer.alias, peer)
     for (const record of await this.agreementsBucket.list()) this.agreements.set(record.id, record)
     for (const entry of await this.outboxBucket.list()) this.outbox.set(entry.key, entry)
@@ -241,12 +283,9 @@ export class Federation {
           // The first refusal of a key is audited at once; repeats within the interval as one
           // entry with a count (housekeeping), so a stranger cannot grow the log.
           if (!this.refusals.note(event)) return
-          this.components.logger.warn(event, 'connection refused: unknown peer')
-          void this.components.audit.append('connection.refused', {
-            ...event,
-            reason: 'unknown peer',
-            count: 1,
-          })
+          const reason = this.refusalReason(event.peerId)
+          this.components.logger.warn(event, `connection refused: ${reason}`)
+          void this.components.audit.append('connection.refused', { ...event, reason, count: 1 })
         },
         onConnected: (peerId) => {
           const peer = this.peerByPeerId(peerId)
@@ -300,6 +339,8 @@ export class Federation {
     const host = this.host
     this.host = undefined
     await host?.stop()
+    // Sessions end with the connections; their reads and leases are let go before this returns.
+    await this.transfers.settled(5_000)
   }
 
   // ── changes made by other replicas ─────────────────────────────────────────────────────────
@@ -308,7 +349,8 @@ export class Federation {
     const known = this.peersByAlias.get(change.key)
     if (change.value) {
       this.peersByAlias.set(change.key, change.value)
-      if (!known) this.host?.wake(change.value.peerId)
+      // A new peer, or one that moved to its successor key (on another replica).
+      if (known?.peerId !== change.value.peerId) this.host?.wake(change.value.peerId)
     } else if (known) {
       this.peersByAlias.delete(change.key)
       void this.host?.disconnect(known.peerId)
@@ -338,9 +380,30 @@ export class Federation {
 
   // ── peers ────────────────────────────────────────────────────────────────────────────────
 
-  private peerByPeerId(peerId: string): PeerRecord | undefined {
+  /** The peer a key speaks for: its current key, or a key it replaced whose grace has not ended. */
+  private peerByPeerId(peerId: string, now = Date.now()): PeerRecord | undefined {
     for (const peer of this.peersByAlias.values()) if (peer.peerId === peerId) return peer
+    for (const peer of this.peersByAlias.values()) {
+      if (peer.retired?.some((key) => key.peerId === peerId && key.until > now)) return peer
+    }
     return undefined
+  }
+
+  /** The keys a peer may sign with now: its current key and those still in their grace. */
+  private keysInForce(peer: PeerRecord, now = Date.now()): string[] {
+    return [
+      peer.publicKey,
+      ...(peer.retired ?? []).filter((key) => key.until > now).map((key) => key.publicKey),
+    ]
+  }
+
+  /** Why the gate refuses a key: a peer's retired key, or a stranger's. */
+  private refusalReason(peerId: string): string {
+    for (const peer of this.peersByAlias.values()) {
+      if (peer.retired?.some((key) => key.peerId === peerId))
+        return `retired key of ${peer.alias} (its grace ended)`
+    }
+    return 'unknown peer'
   }
 
   private peerByKey(key: string): PeerRecord | undefined {
@@ -389,7 +452,8 @@ export class Federation {
    */
   private async learnAddrs(peerId: string, addrs: string[]): Promise<void> {
     const peer = this.peerByPeerId(peerId)
-    if (!peer) return
+    // A retired key's connection (an old process, a courier) does not say where the peer is now.
+    if (!peer || peer.peerId !== peerId) return
     const announced = addrs.map((addr) => (addr.includes('/p2p/') ? addr : `${addr}/p2p/${peerId}`))
     if (announced.every((addr) => peer.addrs.includes(addr))) return
     // Newest first, the card's and earlier ones after, bounded.
@@ -419,6 +483,14 @@ export class Federation {
       lastSeen: link?.lastSeen ? iso(link.lastSeen) : null,
       lastError: connected ? null : (link?.lastError ?? null),
       added: iso(peer.added),
+      ...(peer.retired?.length
+        ? { retired: peer.retired.map((key) => ({ peerId: key.peerId, acceptedUntil: iso(key.until) })) }
+        : {}),
+      ...([...this.outbox.values()].some(
+        (entry) => entry.peer === peer.alias && entry.message.t === 'succession',
+      )
+        ? { keySuccessionPending: true }
+        : {}),
     }
   }
 
@@ -509,6 +581,12 @@ export class Federation {
       if (record.proposedBy === record.role) {
         throw new AgreementStateError(
           `agreement ${id} is this node's own proposal; the other party accepts it`,
+        )
+      }
+      if (record.doc.body[record.role].key !== this.myKey) {
+        // Our signature must verify against the key the body names, which this node retired.
+        throw new AgreementStateError(
+          `agreement ${id} names the key this node had before its key rotation; ask ${record.peer} to propose it again`,
         )
       }
       const sig = signId(id, this.components.signer)
@@ -692,8 +770,9 @@ export class Federation {
     }
     let message: AgreementMessage
     let id: string
+    let frame: unknown
     try {
-      const frame = await readFrame(stream, {
+      frame = await readFrame(stream, {
         signal: AbortSignal.timeout(this.init.messageTimeoutMs ?? 10_000),
       })
       ;({ message, id } = parseAgreementMessage(frame))
@@ -715,7 +794,14 @@ export class Federation {
         stream.abort(error as Error)
         return
       }
-      await this.refuse(stream, peer, undefined, error as Error)
+      if ((frame as { t?: unknown } | undefined)?.t === 'succession') {
+        // A forged or malformed succession statement: recorded as such; nothing changes.
+        this.components.logger.warn(
+          { peer: peer.alias, err: (error as Error).message },
+          'key succession statement refused',
+        )
+        await this.refuse(stream, peer, undefined, error as Error, 'peer.key_succession_refused')
+      } else await this.refuse(stream, peer, undefined, error as Error)
       return
     }
     try {
@@ -723,7 +809,17 @@ export class Federation {
       await writeFrame(stream, { ok: true })
       await stream.close()
     } catch (error) {
-      await this.refuse(stream, peer, id, error as Error)
+      if (message.t === 'succession') {
+        const { from, to } = message.succession
+        this.components.logger.warn(
+          { peer: peer.alias, err: (error as Error).message },
+          'key succession statement refused',
+        )
+        await this.refuse(stream, peer, undefined, error as Error, 'peer.key_succession_refused', {
+          from: peerIdOfKey(from),
+          to: peerIdOfKey(to),
+        })
+      } else await this.refuse(stream, peer, id, error as Error)
     }
   }
 
@@ -733,16 +829,28 @@ export class Federation {
     id: string | undefined,
     error: Error,
     auditType = 'agreement.message_refused',
+    details?: Record<string, unknown>,
   ): Promise<void> {
-    return refuseStream(stream, { peer: peer.alias, id, error, auditType }, this.components)
+    return refuseStream(stream, { peer: peer.alias, id, error, auditType, details }, this.components)
   }
 
   /** Apply a checked message from `peer`. Throws a FederationError naming why it is refused. */
   private async apply(message: AgreementMessage, id: string, peer: PeerRecord): Promise<void> {
+    if (message.t === 'succession') {
+      await this.applySuccession(message.succession, peer)
+      return
+    }
     if (message.t === 'propose') {
       const role = roleOf(message.doc.body, this.myKey)
-      if (!role) throw new ForeignAgreementError('the agreement names neither party as this node')
-      if (message.doc.body[otherRole(role)].key !== peer.publicKey) {
+      if (!role) {
+        const { provider, consumer } = message.doc.body
+        if (this.ownSuccessions.some((s) => s.from === provider.key || s.from === consumer.key))
+          throw new ForeignAgreementError(
+            'the agreement names the key this node had before its key rotation; propose it to its current key',
+          )
+        throw new ForeignAgreementError('the agreement names neither party as this node')
+      }
+      if (!this.keysInForce(peer).includes(message.doc.body[otherRole(role)].key)) {
         throw new ForeignAgreementError(
           `the agreement does not name ${peer.alias}, who sent it, as the other party`,
         )
@@ -757,7 +865,9 @@ export class Federation {
     const state = this.state(record)
     switch (message.t) {
       case 'accept': {
-        if (!verifyIdSignature(id, message.sig, peer.publicKey)) {
+        // Against the key the body names for them: that is what makes the document verify (the
+        // body was matched to this peer when it was proposed).
+        if (!verifyIdSignature(id, message.sig, record.doc.body[theirs].key)) {
           throw new BadSignatureError(`the acceptance of ${id} is not signed by ${peer.alias}`)
         }
         if (record.doc.signatures[theirs] === message.sig) return
@@ -770,7 +880,7 @@ export class Federation {
         return
       }
       case 'reject': {
-        if (message.rejection.by !== peer.publicKey)
+        if (!this.keysInForce(peer).includes(message.rejection.by))
           throw new BadSignatureError(`the rejection of ${id} is not by ${peer.alias}`)
         if (state === 'rejected') return
         if (state !== 'proposed')
@@ -786,7 +896,7 @@ export class Federation {
         return
       }
       case 'revoke': {
-        if (message.revocation.by !== peer.publicKey)
+        if (!this.keysInForce(peer).includes(message.revocation.by))
           throw new BadSignatureError(`the revocation of ${id} is not by ${peer.alias}`)
         if (state === 'revoked') return
         if (state === 'rejected') throw new AgreementStateError(`agreement ${id} was rejected`)
@@ -801,6 +911,252 @@ export class Federation {
         })
         return
       }
+    }
+  }
+
+  // ── key rotation ───────────────────────────────────────────────────────────────────────────
+
+  /**
+   * A peer's succession statement (signatures already checked by the parser): move the peer to
+   * its new key under the same alias, keep the old key accepted until the grace ends, audit it.
+   * Refused (and nothing changes) when the old key is no peer's, or not the current key of the
+   * peer that sent it.
+   */
+  private async applySuccession(statement: KeySuccession, sender: PeerRecord): Promise<void> {
+    const now = Date.now()
+    // The statement again (a courier's retry, another replica's delivery): already applied.
+    if (
+      sender.publicKey === statement.to &&
+      sender.retired?.some(
+        (key) => key.publicKey === statement.from && key.succession.sigs.to === statement.sigs.to,
+      )
+    )
+      return
+    const owner = [...this.peersByAlias.values()].find(
+      (peer) =>
+        peer.publicKey === statement.from || peer.retired?.some((key) => key.publicKey === statement.from),
+    )
+    if (!owner)
+      throw new SuccessionUnknownPeerError(
+        `the statement replaces key ${peerIdOfKey(statement.from)}, which is the key of no peer of this node`,
+      )
+    if (owner.alias !== sender.alias)
+      throw new SuccessionKeyMismatchError(
+        `the statement replaces a key of ${owner.alias}, but ${sender.alias} sent it`,
+      )
+    if (sender.publicKey !== statement.from)
+      throw new SuccessionKeyMismatchError(
+        `the statement replaces a key ${sender.alias} no longer uses (its current key is ${sender.peerId})`,
+      )
+    if (statement.org !== sender.org)
+      throw new KeySuccessionError(
+        `the statement is for organisation '${statement.org}', but ${sender.alias} is '${sender.org}'`,
+      )
+    if (statement.to === this.myKey) throw new KeySuccessionError("the new key is this node's own")
+    const other = this.peerByKey(statement.to)
+    if (other) throw new KeySuccessionError(`the new key is already the key of peer ${other.alias}`)
+    const fromPeerId = sender.peerId
+    const toPeerId = peerIdOfKey(statement.to)
+    const retired: RetiredPeerKey = {
+      peerId: fromPeerId,
+      publicKey: statement.from,
+      succession: statement,
+      until: statement.graceUntil,
+    }
+    const updated: PeerRecord = {
+      ...sender,
+      peerId: toPeerId,
+      publicKey: statement.to,
+      // Same hosts and ports, new identity.
+      addrs: sender.addrs.map((addr) => addr.replace(`/p2p/${fromPeerId}`, `/p2p/${toPeerId}`)),
+      retired: [...(sender.retired ?? []), retired].slice(-8),
+    }
+    await this.peersBucket!.put(updated.alias, updated)
+    this.peersByAlias.set(updated.alias, updated)
+    await this.components.audit.append('peer.key_succeeded', {
+      peer: updated.alias,
+      org: updated.org,
+      from: fromPeerId,
+      to: toPeerId,
+      at: statement.at,
+      oldKeyAcceptedUntil: statement.graceUntil,
+      statement: { ...statement },
+    })
+    this.components.logger.info(
+      {
+        peer: updated.alias,
+        from: fromPeerId,
+        to: toPeerId,
+        graceMs: Math.max(0, statement.graceUntil - now),
+      },
+      'peer moved to its new key',
+    )
+    this.host?.wake(toPeerId)
+  }
+
+  /**
+   * Close the connections of peer keys whose grace ended (the gate refuses them from then on);
+   * the first time, record it.
+   */
+  private retireExpiredPeerKeys(now: number): void {
+    for (const peer of this.peersByAlias.values()) {
+      for (const key of peer.retired ?? []) {
+        if (key.until > now || this.closing.has(key.peerId)) continue
+        const connected = this.host?.isConnected(key.peerId) ?? false
+        if (key.closedAt && !connected) continue
+        this.closing.add(key.peerId)
+        void (async () => {
+          if (connected) await this.host?.disconnect(key.peerId)
+          const current = this.peersByAlias.get(peer.alias)
+          const stored = current?.retired?.find((k) => k.peerId === key.peerId)
+          if (current && stored && !stored.closedAt) {
+            stored.closedAt = now
+            await this.peersBucket!.put(current.alias, current)
+            await this.components.audit.append('peer.key_retired', {
+              peer: current.alias,
+              peerId: key.peerId,
+              until: key.until,
+            })
+          }
+        })()
+          .catch((error: Error) =>
+            this.components.logger.warn(
+              { peer: peer.alias, err: error.message },
+              'retiring a peer key failed',
+            ),
+          )
+          .finally(() => this.closing.delete(key.peerId))
+      }
+    }
+  }
+
+  /** This node's key successions changed (a rotation here or on another replica). */
+  private onOwnSuccessions(successions: KeySuccession[]): void {
+    this.ownSuccessions = successions
+    if (!this.retiredWarned && successions.some((s) => s.from === this.myKey)) {
+      this.retiredWarned = true
+      // Another replica rotated the key this one still runs with: partners refuse it after the grace.
+      this.components.logger.error(
+        {},
+        'the key of this replica was retired by a key rotation: copy keys/node.key from the replica that rotated it and restart this one',
+      )
+    }
+  }
+
+  /** This node's key successions, oldest first. */
+  successions(): KeySuccession[] {
+    return [...this.ownSuccessions]
+  }
+
+  /**
+   * Tell every peer that this node's key is succeeded: the statement is queued in each peer's
+   * outbox (delivered at once to connected peers, over the connection of the old key), then
+   * recorded as this node's own. Returns the aliases it was queued for.
+   */
+  async announceSuccession(statement: KeySuccession): Promise<string[]> {
+    const aliases = [...this.peersByAlias.keys()].sort()
+    for (const alias of aliases) await this.enqueue(alias, { t: 'succession', succession: statement })
+    // Recorded once queued everywhere: a node that stops in between finds it queued or not at all.
+    const successions = [...this.ownSuccessions.filter((s) => s.to !== statement.to), statement]
+    await this.identityBucket!.put(SUCCESSIONS_KEY, successions)
+    this.ownSuccessions = successions
+    return aliases
+  }
+
+  /** Aliases of the peers a succession statement still waits for (not yet acknowledged). */
+  pendingSuccession(statement: KeySuccession): string[] {
+    const pending = new Set<string>()
+    for (const entry of this.outbox.values()) {
+      if (entry.message.t === 'succession' && entry.message.succession.to === statement.to)
+        pending.add(entry.peer)
+    }
+    return [...pending].sort()
+  }
+
+  /**
+   * Wait until every connected peer has acknowledged (or refused) the statement, at most
+   * `timeoutMs`. Peers that are not connected get it later (from a courier).
+   */
+  async awaitSuccession(statement: KeySuccession, timeoutMs: number): Promise<string[]> {
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      const waiting = this.pendingSuccession(statement).filter((alias) => {
+        const peer = this.peersByAlias.get(alias)
+        return peer !== undefined && (this.host?.isConnected(peer.peerId) ?? false)
+      })
+      if (waiting.length === 0 || Date.now() >= deadline) return this.pendingSuccession(statement)
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+  }
+
+  /**
+   * Peers that wait for one of this node's succession statements and are not connected (their
+   * gate knows only the old key): a courier keyed by the old key delivers what is queued up to
+   * and including the statement, retried with backoff while the peer is unreachable.
+   */
+  private runCouriers(now: number): void {
+    const host = this.host
+    if (!host || !this.components.retiredSigner) return
+    for (const alias of new Set([...this.outbox.values()].map((entry) => entry.peer))) {
+      const peer = this.peersByAlias.get(alias)
+      if (!peer || host.isConnected(peer.peerId)) continue
+      const state = this.couriers.get(alias) ?? { next: 0, backoffMs: COURIER_RETRY_MS, running: false }
+      this.couriers.set(alias, state)
+      if (state.running || state.next > now || this.delivering.has(alias)) continue
+      const entries = this.pendingFor(alias)
+      const last = entries.findIndex(
+        (entry) => entry.message.t === 'succession' && entry.message.succession.from !== this.myKey,
+      )
+      if (last < 0) continue
+      state.running = true
+      void this.runCourier(peer, entries.slice(0, last + 1))
+        .then((delivered) => {
+          state.next = delivered ? 0 : Date.now() + state.backoffMs
+          state.backoffMs = delivered ? COURIER_RETRY_MS : Math.min(state.backoffMs * 2, COURIER_MAX_RETRY_MS)
+        })
+        .finally(() => {
+          state.running = false
+        })
+    }
+  }
+
+  private pendingFor(alias: string): OutboxEntry[] {
+    return [...this.outbox.values()]
+      .filter((entry) => entry.peer === alias)
+      .sort((a, b) => a.key.localeCompare(b.key))
+  }
+
+  /** One courier run; true when everything it carried was delivered (or refused by the peer). */
+  private async runCourier(peer: PeerRecord, entries: OutboxEntry[]): Promise<boolean> {
+    const statement = (entries[entries.length - 1]!.message as { succession: KeySuccession }).succession
+    const signer = await this.components.retiredSigner!(statement.from).catch(() => undefined)
+    if (!signer) {
+      this.outboxErrors.set(
+        peer.alias,
+        `the retired key ${peerIdOfKey(statement.from)} is no longer kept: ${peer.alias} cannot be told of the key rotation (send it the new card)`,
+      )
+      return false
+    }
+    this.delivering.add(peer.alias)
+    try {
+      return await withCourier(signer.privateKeySeed, peer, async (openStream) => {
+        for (const entry of entries) {
+          if (!this.outbox.has(entry.key)) continue
+          if (!(await this.deliverOne(peer.alias, peer, entry, openStream))) return false
+        }
+        this.components.logger.info(
+          { peer: peer.alias, messages: entries.length },
+          'key succession delivered by courier (the peer was offline at the rotation)',
+        )
+        return true
+      })
+    } catch (error) {
+      this.outboxErrors.set(peer.alias, `courier: ${(error as Error).message}`)
+      return false
+    } finally {
+      this.delivering.delete(peer.alias)
+      // What was queued after the statement goes over the new key's connection.
+      this.host?.wake(peer.peerId)
     }
   }
 
@@ -857,9 +1213,14 @@ export class Federation {
   }
 
   /** Send one queued message; false when the link failed and the rest must wait. */
-  private async deliverOne(alias: string, peer: PeerRecord, entry: OutboxEntry): Promise<boolean> {
+  private async deliverOne(
+    alias: string,
+    peer: PeerRecord,
+    entry: OutboxEntry,
+    openStream?: OpenStream,
+  ): Promise<boolean> {
     try {
-      await this.send(peer, entry.message)
+      await this.send(peer, entry.message, openStream)
       this.outboxErrors.delete(alias)
     } catch (error) {
       if (!(error instanceof PeerRefusedError)) {
@@ -870,21 +1231,26 @@ export class Federation {
       }
       // The peer checked the message and refused it: retrying cannot help.
       this.outboxErrors.set(alias, error.message)
-      await this.components.audit.append('agreement.delivery_refused', {
-        peer: alias,
-        type: entry.message.t,
-        error: error.remoteName,
-        reason: error.message,
-      })
+      await this.components.audit.append(
+        entry.message.t === 'succession' ? 'key.succession_refused' : 'agreement.delivery_refused',
+        {
+          peer: alias,
+          type: entry.message.t,
+          error: error.remoteName,
+          reason: error.message,
+        },
+      )
     }
     this.outbox.delete(entry.key)
     await this.outboxBucket!.delete(entry.key)
     return true
   }
 
-  private async send(peer: PeerRecord, message: AgreementMessage): Promise<void> {
+  private async send(peer: PeerRecord, message: AgreementMessage, openStream?: OpenStream): Promise<void> {
     const signal = AbortSignal.timeout(this.init.messageTimeoutMs ?? 10_000)
-    const stream = await this.host!.openStream(peer.peerId, AGREEMENT_PROTOCOL, { signal })
+    const stream = openStream
+      ? await openStream(AGREEMENT_PROTOCOL, { signal })
+      : await this.host!.openStream(peer.peerId, AGREEMENT_PROTOCOL, { signal })
     try {
       await writeFrame(stream, message, { signal })
       await stream.close({ signal })
@@ -906,9 +1272,12 @@ export class Federation {
   private housekeeping(): void {
     const now = Date.now()
     for (const summary of this.refusals.flush(now)) {
-      this.components.logger.warn(summary, 'connections refused: unknown peer (repeated)')
-      void this.components.audit.append('connection.refused', { ...summary, reason: 'unknown peer' })
+      const reason = this.refusalReason(summary.peerId)
+      this.components.logger.warn(summary, `connections refused: ${reason} (repeated)`)
+      void this.components.audit.append('connection.refused', { ...summary, reason })
     }
+    this.retireExpiredPeerKeys(now)
+    this.runCouriers(now)
     for (const alias of new Set([...this.outbox.values()].map((entry) => entry.peer)))
       void this.deliver(alias)
     for (const record of this.agreements.values()) {

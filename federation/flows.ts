@@ -31,6 +31,7 @@ import {
   emptyStats,
   type FlowStats,
   MAX_BATCH_FRAME_BYTES,
+  remoteKey,
   TRANSFER_PROTOCOL,
   type TransferState,
   type TransferTuning,
@@ -87,11 +88,17 @@ export class TransferFlows {
   private readonly consumerRuns = new Map<string, Promise<void>>()
   /** A consumer lease being given up: a new session waits for it rather than race it. */
   private readonly consumerReleases = new Map<string, Promise<void>>()
+  /** Provider leases being given up. */
+  private readonly providerReleases = new Set<Promise<void>>()
 
   constructor(
     private readonly tuning: TransferTuning,
     private readonly components: TransferFlowsComponents,
-  ) {}
+    /** Counters to carry on from (the flows of a host this one replaces, e.g. after a key rotation). */
+    previous?: ReadonlyMap<string, FlowStats>,
+  ) {
+    for (const [id, stats] of previous ?? []) this.flows.set(id, stats)
+  }
 
   async start(): Promise<void> {
     this.states ??= await RecordBucket.open<TransferState>(
@@ -119,7 +126,29 @@ export class TransferFlows {
 
   private async releaseProvider(id: string): Promise<void> {
     this.providerLeases.delete(id)
-    await this.components.leases.release(providerLeaseName(id))
+    const release = this.components.leases.release(providerLeaseName(id))
+    this.providerReleases.add(release)
+    try {
+      await release
+    } finally {
+      this.providerReleases.delete(release)
+    }
+  }
+
+  /**
+   * After `stop`: wait (at most `timeoutMs`) until every session has closed its reads and every
+   * lease is given up, so flows that replace these (a host restarted with a new key) start clean.
+   */
+  async settled(timeoutMs: number): Promise<void> {
+    const pending = Promise.allSettled([
+      ...this.providerRuns.values(),
+      ...this.consumerRuns.values(),
+      ...this.consumerReleases.values(),
+      ...this.providerReleases,
+    ])
+    let timer: ReturnType<typeof setTimeout> | undefined
+    await Promise.race([pending, new Promise((resolve) => (timer = setTimeout(resolve, timeoutMs)))])
+    clearTimeout(timer)
   }
 
   /** Flow counters of an agreement on this node. */
@@ -329,7 +358,9 @@ export class TransferFlows {
       if (!lease)
         throw new TransferBusyError(`another replica of this node receives agreement ${id} now; try again`)
       if (this.consumerSessions.has(id)) this.stopSessions(id, 'replaced by a new session')
+      const providerKey = remoteKey(connection.remotePeer)
       const session = new ConsumerSession(this.view(record), channel, {
+        ...(providerKey ? { providerKey } : {}),
         dataPlane: this.components.dataPlane,
         logger,
         stats: this.flow(id),

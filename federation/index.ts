@@ -1,7 +1,8 @@
 /**
  * federation: the libp2p host, peer directory and connection gating, sharing agreements
- * (model, canonical encoding, signatures, lifecycle, store), the agreement protocol and the
- * audit log (ARCHITECTURE §6, §7). It imports only `data-plane/`.
+ * (model, canonical encoding, signatures, lifecycle, store), the agreement protocol, key
+ * succession (a peer's or this node's key rotation) and the audit log (ARCHITECTURE §6, §7). It
+ * imports only `data-plane/`.
  *
  * @example
  * const audit = new AuditLog({ dir: paths.audit }, { signer })
@@ -18,6 +19,7 @@ export {
   type AuditLogInit,
   type AuditSigner,
   type AuditVerifyResult,
+  KEY_ROTATED_TYPE,
   verifyAuditLog,
 } from './audit.ts'
 export { encodeCanonical } from './canonical-cbor.ts'
@@ -44,5 +46,14 @@ export {
   type ReplicaDirectoryInit,
   type ReplicaView,
 } from './replicas.ts'
-export { TRANSFER_BUCKET } from './stores.ts'
+export { readOwnSuccessions, TRANSFER_BUCKET } from './stores.ts'
+export {
+  DEFAULT_GRACE_MS,
+  type KeySuccession,
+  MAX_GRACE_MS,
+  parseSuccession,
+  peerIdOfKey,
+  signSuccession,
+  successionBytes,
+} from './succession.ts'
 export { emptyStats, type FlowStats, type TransferState } from './transfer.ts'

@@ -11,6 +11,7 @@ import {
   type Termination,
 } from './agreement.ts'
 import { AgreementFormatError } from './errors.ts'
+import { type KeySuccession, parseSuccession } from './succession.ts'
 
 export const AGREEMENT_PROTOCOL = '/oe/agreement/1.0.0'
 
@@ -19,6 +20,8 @@ export type AgreementMessage =
   | { t: 'accept'; id: string; sig: string }
   | { t: 'reject'; rejection: Termination }
   | { t: 'revoke'; revocation: Termination }
+  /** The sender's organisation replaced its key (see `succession.ts`); about no agreement. */
+  | { t: 'succession'; succession: KeySuccession }
 
 export type AgreementReply = { ok: true } | { ok: false; error: string; message: string }
 
@@ -33,8 +36,13 @@ export function messageAgreementId(message: AgreementMessage, proposeId?: string
       return message.rejection.id
     case 'revoke':
       return message.revocation.id
+    case 'succession':
+      return ''
   }
 }
+
+/** What a succession message is serialised under (instead of an agreement id). */
+export const successionLockId = (statement: KeySuccession): string => `succession:${statement.from}`
 
 function fields(value: unknown, allowed: string[]): Record<string, unknown> {
   if (typeof value !== 'object' || value === null || Array.isArray(value))
@@ -45,7 +53,10 @@ function fields(value: unknown, allowed: string[]): Record<string, unknown> {
   return value as Record<string, unknown>
 }
 
-/** Parse and check a message (signatures included); returns the id for proposals too. */
+/**
+ * Parse and check a message (signatures included); returns the id for proposals too, and for a
+ * succession the key its changes are serialised under.
+ */
 export function parseAgreementMessage(value: unknown): { message: AgreementMessage; id: string } {
   const t = (value as { t?: unknown } | null)?.t
   switch (t) {
@@ -71,6 +82,11 @@ export function parseAgreementMessage(value: unknown): { message: AgreementMessa
       const raw = fields(value, ['t', 'revocation'])
       const revocation = parseTermination('revoke', raw.revocation)
       return { message: { t, revocation }, id: revocation.id }
+    }
+    case 'succession': {
+      const raw = fields(value, ['t', 'succession'])
+      const succession = parseSuccession(raw.succession)
+      return { message: { t, succession }, id: successionLockId(succession) }
     }
     default:
       throw new AgreementFormatError('t', `unknown message type '${String(t).slice(0, 32)}'`)

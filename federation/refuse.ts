@@ -10,7 +10,14 @@ import { writeFrame } from './frames.ts'
 
 export async function refuseStream(
   stream: Stream,
-  refusal: { peer: string; id?: string | undefined; error: Error; auditType: string },
+  refusal: {
+    peer: string
+    id?: string | undefined
+    error: Error
+    auditType: string
+    /** More facts for the audit entry. */
+    details?: Record<string, unknown> | undefined
+  },
   components: { audit: AuditSink; logger: Logger },
 ): Promise<void> {
   const { error } = refusal
@@ -21,6 +28,7 @@ export async function refuseStream(
   await components.audit.append(refusal.auditType, {
     peer: refusal.peer,
     ...(refusal.id ? { id: refusal.id } : {}),
+    ...refusal.details,
     error: name,
     reason: error.message,
   })

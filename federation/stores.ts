@@ -9,12 +9,29 @@ import { encodeCbor } from '../data-plane/index.ts'
 import type { AgreementDocument, Role, Termination } from './agreement.ts'
 import { decodeFederationCbor } from './canonical-cbor.ts'
 import type { AgreementMessage } from './messages.ts'
+import type { KeySuccession } from './succession.ts'
 
 export const PEERS_BUCKET = 'oe-peers'
 export const AGREEMENTS_BUCKET = 'oe-agreements'
 export const OUTBOX_BUCKET = 'oe-fed-outbox'
 /** Per agreement, what the consumer holds (high-water marks); see transfer.ts. */
 export const TRANSFER_BUCKET = 'oe-transfer'
+/** This node's own key successions (key `successions`), shared by its replicas. */
+export const IDENTITY_BUCKET = 'oe-identity'
+export const SUCCESSIONS_KEY = 'successions'
+
+/** A key a peer replaced (key rotation): accepted until `until`, refused from then on. */
+export interface RetiredPeerKey {
+  peerId: string
+  /** Raw ed25519 public key, base64url. */
+  publicKey: string
+  /** The verified statement that replaced it. */
+  succession: KeySuccession
+  /** Epoch ms: connections and messages from this key are refused from then on. */
+  until: number
+  /** Set once the grace ended and the key's connections were closed (audited). */
+  closedAt?: number
+}
 
 export interface PeerRecord {
   alias: string
@@ -24,6 +41,8 @@ export interface PeerRecord {
   publicKey: string
   addrs: string[]
   added: number
+  /** Keys the peer used before, newest last (see `succession.ts`). */
+  retired?: RetiredPeerKey[]
 }
 
 export interface AgreementRecord {
@@ -141,4 +160,13 @@ export class RecordBucket<T> {
   private noteRevision(key: string, revision: number): void {
     if ((this.revisions.get(key) ?? 0) < revision) this.revisions.set(key, revision)
   }
+}
+
+/** This node's own key successions, oldest first (what `Federation.announceSuccession` keeps). */
+export async function readOwnSuccessions(
+  js: JetStreamClient,
+  options: { replicas?: number } = {},
+): Promise<KeySuccession[]> {
+  const bucket = await RecordBucket.open<KeySuccession[]>(js, IDENTITY_BUCKET, options)
+  return (await bucket.get(SUCCESSIONS_KEY)) ?? []
 }

@@ -118,6 +118,16 @@ export function publicKeyObject(key: string): KeyObject {
   })
 }
 
+/**
+ * The raw ed25519 key (base64url) a connection is authenticated with. What a peer signs on the
+ * connection is checked against it: after a key rotation that is the peer's new key, not the one
+ * its agreements name (the peer directory tied the two together by a verified succession).
+ */
+export function remoteKey(remotePeer: unknown): string | undefined {
+  const key = (remotePeer as { publicKey?: { type?: string; raw?: Uint8Array } }).publicKey
+  return key?.type === 'Ed25519' && key.raw ? Buffer.from(key.raw).toString('base64url') : undefined
+}
+
 /** When data stops counting: revocation time or the end of the validity window. */
 export function cutoff(view: AgreementView): number {
   return Math.min(view.revocation?.at ?? Number.POSITIVE_INFINITY, view.doc.body.validUntil)

@@ -64,3 +64,16 @@ export class ApiError extends NodeError {
 export class CardError extends NodeError {
   override name = 'CardError'
 }
+
+/** A key rotation cannot be done now (the node is not running, or another one is under way). */
+export class KeyRotationError extends NodeError {
+  override name = 'KeyRotationError'
+}
+
+/**
+ * The key in `keys/node.key` was retired by a key rotation (on another replica of this node):
+ * the replica must be given the new key before it starts.
+ */
+export class KeyRetiredError extends NodeError {
+  override name = 'KeyRetiredError'
+}

@@ -43,10 +43,11 @@ import {
 import { PluginError, type PluginHost } from '../plugins/index.ts'
 import { parseCard } from './card.ts'
 import { readSecretFile } from './data-dir.ts'
-import { CardError } from './errors.ts'
+import { CardError, KeyRotationError } from './errors.ts'
 import { IDEMPOTENCY_KEY_PATTERN, IdempotencyStore } from './idempotency.ts'
 import type { Logger } from './logger.ts'
 import type { NodeMetrics } from './metrics.ts'
+import type { KeyRotationResult } from './node.ts'
 
 export interface HttpApiInit {
   /** HOST:PORT; port 0 picks a free one. */
@@ -144,6 +145,8 @@ export interface HttpApiComponents {
   health: () => Promise<HealthReport>
   status: () => Promise<unknown>
   card: () => unknown
+  /** Rotate the node key (`POST /v1/key/rotate`); absent where the node cannot. */
+  rotateKey?: (options: { graceMs?: number }) => Promise<KeyRotationResult>
 }
 
 /** Answer to POST /v1/telemetry. */
@@ -1062,6 +1065,7 @@ export class HttpApi {
     }
     if (error instanceof DecodeError) return errorResponse(400, error.name, error.message)
     if (error instanceof CardError) return errorResponse(400, error.name, error.message)
+    if (error instanceof KeyRotationError) return errorResponse(409, error.name, error.message)
     if (error instanceof AgreementNotFoundError || error instanceof UnknownPeerError) {
       return errorResponse(404, error.name, error.message)
     }
@@ -1175,6 +1179,22 @@ export class HttpApi {
       admin('POST', /^\/v1\/agreements\/([0-9a-f]{64})\/revoke$/, 'agreements', async (request, params) =>
         json(await this.requireFederation().revoke(params[0]!, reason(await this.readJson(request)))),
       ),
+      admin('POST', /^\/v1\/key\/rotate$/, 'key', async (request) => {
+        const rotate = this.components.rotateKey
+        if (!rotate) throw new HttpError(503, 'NotReady', 'this node cannot rotate its key')
+        const body = await this.readJson(request)
+        const graceMs = body.graceMs
+        if (
+          graceMs !== undefined &&
+          (typeof graceMs !== 'number' || !Number.isSafeInteger(graceMs) || graceMs < 0)
+        )
+          throw new HttpError(
+            400,
+            'InvalidGrace',
+            'graceMs must be a whole number of milliseconds, 0 or more',
+          )
+        return json(await rotate(graceMs === undefined ? {} : { graceMs }))
+      }),
       admin('GET', /^\/v1\/plugins$/, 'plugins', () => json(this.components.plugins()?.status() ?? [])),
       admin(
         'POST',

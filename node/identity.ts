@@ -2,6 +2,11 @@
  * The node's identity: one ed25519 key, PKCS#8 PEM in `<data-dir>/keys/node.key` (folder 0700,
  * file 0600, never overwritten, refused when group/world-readable). The same key is the libp2p
  * PeerId and signs agreements, cards and batches. Key bytes are never logged.
+ *
+ * Key rotation (`oe-node key rotate`) is the one way the key changes: the successor is written
+ * to `node.key.next`, the current key is kept as `node.key.<time>.retired` (0600, so a peer that
+ * was offline can still be told by a courier keyed by it), and `node.key.next` then replaces
+ * `node.key` in one rename, so `node.key` always holds a key.
  */
 import {
   createHash,
@@ -10,8 +15,19 @@ import {
   generateKeyPairSync,
   type KeyObject,
 } from 'node:crypto'
-import { chmod, mkdir, open, readFile, stat } from 'node:fs/promises'
-import { dirname } from 'node:path'
+import {
+  chmod,
+  constants,
+  copyFile,
+  mkdir,
+  open,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  stat,
+} from 'node:fs/promises'
+import { basename, dirname, join } from 'node:path'
 import * as ed from '@noble/ed25519'
 import { KeyFormatError, KeyPermissionError } from './errors.ts'
 
@@ -48,22 +64,80 @@ export async function createIdentityKey(keyPath: string): Promise<boolean> {
     )
   )
     return false
-  const { privateKey } = generateKeyPairSync('ed25519')
-  const pem = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string
-  let handle: Awaited<ReturnType<typeof open>>
   try {
-    handle = await open(keyPath, 'wx', 0o600)
+    await writeNewKey(keyPath)
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false
     throw error
   }
+  return true
+}
+
+/** Generate a key into `keyPath` (0600); fails with EEXIST when the file exists. */
+async function writeNewKey(keyPath: string): Promise<void> {
+  const { privateKey } = generateKeyPairSync('ed25519')
+  const pem = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string
+  const handle = await open(keyPath, 'wx', 0o600)
   try {
     await handle.writeFile(pem)
     await handle.sync()
   } finally {
     await handle.close()
   }
-  return true
+}
+
+/** Where a rotation writes the successor key before it takes the place of `keyPath`. */
+export const nextKeyPath = (keyPath: string): string => `${keyPath}.next`
+
+/** Where a rotation keeps the key it replaced: `node.key.2026-01-02T03-04-05-678Z.retired`. */
+export const retiredKeyPath = (keyPath: string, at: number): string =>
+  `${keyPath}.${new Date(at).toISOString().replace(/[:.]/g, '-')}.retired`
+
+/** A fresh key at `nextPath` (0600; one left by an interrupted rotation is replaced). */
+export async function createSuccessorKey(nextPath: string): Promise<NodeIdentity> {
+  await ensureKeyDir(nextPath)
+  await rm(nextPath, { force: true })
+  await writeNewKey(nextPath)
+  return loadIdentity(nextPath)
+}
+
+/**
+ * Put the successor in place: the current key is copied to `retiredPath` (0600, never
+ * overwritten), then `nextPath` replaces `keyPath` in one rename.
+ */
+export async function promoteSuccessorKey(
+  keyPath: string,
+  nextPath: string,
+  retiredPath: string,
+): Promise<void> {
+  try {
+    await copyFile(keyPath, retiredPath, constants.COPYFILE_EXCL)
+  } catch (error) {
+    // Kept already (a promotion that stopped after the copy): only the very same key will do.
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
+    const [kept, current] = await Promise.all([readFile(retiredPath, 'utf8'), readFile(keyPath, 'utf8')])
+    if (kept !== current) throw new KeyFormatError(`${retiredPath} exists and holds another key`)
+  }
+  await chmod(retiredPath, 0o600)
+  await rename(nextPath, keyPath)
+}
+
+/** A retired key kept beside `keyPath` whose public key (base64url) is `publicKey`. */
+export async function findRetiredIdentity(
+  keyPath: string,
+  publicKey: string,
+): Promise<NodeIdentity | undefined> {
+  const dir = dirname(keyPath)
+  const prefix = `${basename(keyPath)}.`
+  const names = await readdir(dir).catch(() => [] as string[])
+  for (const name of names
+    .filter((n) => n.startsWith(prefix) && n.endsWith('.retired'))
+    .sort()
+    .reverse()) {
+    const identity = await loadIdentity(join(dir, name)).catch(() => undefined)
+    if (identity && Buffer.from(identity.publicKey).toString('base64url') === publicKey) return identity
+  }
+  return undefined
 }
 
 export async function loadIdentity(keyPath: string): Promise<NodeIdentity> {

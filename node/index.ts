@@ -45,4 +45,11 @@ export {
 } from './identity.ts'
 export { defaultOrgName, type InitResult, initDataDir } from './init.ts'
 export { createLogger, type Logger, silentLogger } from './logger.ts'
-export { advertisedAddrs, NODE_VERSION, type NodeStatus, OeNode } from './node.ts'
+export {
+  advertisedAddrs,
+  type KeyRotationResult,
+  NODE_VERSION,
+  type NodeStatus,
+  OeNode,
+  reuseBoundPorts,
+} from './node.ts'

@@ -1,10 +1,14 @@
 /**
  * The composition root: assembles the data dir, identity, data plane (embedded or external
- * NATS) and HTTP API in start order, stops them in reverse, and reports health and status.
+ * NATS) and HTTP API in start order, stops them in reverse, and reports health and status. It
+ * also rotates the node key (`rotateKey`): the succession statement goes to every peer over the
+ * connections of the old key, the audit log is handed to the new key, the key file is replaced
+ * (the old one kept as `keys/node.key.<time>.retired`), and the libp2p host restarts with the
+ * new identity on the same ports.
  */
 
 import { randomBytes } from 'node:crypto'
-import { readFile, rm, writeFile } from 'node:fs/promises'
+import { readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { networkInterfaces } from 'node:os'
 import { join } from 'node:path'
 import type { NatsConnection } from '@nats-io/nats-core'
@@ -22,10 +26,18 @@ import {
 import {
   type AgreementSummary,
   AuditLog,
+  type AuditSigner,
+  base64url,
+  DEFAULT_GRACE_MS,
   Federation,
+  type FederationSigner,
+  type KeySuccession,
+  MAX_GRACE_MS,
   type PeerView,
   ReplicaDirectory,
   type ReplicaView,
+  readOwnSuccessions,
+  signSuccession,
 } from '../federation/index.ts'
 import {
   builtinPlugins,
@@ -39,9 +51,17 @@ import {
 import { createCard, type NodeCard } from './card.ts'
 import type { NodeConfig } from './config.ts'
 import { DataDirLock, type DataDirPaths, dataDirPaths, writeApiFile } from './data-dir.ts'
-import { ConfigError } from './errors.ts'
+import { ConfigError, KeyRetiredError, KeyRotationError } from './errors.ts'
 import { type HealthReport, HttpApi } from './http-api.ts'
-import type { NodeIdentity } from './identity.ts'
+import {
+  createSuccessorKey,
+  findRetiredIdentity,
+  loadIdentity,
+  type NodeIdentity,
+  nextKeyPath,
+  promoteSuccessorKey,
+  retiredKeyPath,
+} from './identity.ts'
 import { defaultOrgName, initDataDir } from './init.ts'
 import type { Logger } from './logger.ts'
 import {
@@ -96,6 +116,35 @@ export interface NodeStatus {
 
 type NodeState = 'stopped' | 'starting' | 'running' | 'stopping'
 
+/** What `POST /v1/key/rotate` and `oe-node key rotate --json` report (no key material). */
+export interface KeyRotationResult {
+  org: string
+  from: { peerId: string; publicKey: string }
+  to: { peerId: string; publicKey: string }
+  /** ISO 8601: the new key is in force from then on. */
+  at: string
+  /** ISO 8601: partners refuse the old key from then on. */
+  oldKeyAcceptedUntil: string
+  graceSeconds: number
+  /** Where the old key is kept (0600) until every peer has the statement. */
+  retiredKeyFile: string
+  /** Peers that acknowledged the succession statement before the switch. */
+  notified: string[]
+  /** Peers that have not yet (not connected): told when next reachable, by a courier. */
+  pending: string[]
+}
+
+/** The signer parts of an identity, as federation and audit use them. */
+const signerOf = (identity: NodeIdentity): FederationSigner & AuditSigner => ({
+  publicKey: identity.publicKey,
+  sign: identity.sign,
+  privateKeySeed: identity.privateKeySeed,
+  privateKeyObject: identity.privateKeyObject,
+})
+
+/** How long a rotation waits for connected peers to acknowledge the statement before it switches. */
+const SUCCESSION_DELIVERY_MS = 10_000
+
 export class OeNode {
   readonly paths: DataDirPaths
   readonly metrics: NodeMetrics
@@ -117,6 +166,7 @@ export class OeNode {
   private ready = false
   private jetStreamProbe: { at: number; ok: boolean; detail?: string } = { at: 0, ok: false }
   private readonly stopSteps: (() => Promise<void>)[] = []
+  private rotating = false
 
   constructor(
     private readonly init: OeNodeInit,
@@ -199,8 +249,8 @@ export class OeNode {
       }
       await this.lock.acquire()
       this.stopSteps.push(() => this.lock.release())
-      const { identity, adminToken } = await initDataDir(this.paths, this.org)
-      this.identityValue = identity
+      const { identity: stored, adminToken } = await initDataDir(this.paths, this.org)
+      this.identityValue = stored
       options.signal?.throwIfAborted()
 
       if (config.nats.url) {
@@ -271,35 +321,45 @@ export class OeNode {
       this.stopSteps.push(() => leases.stop())
       log.info({ replica: this.replicaIdValue, replicas }, 'replica of this node')
 
-      const signer = {
-        publicKey: identity.publicKey,
-        sign: identity.sign,
-        privateKeySeed: identity.privateKeySeed,
-        privateKeyObject: identity.privateKeyObject,
+      // Key rotation: finish one a stop interrupted, and refuse a key a rotation retired.
+      const successions = await readOwnSuccessions(dataPlane.jetstream, { replicas })
+      const interrupted = await this.finishInterruptedRotation(successions)
+      const identity = this.identity
+      const ownKey = base64url(identity.publicKey)
+      const succeeded = successions.find((statement) => statement.from === ownKey)
+      if (succeeded) {
+        throw new KeyRetiredError(
+          `${this.paths.key} holds a key that a key rotation retired on ${new Date(succeeded.at).toISOString()} ` +
+            `(peer id ${identity.peerId}): copy keys/node.key from the replica that rotated it (0600), then start again`,
+        )
       }
+
       const audit = new AuditLog(
         { dir: this.paths.audit },
-        { signer, logger: log.child({ component: 'audit' }) },
+        {
+          signer: signerOf(interrupted?.previous ?? identity),
+          logger: log.child({ component: 'audit' }),
+        },
       )
       await audit.start()
       this.auditLog = audit
       this.stopSteps.push(() => audit.stop())
+      if (interrupted) {
+        if (audit.rotatedTo(ownKey)) audit.continueWithSigner(signerOf(identity))
+        else
+          await audit.rotateSigner(signerOf(identity), {
+            fromPeerId: interrupted.previous.peerId,
+            toPeerId: identity.peerId,
+            statement: interrupted.statement,
+          })
+      }
 
-      const federation = new Federation(
-        {
-          org: this.org,
-          listen: config.federation.listen,
-          transfer: {
-            maxBatchRecords: config.federation.batch_records,
-            batchWaitMs: config.federation.batch_wait,
-            credit: config.federation.credit,
-          },
-        },
-        { dataPlane, signer, logger: log.child({ component: 'federation' }), audit, leases },
-      )
+      const federation = this.newFederation(identity, config.federation.listen)
       await federation.start()
       this.federationValue = federation
-      this.stopSteps.push(() => federation.stop())
+      this.stopSteps.push(async () => {
+        await this.federationValue?.stop()
+      })
 
       // MQTT clients of plugins are decided by the node's callout service on the embedded server.
       let mqtt: PluginHostMqtt | undefined
@@ -352,6 +412,7 @@ export class OeNode {
           health: () => this.health(),
           status: () => this.status(),
           card: () => this.card(),
+          rotateKey: (rotation) => this.rotateKey(rotation),
         },
       )
       await api.start()
@@ -387,6 +448,140 @@ export class OeNode {
       await this.runStopSteps()
       this.state = 'stopped'
       throw error
+    }
+  }
+
+  private newFederation(identity: NodeIdentity, listen: string[], replacing?: Federation): Federation {
+    const { config } = this.init
+    const log = this.components.logger
+    return new Federation(
+      {
+        org: this.org,
+        listen,
+        transfer: {
+          maxBatchRecords: config.federation.batch_records,
+          batchWaitMs: config.federation.batch_wait,
+          credit: config.federation.credit,
+        },
+      },
+      {
+        dataPlane: this.dataPlaneValue!,
+        signer: signerOf(identity),
+        logger: log.child({ component: 'federation' }),
+        audit: this.auditLog!,
+        leases: this.leaseManager!,
+        retiredSigner: async (publicKey) => {
+          const retired = await findRetiredIdentity(this.paths.key, publicKey)
+          return retired ? signerOf(retired) : undefined
+        },
+        ...(replacing ? { flows: replacing.flowsByAgreement() } : {}),
+      },
+    )
+  }
+
+  /**
+   * A rotation that stopped after it announced the successor key (`keys/node.key.next` is there
+   * and this node's successions name it) is finished: the key file is replaced as the rotation
+   * would have. A successor never announced is removed: the rotation did not happen.
+   */
+  private async finishInterruptedRotation(
+    successions: KeySuccession[],
+  ): Promise<{ previous: NodeIdentity; statement: KeySuccession } | undefined> {
+    const nextPath = nextKeyPath(this.paths.key)
+    if (
+      !(await stat(nextPath).then(
+        () => true,
+        () => false,
+      ))
+    )
+      return undefined
+    const log = this.components.logger
+    const current = this.identity
+    const next = await loadIdentity(nextPath)
+    const statement = successions.find(
+      (entry) => entry.from === base64url(current.publicKey) && entry.to === base64url(next.publicKey),
+    )
+    if (!statement) {
+      await rm(nextPath, { force: true })
+      log.warn({ file: nextPath }, 'removed the successor key of a key rotation that was never announced')
+      return undefined
+    }
+    await promoteSuccessorKey(this.paths.key, nextPath, retiredKeyPath(this.paths.key, statement.at))
+    this.identityValue = next
+    log.warn(
+      { from: current.peerId, to: next.peerId },
+      'finished a key rotation that was interrupted: this node now uses its new key',
+    )
+    return { previous: current, statement }
+  }
+
+  /**
+   * Replace the node key (see the file header). Peers that are connected get the succession
+   * statement before the switch (waited for up to SUCCESSION_DELIVERY_MS); the others when they
+   * are next reachable. Agreements carry on under the new key without a new proposal.
+   */
+  async rotateKey(options: { graceMs?: number; signal?: AbortSignal } = {}): Promise<KeyRotationResult> {
+    const graceMs = options.graceMs ?? DEFAULT_GRACE_MS
+    if (!Number.isSafeInteger(graceMs) || graceMs < 0 || graceMs > MAX_GRACE_MS)
+      throw new KeyRotationError(`the grace must be from 0 to ${MAX_GRACE_MS / 86_400_000} days`)
+    const federation = this.federationValue
+    const audit = this.auditLog
+    if (this.state !== 'running' || !federation?.started || !audit)
+      throw new KeyRotationError(
+        'the node is not running: start it, then rotate its key (peers must be told)',
+      )
+    if (this.rotating) throw new KeyRotationError('a key rotation is under way already')
+    this.rotating = true
+    const log = this.components.logger
+    try {
+      const old = this.identity
+      const nextPath = nextKeyPath(this.paths.key)
+      const next = await createSuccessorKey(nextPath)
+      const statement = signSuccession({ org: this.org, from: old, to: next, graceMs })
+      // The order makes a stop at any point recoverable (finishInterruptedRotation): announced,
+      // then the audit log handed over, then the key file replaced.
+      await federation.announceSuccession(statement)
+      await audit.rotateSigner(signerOf(next), { fromPeerId: old.peerId, toPeerId: next.peerId, statement })
+      const retiredFile = retiredKeyPath(this.paths.key, statement.at)
+      await promoteSuccessorKey(this.paths.key, nextPath, retiredFile)
+      this.identityValue = next
+      log.info({ from: old.peerId, to: next.peerId, graceMs }, 'node key rotated; telling peers')
+
+      const pending = await federation.awaitSuccession(statement, SUCCESSION_DELIVERY_MS)
+      const notified = federation
+        .peers()
+        .map((peer) => peer.alias)
+        .filter((alias) => !pending.includes(alias))
+      // The libp2p host takes the new identity: same ports, so peers find it where it was.
+      const listen = reuseBoundPorts(this.init.config.federation.listen, federation.addresses())
+      await federation.stop()
+      let restarted = this.newFederation(next, listen, federation)
+      try {
+        await restarted.start()
+      } catch (error) {
+        log.warn(
+          { err: (error as Error).message },
+          'could not listen on the same ports again; using the configured ones',
+        )
+        await restarted.stop().catch(() => {})
+        restarted = this.newFederation(next, this.init.config.federation.listen, federation)
+        await restarted.start()
+      }
+      this.federationValue = restarted
+      log.info({ peerId: next.peerId, notified, pending }, 'libp2p restarted with the new key')
+      return {
+        org: this.org,
+        from: { peerId: old.peerId, publicKey: statement.from },
+        to: { peerId: next.peerId, publicKey: statement.to },
+        at: new Date(statement.at).toISOString(),
+        oldKeyAcceptedUntil: new Date(statement.graceUntil).toISOString(),
+        graceSeconds: Math.round(graceMs / 1000),
+        retiredKeyFile: retiredFile,
+        notified,
+        pending,
+      }
+    } finally {
+      this.rotating = false
     }
   }
 
@@ -501,6 +696,28 @@ export class OeNode {
       plugins: this.pluginHost?.status() ?? [],
     }
   }
+}
+
+/**
+ * Listen addresses for a restart of the libp2p host: those that asked for any port (`/tcp/0`)
+ * get the port the host was given, so peers find it where it was.
+ */
+export function reuseBoundPorts(listen: readonly string[], bound: readonly string[]): string[] {
+  // Ports asked for by number are theirs; each `/tcp/0` takes a bound port none other has.
+  const taken = new Set(listen.map((addr) => /\/tcp\/(\d+)/.exec(addr)?.[1]).filter((port) => port !== '0'))
+  return listen.map((addr) => {
+    const match = /^\/(ip4|ip6)\/([^/]+)\/tcp\/0(\/.*)?$/.exec(addr)
+    if (!match) return addr
+    const [, family, host, rest = ''] = match
+    const any = host === '0.0.0.0' || host === '::'
+    for (const candidate of bound) {
+      const found = /^\/(ip4|ip6)\/([^/]+)\/tcp\/(\d+)/.exec(candidate)
+      if (!found || found[1] !== family || (!any && found[2] !== host) || taken.has(found[3])) continue
+      taken.add(found[3])
+      return `/${family}/${host}/tcp/${found[3]}${rest}`
+    }
+    return addr
+  })
 }
 
 /** Addresses to advertise: listen addresses with unspecified hosts replaced by this host's. */

@@ -7,7 +7,8 @@ const client = (command: Command) => clientFor(command.optsWithGlobals<GlobalOpt
 
 export function peerLine(peer: PeerView): string {
   const rtt = peer.rttMs === null ? '' : ` ${peer.rttMs} ms`
-  return `${peer.alias.padEnd(16)} ${peer.state.padEnd(12)}${rtt.padEnd(8)} ${peer.org}  ${peer.peerId}`
+  const pending = peer.keySuccessionPending ? '  (not yet told of this node’s new key)' : ''
+  return `${peer.alias.padEnd(16)} ${peer.state.padEnd(12)}${rtt.padEnd(8)} ${peer.org}  ${peer.peerId}${pending}`
 }
 
 export function registerPeers(program: Command): void {
