@@ -127,7 +127,10 @@ describe('streams', () => {
       expect(names.sort()).toEqual([
         'KV_oe-agreements',
         'KV_oe-fed-outbox',
+        'KV_oe-identity',
+        'KV_oe-leases',
         'KV_oe-peers',
+        'KV_oe-replicas',
         'KV_oe-resources',
         'KV_oe-transfer',
         'OE_CTL',

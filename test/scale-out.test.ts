@@ -435,6 +435,26 @@ describe('scale-out: replicas of one node on a NATS cluster', () => {
     const peers = await api<{ alias: string }[]>(replicas[0]!.node, 'GET', '/v1/peers')
     expect(peers.map((p) => p.alias)).toEqual(['cons'])
     expect(await streamMessages(consumer, 'OE_PEER')).toBe(before)
+    // A replica on an empty disk (init, the organisation's key, the cluster) catches up from it.
+    const emptyDir = await tempDir('oe-replica-')
+    expect((await runCli(['--data-dir', emptyDir, 'init', '--org', 'OrgA', '--json'])).code).toBe(0)
+    await copyFile(join(replicas[0]!.dataDir, 'keys', 'node.key'), join(emptyDir, 'keys', 'node.key'))
+    const fresh = await startNode({
+      dataDir: emptyDir,
+      config: replicaConfig(await freePort()),
+      args: [...(await fixedListenArgs()), '--nats-url', cluster.url],
+      listen: [],
+      readyTimeoutMs: 60_000,
+    })
+    await waitAgreementState(fresh, id, 'active')
+    expect((await api<{ alias: string }[]>(fresh, 'GET', '/v1/peers')).map((p) => p.alias)).toEqual(['cons'])
+    const freshId = (await status(fresh)).replica.id
+    await waitFor(
+      async () => (await status(replicas[0]!.node)).replicas.some((r) => r.id === freshId && !r.stale),
+      10_000,
+      'the other replicas to list the new one',
+    )
+    await fresh.stop()
     // And the flow resumes exactly once from where it was.
     // Values from 26,000 on: the earlier feeders used everything below.
     const more = new TelemetryFeeder(replicas[1]!.node, { total: 28_000, batch: 500, pauseMs: 5 }).skip(
