@@ -4,13 +4,18 @@
  * KV bucket), started together, as behind a TCP load balancer. Plain fetch clients (BL and a
  * third-party VEN) talk to either replica. What a user notices: the control program exists
  * once; a program, an event and a report made through one replica are listed by the other
- * within a second (a VEN registered through the other sees the event); two updates of one
- * resource through both replicas at once never lose BL's target grant (each is redone on the
- * newest version, or refused with 409); a subscriber's callback gets one notification per
+ * within a second (each replica follows the bucket through a KV watch: a few milliseconds,
+ * printed at the end); a program name posted through both at once is given once; two updates
+ * of one resource through both replicas at once never lose BL's target grant (compare-and-set
+ * on the KV revision: the loser is redone on the newest version, or refused with 409; the test
+ * fails when the revision check is bypassed); a subscriber's callback gets one notification per
  * change, not one per replica; a limit_power command becomes one event, and the VEN reading it
- * through both replicas is reported Delivered once.
+ * through both replicas is reported Delivered once; the bucket holds objects, control records
+ * and names only.
  */
+
 import { jetstream } from '@nats-io/jetstream'
+import { Kvm } from '@nats-io/kv'
 import type { NatsConnection } from '@nats-io/nats-core'
 import { connect } from '@nats-io/transport-node'
 import { Registry } from 'prom-client'
@@ -179,6 +184,18 @@ describe('openadr-vtn on two replicas of one node', () => {
     figures.program = await within(1_000, 'program on B', () => listed(blB, '/programs', ids.program!))
     // The name is taken on both replicas now.
     expect((await checked(blB, 'POST', '/programs', { programName: 'flex-replicas' })).status).toBe(409)
+    // Posted through both at once, a new name is given once.
+    const twice = await Promise.all(
+      [blA, blB].map((bl) => checked(bl, 'POST', '/programs', { programName: 'flex-twice' })),
+    )
+    expect(twice.map((answer) => answer.status).sort()).toEqual([201, 409])
+    await waitFor(
+      async () =>
+        ((await blA.get('/programs')).body as AnyJson[]).filter((known) => known.programName === 'flex-twice')
+          .length === 1,
+      2_000,
+      'one flex-twice program',
+    )
 
     const event = await checked(blA, 'POST', '/events', {
       programID: ids.program,
@@ -358,5 +375,23 @@ describe('openadr-vtn on two replicas of one node', () => {
       2_000,
       'one control event with the new limit on B',
     )
+  })
+
+  test('the bucket holds objects, control records and names only (no feeds, no claims)', async () => {
+    const kv = await new Kvm(watcher).open('oe-plugin-openadr-vtn-objects')
+    const keys: string[] = []
+    for await (const key of await kv.keys()) keys.push(key)
+    const prefixes = new Set(keys.map((key) => key.split('.')[0]))
+    expect([...prefixes].sort()).toEqual([
+      'ctl',
+      'event',
+      'names',
+      'program',
+      'report',
+      'resource',
+      'subscription',
+      'ven',
+    ])
+    figures.keys = keys.length
   })
 })

@@ -264,10 +264,12 @@ export class CsipClient {
   }
 
   status(): Record<string, unknown> {
-    if (!this.session) return this.standbyStatus()
+    // A stopped client that ran last shows what it did (a site halted, say), not 'standby'.
+    const stoppedOwner = this.phase !== 'running' && this.sites.length > 0
+    if (!this.session && !stoppedOwner) return this.standbyStatus()
     return {
-      role: 'active',
-      ...(this.components.lease ? { fence: this.session.lease.fence } : {}),
+      role: this.session ? 'active' : 'stopped',
+      ...(this.components.lease && this.session ? { fence: this.session.lease.fence } : {}),
       server: this.config.server,
       mode: this.config.mode,
       version: this.version,
@@ -409,7 +411,8 @@ export class CsipClient {
     // Each step saved what it did; those writes land before the next owner (a lease term later) reads.
     await this.state.flush()
     if (this.session === session) this.session = undefined
-    this.sites = []
+    // Stopping keeps the sites for a last status; a replica going on standby drops them.
+    if (this.phase === 'running') this.sites = []
     this.connected = false
     // No longer the owner: the record it wrote says so until the next owner's is read.
     if (this.owner?.fence === session.lease.fence) this.owner = undefined

@@ -53,15 +53,31 @@ export class VenStandbyError extends OpenAdrError {
 }
 
 /**
- * Another replica of the node changed the same VTN object (or claimed the same name) at the same
- * moment, and this change still lost after a few tries from the newest version: nothing was
- * written. The VTN answers 409 where the operation lists it.
+ * Another replica of the node changed the same VTN object (or name) at the same moment, and this
+ * change still lost after a few tries from the newest version: nothing was written. The VTN
+ * answers 409 where the operation lists it.
  */
 export class VtnConflictError extends OpenAdrError {
   override name = 'VtnConflictError'
   constructor(
     readonly key: string,
     message = `another replica changed '${key}' at the same time: try again`,
+    options?: ErrorOptions,
+  ) {
+    super('openadr-vtn', message, options)
+  }
+}
+
+/**
+ * A name that must be unique (a program's, a ven's, a VEN client's one ven, a ven's resource's)
+ * is held by another object, made through this replica or another: nothing was written. The VTN
+ * answers 409 where the operation lists it.
+ */
+export class VtnNameTakenError extends OpenAdrError {
+  override name = 'VtnNameTakenError'
+  constructor(
+    readonly key: string,
+    message = `the name '${key}' is taken`,
     options?: ErrorOptions,
   ) {
     super('openadr-vtn', message, options)

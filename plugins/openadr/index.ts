@@ -13,9 +13,10 @@
  * VEN resources become standing data, reports become telemetry, and `limit_power` on a VEN
  * resource becomes an IMPORT_CAPACITY_LIMIT event for that VEN (its reading and reporting show
  * as `control_result` events). Every replica of the node may serve it on the one bucket (behind a
- * TCP load balancer): each reads the others' changes within about a third of a second, two
- * changes of one object never overwrite each other (the loser is redone on the newest version,
- * or refused with 409), and a webhook goes out once, from the replica that made the change.
+ * TCP load balancer): each follows every change to the bucket as it is made (a KV watch), two
+ * changes of one object never overwrite each other (compare-and-set on the KV revision: the loser
+ * is redone on the newest version, or refused with 409), a unique name goes to one object, and a
+ * webhook goes out once, from the replica that made the change.
  *
  * `openadr-ven` is a VEN (client) that follows any VTN: it registers itself and its resources,
  * polls events, turns capacity limits into `limit_power` commands and prices and levels into
@@ -105,7 +106,7 @@ export const openadrVtnPlugin = definePlugin({
       return createMemoryStore(name)
     }
     const vtn = new Vtn(
-      { config: ctx.config, host, port, replica: await replicaMark(ctx.dataDir) },
+      { config: ctx.config, host, port },
       {
         dataPlane: ctx.dataPlane,
         logger: ctx.logger,

@@ -37,7 +37,7 @@ export interface StoredObject {
   /** The client that owns it (reports, subscriptions, vens, resources); none for BL objects. */
   clientID?: string
   body: Body
-  /** Rises by one with each stored change (absent on objects stored before replicas). */
+  /** The KV revision of this version (in memory only: set when read or written). */
   revision?: number
 }
 

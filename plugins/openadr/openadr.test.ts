@@ -4,7 +4,6 @@
  * OAuth tokens, webhook retries and the report schedule; and the plugin compliance suite.
  */
 import { describe, expect, test } from 'vitest'
-import type { PluginStore } from '../api.ts'
 import { runPluginCompliance } from '../compliance.ts'
 import { parseBasic, TokenIssuer } from './auth.ts'
 import { VtnClient } from './client.ts'
@@ -19,7 +18,7 @@ import {
   reportValueToReading,
   resourceIdFor,
 } from './normalise.ts'
-import { createMemoryStore, fixedId, newId, VtnState } from './state.ts'
+import { createMemoryStore, fixedId, newId, uniqueKey, VtnState } from './state.ts'
 import { startWebhookReceiver } from './testing.ts'
 import { changePoints, durationMs, resolveEvent, valuesAt } from './timing.ts'
 import { targetsFromValuesMaps, targetsToValuesMaps, v301 } from './v301.ts'
@@ -521,49 +520,74 @@ test('the VEN transport refuses to send what its document refuses', async () => 
 })
 
 describe('VTN state shared by replicas (one store, two VtnStates)', () => {
-  const object = (id: string, n = 0): StoredObject => ({
+  const object = (id: string, n = 0, programName = id): StoredObject => ({
     kind: 'program',
     id,
     createdDateTime: '2026-01-01T00:00:00.000Z',
     modificationDateTime: '2026-01-01T00:00:00.000Z',
-    body: { programName: id, n },
+    body: { programName, n },
   })
-  const pair = async () => {
-    const store = createMemoryStore()
-    const a = new VtnState({ store }, { replica: 'aaaa', syncIntervalMs: 60_000 })
-    const b = new VtnState({ store }, { replica: 'bbbb', syncIntervalMs: 60_000 })
+  /** Until the watches have brought what was written (the memory store delivers on microtasks). */
+  const settle = () => new Promise((resolve) => setTimeout(resolve, 0))
+  const pair = async (store = createMemoryStore()) => {
+    const a = new VtnState({ store })
+    const b = new VtnState({ store })
     await a.start()
     await b.start()
-    return { a, b, stop: () => Promise.all([a.stop(), b.stop()]) }
+    return { store, a, b, stop: () => Promise.all([a.stop(), b.stop()]) }
   }
+  const named = (name: string) => [
+    { key: uniqueKey('program', name), taken: `a program named '${name}' exists` },
+  ]
 
-  test("each sees the other's creates, changes and deletes once it reads the other's feed", async () => {
+  test("each sees the other's creates, changes and deletes as its watch brings them", async () => {
     const { a, b, stop } = await pair()
     try {
       const id = newId()
-      await a.create(object(id))
-      await new Promise((resolve) => setTimeout(resolve, 80))
-      await b.sync()
-      expect(b.get('program', id)?.revision).toBe(1)
+      const created = await a.create(object(id))
+      await settle()
+      expect(b.get('program', id)?.revision).toBe(created.revision)
       await b.changeObject(
         'program',
         id,
         (current) => current && { ...current, body: { ...current.body, n: 5 } },
       )
-      await new Promise((resolve) => setTimeout(resolve, 80))
-      await a.sync()
+      await settle()
       expect(a.get('program', id)?.body.n).toBe(5)
       await a.changeObject('program', id, () => 'delete')
-      await new Promise((resolve) => setTimeout(resolve, 80))
-      await b.sync()
+      await settle()
       expect(b.get('program', id)).toBeUndefined()
+      expect(a.get('program', id)).toBeUndefined()
     } finally {
       await stop()
     }
   })
 
+  test('a replica starting later reads the bucket; nothing older replaces what it knows', async () => {
+    const { store, a, stop } = await pair()
+    const late = new VtnState({ store })
+    try {
+      await a.create(object('p1', 1))
+      await a.create(object('p2', 2))
+      await a.changeObject('program', 'p2', () => 'delete')
+      await late.start()
+      expect(late.list('program').map((program) => program.id)).toEqual(['p1'])
+      // A change made now comes through its watch.
+      await a.changeObject(
+        'program',
+        'p1',
+        (current) => current && { ...current, body: { ...current.body, n: 9 } },
+      )
+      await settle()
+      expect(late.get('program', 'p1')?.body.n).toBe(9)
+    } finally {
+      await late.stop()
+      await stop()
+    }
+  })
+
   test('changes of one object from both at once are never lost: each counts, or is refused by name', async () => {
-    const { a, b, stop } = await pair()
+    const { store, a, b, stop } = await pair()
     try {
       await a.create(object('counter'))
       let refused = 0
@@ -583,24 +607,70 @@ describe('VTN state shared by replicas (one store, two VtnStates)', () => {
             },
           )
       const counted = await Promise.all(Array.from({ length: 20 }, (_, i) => add(i % 2 === 0 ? a : b)))
-      const stored = await new VtnState({
-        store: (a as unknown as { components: { store: PluginStore } }).components.store,
-      })
-      await stored.load()
+      const stored = new VtnState({ store })
+      await stored.start()
       expect(stored.get('program', 'counter')?.body.n).toBe(counted.reduce((sum, one) => sum + one, 0))
       expect(refused).toBeLessThan(20)
+      await stored.stop()
     } finally {
       await stop()
     }
   })
 
-  test('a name claimed by both at once goes to one of them; a fixed id is the same everywhere', async () => {
+  test('a name taken by both at once goes to one object; deleting or renaming it frees the name', async () => {
     const { a, b, stop } = await pair()
     try {
-      const [first, second] = await Promise.all([a.claimUnique('program:x'), b.claimUnique('program:x')])
-      expect(first && second).toBe(false)
+      const outcomes = await Promise.allSettled([
+        a.create(object(newId(), 0, 'x'), named('x')),
+        b.create(object(newId(), 0, 'x'), named('x')),
+      ])
+      expect(outcomes.filter((outcome) => outcome.status === 'fulfilled')).toHaveLength(1)
+      const lost = outcomes.find((outcome) => outcome.status === 'rejected') as PromiseRejectedResult
+      expect(lost.reason.name).toBe('VtnNameTakenError')
+      await settle()
+      // The loser's object is not left behind.
+      expect(a.list('program').filter((program) => program.body.programName === 'x')).toHaveLength(1)
+      const winner = a.list('program').find((program) => program.body.programName === 'x')!
+      await expect(b.create(object(newId(), 0, 'x'), named('x'))).rejects.toMatchObject({
+        name: 'VtnNameTakenError',
+      })
+      // Renamed: the old name is free, the new one taken.
+      await a.changeObject(
+        'program',
+        winner.id,
+        (current) => current && { ...current, body: { ...current.body, programName: 'y' } },
+        { claims: () => named('y') },
+      )
+      const second = await b.create(object(newId(), 0, 'x'), named('x'))
+      await expect(b.create(object(newId(), 0, 'y'), named('y'))).rejects.toMatchObject({
+        name: 'VtnNameTakenError',
+      })
+      // Deleted: its name is free.
+      await b.changeObject('program', second.id, () => 'delete')
+      await a.create(object(newId(), 0, 'x'), named('x'))
       expect(fixedId('oe-node-control')).toBe(fixedId('oe-node-control'))
       expect(fixedId('oe-node-control') < newId()).toBe(true)
+    } finally {
+      await stop()
+    }
+  })
+
+  test('a name left pending by a maker that died is taken over; one whose object holds it is not', async () => {
+    const { store, a, stop } = await pair()
+    try {
+      const json = (value: unknown) => new TextEncoder().encode(JSON.stringify(value))
+      // Taken, never written: free for the next object.
+      await store.put(uniqueKey('program', 'orphan'), json({ id: 'gone', pending: true }))
+      await a.create(object(newId(), 0, 'orphan'), named('orphan'))
+      // Written, not confirmed: still its object's.
+      await store.put('program.kept', json(object('kept', 0, 'kept')))
+      await store.put(uniqueKey('program', 'kept'), json({ id: 'kept', pending: true }))
+      await expect(a.create(object(newId(), 0, 'kept'), named('kept'))).rejects.toMatchObject({
+        name: 'VtnNameTakenError',
+      })
+      // Held by an object deleted before its name was released: free.
+      await store.put(uniqueKey('program', 'stale'), json({ id: 'deleted' }))
+      await a.create(object(newId(), 0, 'stale'), named('stale'))
     } finally {
       await stop()
     }

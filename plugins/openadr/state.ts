@@ -1,28 +1,37 @@
 /**
  * What the VTN keeps, in its JetStream KV bucket `oe-plugin-openadr-vtn-objects`: every object
- * under `<kind>.<id>`, and per controlled node resource the event that carries its limit under
- * `ctl.<rid>`. Answers come from memory; writes go to KV first and count once stored, so a
- * restart loses nothing that was acknowledged.
+ * under `<kind>.<id>`, per controlled node resource the event that carries its limit under
+ * `ctl.<rid>`, and per name that must be unique the object holding it under `names.<…>`.
+ * Answers come from memory; writes go to KV first and count once stored, so a restart loses
+ * nothing that was acknowledged.
  *
  * Several replicas of the node may serve one bucket behind a load balancer (issue 15). Then:
- * - Each replica tells the others which keys it changed: a feed of numbered batches of keys,
- *   `feed.<replica>.b<n mod FEED_SLOTS>`, and its last batch number, `feed.<replica>.head`.
- *   Every SYNC_MS a replica reads the others' heads and re-reads the keys of the batches it has
- *   not seen (everything, when it fell further behind than the ring holds). Objects made through
- *   one replica are listed by the others within about SYNC_MS + FEED_FLUSH_MS.
- * - New objects get fresh random ids, so creates never collide. An existing object changes
- *   only from its newest revision (`change`): the replica announces the revision it is about to
- *   write under `claim.<slot>.<replica>`, gives way if another replica announced the same one
- *   within CLAIM_TTL_MS, checks that the bucket still holds the revision it started from, then
- *   writes; when it lost, it starts again from the newest version (a few times, then
- *   VtnConflictError). Names that must be unique are claimed the same way (`claimUnique`).
- *   The plugin store has no compare-and-set; announce-then-look stands in for it and needs only
- *   that a read after a write sees it (JetStream KV does), plus clocks within CLAIM_TTL_MS.
+ * - Each replica follows every change to the bucket (`PluginStore.watch`, in place before the
+ *   bucket is read at start, so no change falls between). Memory keeps each key's KV revision
+ *   and never lets an older value replace a newer one, whichever of the watch, a read or this
+ *   replica's own write brings it first.
+ * - Writes are compare-and-set on the KV revision. A new object is `create`d (ids are fresh);
+ *   a change is computed from the newest version known and `update`d from its revision; when
+ *   another replica wrote first, it is computed again from the bucket's newest version (a few
+ *   times, then VtnConflictError). A delete first replaces the version it was computed from by a
+ *   tombstone (compare-and-set), then deletes the key.
+ * - A unique name (a program's, a ven's, a VEN client's one ven, a ven's resource's) is held by
+ *   the key `names.<what>.<base64url>` → `{ id }`, taken with `create`, so two replicas cannot
+ *   give it to two objects. A new object's names are taken `pending` before it is written and
+ *   confirmed (compare-and-set) after; a pending name whose object does not hold it yet may be
+ *   taken over (its maker was slow, or died), and the maker, finding its confirm refused,
+ *   deletes its object (VtnNameTakenError). A renamed object takes its new name before it is
+ *   written. A name is free again when released (value `null`, compare-and-set, when its object
+ *   is deleted or renamed), or when its object is gone or was changed after the name was taken
+ *   without holding it (a release that never came). KV revisions of one bucket are one sequence,
+ *   so "changed after" is a comparison of revisions. A released key stays (the store has no
+ *   compare-and-set delete, and a plain delete could erase a claim made a moment later); the
+ *   next object of that name takes it again.
  */
-import { createHash, randomBytes } from 'node:crypto'
+import { createHash } from 'node:crypto'
 import type { Logger } from '../../data-plane/index.ts'
-import type { PluginStore } from '../api.ts'
-import { VtnConflictError } from './errors.ts'
+import type { PluginStore, PluginStoreChange, PluginStoreEntry } from '../api.ts'
+import { OpenAdrError, VtnConflictError, VtnNameTakenError } from './errors.ts'
 import { OBJECT_KINDS, type ObjectKind, type StoredObject } from './model.ts'
 
 export interface ControlRecord {
@@ -35,7 +44,7 @@ export interface ControlRecord {
   until?: number
   /** Set once the targeted VEN has read the event / reported on it. */
   delivered?: boolean
-  /** Rises by one with each stored change. */
+  /** The KV revision of this version (in memory only). */
   revision?: number
 }
 
@@ -52,69 +61,75 @@ export interface Committed<T> {
   changed: boolean
 }
 
-export interface VtnStateInit {
-  /** This replica's mark (`[a-z0-9]+`): names its feed and its claims. */
-  replica: string
-  /** How often the other replicas' feeds are read (default SYNC_MS). */
-  syncIntervalMs?: number
+/** A unique name a write takes: its key (`uniqueKey`) and what to answer when another object holds it. */
+export interface UniqueName {
+  key: string
+  taken: string
+}
+
+export interface ChangeOptions {
+  /** Names the new version takes (new, or changed by this write); computed again on each try. */
+  claims?: (next: StoredObject, current: StoredObject | undefined) => UniqueName[]
 }
 
 export interface VtnStateComponents {
   store: PluginStore
   logger?: Logger
-  /** Counts changes tried again because another replica changed the same key at once. */
+  /** Counts writes tried again because another replica wrote the same key first. */
   retried?: { inc(value?: number): void }
 }
 
-/** How often the other replicas' feeds are read. */
-export const SYNC_MS = 250
-/** Changed keys are gathered this long before a feed batch is written. */
-export const FEED_FLUSH_MS = 50
-/** Batches a feed keeps (a reader further behind reads everything again). */
-const FEED_SLOTS = 64
-/** Keys in one feed batch, at most. */
-const BATCH_KEYS = 500
-/** How often the list of feeds (replicas) is read again. */
-const FEED_LIST_MS = 1_000
-/** After start, the list is read on every sync while no other replica is known (replicas starting together). */
-const EARLY_MS = 10_000
-/** A claim counts this long. */
-const CLAIM_TTL_MS = 5_000
-/** Tries of a change that keeps meeting another replica's. */
+/** Tries of a write that keeps meeting another replica's. */
 const ATTEMPTS = 6
-/** Reads in flight when everything is read. */
+/** Reads in flight when everything is read at start. */
 const READ_WIDTH = 32
 
 const encoder = new TextEncoder()
 const decoder = new TextDecoder()
 const encode = (value: unknown) => encoder.encode(JSON.stringify(value))
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+/** What a deleted object or a released name holds until its key goes (or for good, for names). */
+const NOTHING = encode(null)
 const compareIds = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0)
 const OBJECT_KIND_SET = new Set<string>(OBJECT_KINDS)
 
-/** A key's claim slot: a digest, so any key or name fits one key token. */
-const slotOf = (name: string) => createHash('sha256').update(name, 'utf8').digest('hex').slice(0, 32)
+/** The kinds of unique name, and the kind of object holding each. */
+const NAME_KINDS = { program: 'program', ven: 'ven', 'ven-client': 'ven', resource: 'resource' } as const
+export type NameKind = keyof typeof NAME_KINDS
 
-interface Claim {
-  revision: number
-  /** Epoch ms; 0 when withdrawn. */
-  at: number
+/** A name's key: each part in base64url, so any text fits a key token (`[-_A-Za-z0-9]`, `=` for ''). */
+export function uniqueKey(kind: NameKind, ...parts: string[]): string {
+  return `names.${kind}.${parts.map((part) => Buffer.from(part, 'utf8').toString('base64url') || '=').join('.')}`
 }
 
-interface FeedHead {
-  batch: number
-  /** Written by a clean stop: every change of that run is in the feed. */
-  closed?: boolean
+/** The unique names an object holds. */
+export function uniqueNamesOf(object: StoredObject): string[] {
+  const body = object.body
+  switch (object.kind) {
+    case 'program':
+      return [uniqueKey('program', String(body.programName))]
+    case 'ven':
+      return [
+        uniqueKey('ven', String(body.venName)),
+        ...(object.clientID ? [uniqueKey('ven-client', object.clientID)] : []),
+      ]
+    case 'resource':
+      return [uniqueKey('resource', String(body.venID), String(body.resourceName))]
+    default:
+      return []
+  }
 }
 
-interface FeedBatch {
-  batch: number
-  keys: string[]
+/** The value of a name key: the object holding it; `pending` until that object is written. */
+interface NameHolder {
+  id: string
+  pending?: true
 }
 
-/** A store in memory, for harnesses without a data plane. */
+/** A store in memory, for harnesses without a data plane: one sequence of revisions, as a KV bucket. */
 export function createMemoryStore(bucket = 'memory'): PluginStore {
-  const entries = new Map<string, Uint8Array>()
+  const entries = new Map<string, PluginStoreEntry>()
+  const watchers = new Set<{ filter: string; onChange: (change: PluginStoreChange) => void }>()
+  let sequence = 0
   const matches = (key: string, filter: string) => {
     if (filter === '>') return true
     const pattern = new RegExp(
@@ -127,20 +142,58 @@ export function createMemoryStore(bucket = 'memory'): PluginStore {
     )
     return pattern.test(key)
   }
+  const deliver = (onChange: (change: PluginStoreChange) => void, change: PluginStoreChange) =>
+    queueMicrotask(() => {
+      try {
+        onChange(change)
+      } catch {
+        // A watcher's failure is its own (the host's store logs it).
+      }
+    })
+  const write = (key: string, value: Uint8Array | undefined): number => {
+    const revision = ++sequence
+    if (value) entries.set(key, { value, revision })
+    else entries.delete(key)
+    // Delivered later and in order, as a watch over the network would.
+    for (const watcher of watchers)
+      if (matches(key, watcher.filter)) deliver(watcher.onChange, { key, value, revision })
+    return revision
+  }
   return {
     bucket,
-    get: async (key) => entries.get(key),
+    get: async (key) => entries.get(key)?.value,
     put: async (key, value) => {
-      entries.set(key, value)
+      write(key, value)
     },
     delete: async (key) => {
-      entries.delete(key)
+      if (entries.has(key)) write(key, undefined)
     },
     keys: async (filter = '>') => [...entries.keys()].filter((key) => matches(key, filter)),
+    getEntry: async (key) => {
+      const entry = entries.get(key)
+      return entry && { ...entry }
+    },
+    create: async (key, value) => (entries.has(key) ? undefined : write(key, value)),
+    update: async (key, value, revision) =>
+      entries.get(key)?.revision === revision ? write(key, value) : undefined,
+    watch: async (filter, onChange, options = {}) => {
+      if (options.signal?.aborted) return
+      const watcher = { filter: filter ?? '>', onChange }
+      if (options.initial) {
+        const present = [...entries].filter(([key]) => matches(key, watcher.filter))
+        present.sort(([, a], [, b]) => a.revision - b.revision)
+        for (const [key, { value, revision }] of present) deliver(onChange, { key, value, revision })
+      }
+      watchers.add(watcher)
+      options.signal?.addEventListener('abort', () => watchers.delete(watcher), { once: true })
+    },
   }
 }
 
 type Stored = StoredObject | ControlRecord
+
+/** The store with the operations replicas need (the host's always has them). */
+type SharedStore = Required<PluginStore>
 
 export class VtnState {
   private readonly objects = new Map<ObjectKind, Map<string, StoredObject>>(
@@ -150,126 +203,90 @@ export class VtnState {
   private readonly unsorted = new Set<ObjectKind>()
   private readonly newest = new Map<ObjectKind, string>()
   private readonly controls = new Map<string, ControlRecord>()
-  private lock: Promise<unknown> = Promise.resolve()
-  /** Commits in flight per key: one at a time on this replica (the claim is per replica). */
-  private readonly committing = new Map<string, Promise<unknown>>()
-  private readonly replica: string
-  // This replica's feed.
-  private batch = 0
-  private pending: string[] = []
-  private flushTimer: ReturnType<typeof setTimeout> | undefined
-  private flushing: Promise<void> = Promise.resolve()
-  // The others' feeds: the last batch read of each.
-  private readonly cursors = new Map<string, number>()
-  private feeds: string[] = []
-  private feedsListedAt = 0
-  private syncTimer: ReturnType<typeof setInterval> | undefined
-  private syncing: Promise<void> | undefined
-  private syncAgain: Promise<void> | undefined
-  private running = false
-  private startedAt = 0
-
-  constructor(
-    private readonly components: VtnStateComponents,
-    private readonly init: VtnStateInit = { replica: randomBytes(8).toString('hex') },
-  ) {
-    if (!/^[a-z0-9]+$/.test(init.replica))
-      throw new TypeError(`replica mark '${init.replica}' is not [a-z0-9]+`)
-    this.replica = init.replica
-  }
-
-  private get store(): PluginStore {
-    return this.components.store
-  }
-
-  /** Read everything, then follow the other replicas' changes until `stop`. */
-  async start(): Promise<void> {
-    if (this.running) return
-    const own = await this.read<FeedHead>(`feed.${this.replica}.head`)
-    // After a crash, changes of the last moments may be missing from the feed: jump past the
-    // ring so the other replicas read everything again.
-    this.batch = own ? own.batch + (own.closed ? 0 : FEED_SLOTS + 1) : 0
-    // Be seen by the others from now on.
-    await this.store.put(`feed.${this.replica}.head`, encode({ batch: this.batch } satisfies FeedHead))
-    await this.load()
-    this.running = true
-    this.startedAt = Date.now()
-    this.syncTimer = setInterval(
-      () =>
-        void this.sync().catch((error) =>
-          this.components.logger?.warn({ err: (error as Error).message }, 'openadr vtn: replica sync failed'),
-        ),
-      this.init.syncIntervalMs ?? SYNC_MS,
-    )
-    this.syncTimer.unref?.()
-  }
-
-  /** Stop following; write what is left of this replica's feed. */
-  async stop(): Promise<void> {
-    if (!this.running) return
-    this.running = false
-    if (this.syncTimer) clearInterval(this.syncTimer)
-    this.syncTimer = undefined
-    if (this.flushTimer) clearTimeout(this.flushTimer)
-    this.flushTimer = undefined
-    await this.syncing?.catch(() => {})
-    try {
-      await this.flush()
-      await this.store.put(
-        `feed.${this.replica}.head`,
-        encode({ batch: this.batch, closed: true } satisfies FeedHead),
-      )
-    } catch {
-      // The next start of this replica makes the others read everything.
-    }
-  }
-
   /**
-   * Read the whole bucket (at start, or when a feed ran ahead of this replica). The others'
-   * feed heads are read first, so nothing changed after that is missed.
+   * Revisions of keys deleted lately, so an older value (a read still in flight, the watch
+   * catching up with this replica's own writes) does not bring them back.
    */
-  async load(): Promise<void> {
-    await this.listFeeds()
-    const heads = await Promise.all(this.feeds.map((replica) => this.read<FeedHead>(`feed.${replica}.head`)))
-    const before = new Map<string, Stored>()
-    for (const [kind, objects] of this.objects)
-      for (const [id, object] of objects) before.set(`${kind}.${id}`, object)
-    for (const [rid, record] of this.controls) before.set(`ctl.${rid}`, record)
-    const keys = (await this.store.keys('>')).filter((key) => this.isDataKey(key))
-    const listed = new Set(keys)
-    let next = 0
-    await Promise.all(
-      Array.from({ length: Math.min(READ_WIDTH, keys.length) }, async () => {
-        while (next < keys.length) {
-          const key = keys[next++]!
-          const seen = this.cached(key)
-          const value = await this.read<Stored>(key)
-          if (this.cached(key) === seen) this.setCached(key, value)
-        }
-      }),
-    )
-    // Gone from the bucket, and not written here since the listing: gone.
-    for (const [key, value] of before)
-      if (!listed.has(key) && this.cached(key) === value) this.setCached(key, undefined)
-    for (const [index, replica] of this.feeds.entries()) this.cursors.set(replica, heads[index]?.batch ?? 0)
+  private readonly tombstones = new Map<string, number>()
+  /** Reads of the bucket in flight: while there are any, tombstones are kept. */
+  private reading = 0
+  /** The newest revision the watch brought. */
+  private watched = 0
+  private lock: Promise<unknown> = Promise.resolve()
+  /** Writes in flight per key: one at a time on this replica (the others' are compare-and-set). */
+  private readonly committing = new Map<string, Promise<unknown>>()
+  private following: AbortController | undefined
+  private readonly store: SharedStore
+
+  constructor(private readonly components: VtnStateComponents) {
+    const { store } = components
+    if (!store.getEntry || !store.create || !store.update || !store.watch)
+      throw new OpenAdrError(
+        'openadr-vtn',
+        `store '${store.bucket}' lacks getEntry, create, update or watch (the plugin host's has them)`,
+      )
+    this.store = store as SharedStore
   }
 
-  /** Read the other replicas' changes now (coalesced: one read at a time, one queued). */
-  sync(): Promise<void> {
-    if (!this.syncing) {
-      this.syncing = this.syncOnce().finally(() => {
-        this.syncing = undefined
-      })
-      return this.syncing
+  /** Follow every change to the bucket, then read it all; idempotent. */
+  async start(): Promise<void> {
+    if (this.following) return
+    const following = new AbortController()
+    this.following = following
+    // Started again: what memory held may have gone from the bucket meanwhile.
+    for (const objects of this.objects.values()) objects.clear()
+    this.unsorted.clear()
+    this.newest.clear()
+    this.controls.clear()
+    this.tombstones.clear()
+    this.watched = 0
+    try {
+      // The watch is in place before the bucket is read: a change made meanwhile comes through
+      // either (or both; revisions sort them out).
+      await this.store.watch('>', (change) => this.onWatched(change), { signal: following.signal })
+      await this.load()
+    } catch (error) {
+      following.abort()
+      this.following = undefined
+      throw error
     }
-    // One is running: it may have started before the caller's write. Queue one more.
-    this.syncAgain ??= this.syncing
-      .catch(() => {})
-      .then(() => {
-        this.syncAgain = undefined
-        return this.sync()
-      })
-    return this.syncAgain
+  }
+
+  /** Stop following the bucket. */
+  async stop(): Promise<void> {
+    this.following?.abort()
+    this.following = undefined
+  }
+
+  /** Read the whole bucket (at start). */
+  private async load(): Promise<void> {
+    const keys = await this.store.keys('>')
+    const data = keys.filter((key) => this.isDataKey(key))
+    let next = 0
+    this.reading += 1
+    try {
+      await Promise.all(
+        Array.from({ length: Math.min(READ_WIDTH, data.length) }, async () => {
+          while (next < data.length) {
+            const key = data[next++]!
+            const entry = await this.store.getEntry(key)
+            if (entry) this.offer(key, this.decode(key, entry.value), entry.revision)
+          }
+        }),
+      )
+    } finally {
+      this.readDone()
+    }
+    // The change feed and claims of the version before compare-and-set: nobody reads them now.
+    const former = keys.filter((key) => key.startsWith('feed.') || key.startsWith('claim.'))
+    if (former.length > 0)
+      void (async () => {
+        for (const key of former) await this.store.delete(key)
+        this.components.logger?.info(
+          { keys: former.length },
+          'openadr vtn: former feed and claim keys deleted',
+        )
+      })().catch(() => {})
   }
 
   /** Run local writes one after another. */
@@ -287,10 +304,14 @@ export class VtnState {
   async fetch(kind: ObjectKind, id: string): Promise<StoredObject | undefined> {
     const cached = this.get(kind, id)
     if (cached || !/^[A-Za-z0-9_-]{1,128}$/.test(id)) return cached
-    const key = `${kind}.${id}`
-    const stored = await this.read<StoredObject>(key)
-    if (stored && this.cached(key) === undefined) this.setCached(key, stored)
+    await this.readFresh(`${kind}.${id}`)
     return this.get(kind, id)
+  }
+
+  /** Read the objects of a kind this replica has not seen yet (made through another replica just now). */
+  async refresh(kind: ObjectKind): Promise<void> {
+    for (const key of await this.store.keys(`${kind}.*`))
+      if (this.cached(key) === undefined) await this.readFresh(key)
   }
 
   /** Objects of a kind in creation order (ids are time-ordered, see newId). */
@@ -307,27 +328,66 @@ export class VtnState {
     return this.objects.get(kind)!.size
   }
 
-  /** Store a new object (its id is new: no other replica writes the same key). */
-  async create(object: StoredObject): Promise<StoredObject> {
+  /**
+   * Store a new object, taking its unique names (VtnNameTakenError when another object holds
+   * one). VtnConflictError when its key exists (a fixed id, made through another replica).
+   */
+  async create(object: StoredObject, claims: UniqueName[] = []): Promise<StoredObject> {
     const key = `${object.kind}.${object.id}`
-    const stored = { ...object, revision: 1 }
-    await this.store.put(key, encode(stored))
-    this.setCached(key, stored)
-    this.changed(key)
+    const taken: { name: UniqueName; revision: number }[] = []
+    try {
+      for (const name of claims) taken.push({ name, revision: await this.claim(name, object.id, true) })
+    } catch (error) {
+      await this.releaseAll(
+        taken.map(({ name }) => name.key),
+        object.id,
+      )
+      throw error
+    }
+    let revision: number | undefined
+    try {
+      revision = await this.store.create(key, this.encodeStored(object))
+    } catch (error) {
+      await this.releaseAll(
+        taken.map(({ name }) => name.key),
+        object.id,
+      )
+      throw error
+    }
+    // Made already (a fixed id): its names are its own, not to be released.
+    if (revision === undefined) throw new VtnConflictError(key)
+    const stored = { ...object, revision }
+    this.offer(key, stored, revision)
+    for (const { name, revision: claimed } of taken) {
+      if (await this.confirm(name.key, object.id, claimed)) continue
+      // Another object took the name over before this one was written: this one goes.
+      await this.remove(key).catch(() => {})
+      await this.releaseAll(
+        taken.map(({ name: other }) => other.key),
+        object.id,
+      )
+      throw new VtnNameTakenError(name.key, name.taken)
+    }
     return stored
   }
 
   /** Change an object from its newest version (see the module comment). */
-  changeObject(kind: ObjectKind, id: string, change: Change<StoredObject>): Promise<Committed<StoredObject>> {
-    return this.commit(`${kind}.${id}`, change)
+  changeObject(
+    kind: ObjectKind,
+    id: string,
+    change: Change<StoredObject>,
+    options: ChangeOptions = {},
+  ): Promise<Committed<StoredObject>> {
+    return this.commit(`${kind}.${id}`, change, options)
   }
 
-  /** Drop an object without a claim (pruning old reports: a race only keeps one a while longer). */
+  /** Drop an object as it is (pruning old reports: a race only keeps one a while longer). */
   async forget(kind: ObjectKind, id: string): Promise<void> {
     const key = `${kind}.${id}`
+    const known = this.known(key)
     await this.store.delete(key)
     this.setCached(key, undefined)
-    this.changed(key)
+    if (known > 0) this.tombstones.set(key, known)
   }
 
   control(rid: string): ControlRecord | undefined {
@@ -340,36 +400,18 @@ export class VtnState {
   }
 
   changeControl(rid: string, change: Change<ControlRecord>): Promise<Committed<ControlRecord>> {
-    return this.commit(`ctl.${rid}`, change)
+    return this.commit(`ctl.${rid}`, change, {})
   }
 
-  /**
-   * Claim a name that must be unique across replicas (`program:<name>`, …) before checking it
-   * against the objects: false when another replica claimed it within CLAIM_TTL_MS (it is
-   * making that object now). On true, the other replicas' recent changes have been read.
-   */
-  async claimUnique(name: string): Promise<boolean> {
-    const slot = slotOf(`unique:${name}`)
-    for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
-      const { won } = await this.announce(slot, 1)
-      if (won) {
-        // What another replica made under this name before its claim aged: read it now.
-        if (this.feeds.length > 0) await this.sync()
-        return true
-      }
-      await this.withdraw(slot)
-      await sleep(backoff(attempt))
-      // A replica that won keeps its claim: no use trying again. Both gave way: try again.
-      if (await this.claimedByOthers(slot)) return false
-    }
-    return false
-  }
+  // ---- compare-and-set -----------------------------------------------------------------------
 
-  // ---- compare-and-set, by announcing the revision --------------------------------------------
-
-  private commit<T extends Stored>(key: string, change: Change<T>): Promise<Committed<T>> {
+  private commit<T extends Stored>(
+    key: string,
+    change: Change<T>,
+    options: ChangeOptions,
+  ): Promise<Committed<T>> {
     const previous = this.committing.get(key) ?? Promise.resolve()
-    const run = previous.catch(() => {}).then(() => this.commitNow(key, change))
+    const run = previous.catch(() => {}).then(() => this.commitNow(key, change, options))
     const settled = run.catch(() => {})
     this.committing.set(key, settled)
     void settled.then(() => {
@@ -378,160 +420,230 @@ export class VtnState {
     return run
   }
 
-  private async commitNow<T extends Stored>(key: string, change: Change<T>): Promise<Committed<T>> {
+  private async commitNow<T extends Stored>(
+    key: string,
+    change: Change<T>,
+    options: ChangeOptions,
+  ): Promise<Committed<T>> {
+    const id = key.slice(key.indexOf('.') + 1)
+    const kind = key.slice(0, key.indexOf('.')) as ObjectKind
     let current = this.cached(key) as T | undefined
+    let revision = current?.revision ?? 0
     if (current === undefined) {
-      // Made through another replica a moment ago, perhaps: the bucket's copy is the newest.
-      current = await this.read<T>(key)
-      if (current !== undefined && this.cached(key) === undefined) this.setCached(key, current)
+      // Made through another replica a moment ago, perhaps: read the bucket's.
+      ;({ value: current, revision } = await this.readFresh<T>(key))
     }
-    for (let attempt = 1; ; attempt++) {
-      const next = await change(current)
-      if (next === undefined) return { before: current, after: current, changed: false }
-      const base = current?.revision ?? 0
-      const slot = slotOf(key)
-      const { won, claims } = await this.announce(slot, base + 1)
-      const stored = await this.read<T>(key)
-      const unchanged = (stored === undefined) === (current === undefined) && (stored?.revision ?? 0) === base
-      if (won && unchanged) {
-        let after: T | undefined
-        if (next === 'delete') {
-          await this.store.delete(key)
-          // The object is gone: so are the claims on it.
-          for (const claim of claims) await this.store.delete(claim).catch(() => {})
-        } else {
-          after = { ...next, revision: base + 1 }
-          await this.store.put(key, encode(after))
+    /** Names taken by this change (on any try), released at the end unless the stored version holds them. */
+    const claimed = new Set<string>()
+    let after: T | undefined
+    try {
+      for (let attempt = 1; ; attempt++) {
+        const next = await change(current)
+        if (next === undefined) {
+          after = current
+          return { before: current, after: current, changed: false }
         }
-        this.setCached(key, after)
-        this.changed(key)
-        return { before: current, after, changed: true }
+        if (next === 'delete') {
+          if (current === undefined) return { before: undefined, after: undefined, changed: false }
+          if (await this.deleteKey(key, revision)) {
+            if (OBJECT_KIND_SET.has(kind)) await this.releaseAll(uniqueNamesOf(current as StoredObject), id)
+            return { before: current, after: undefined, changed: true }
+          }
+        } else {
+          for (const name of options.claims?.(next as StoredObject, current as StoredObject | undefined) ??
+            []) {
+            await this.claim(name, id, false)
+            claimed.add(name.key)
+          }
+          const value = this.encodeStored(next)
+          const written =
+            revision === 0
+              ? await this.store.create(key, value)
+              : await this.store.update(key, value, revision)
+          if (written !== undefined) {
+            after = { ...next, revision: written }
+            this.offer(key, after, written)
+            if (current && OBJECT_KIND_SET.has(kind)) {
+              const held = new Set(uniqueNamesOf(after as StoredObject))
+              await this.releaseAll(
+                uniqueNamesOf(current as StoredObject).filter((name) => !held.has(name)),
+                id,
+              )
+            }
+            return { before: current, after, changed: true }
+          }
+        }
+        // Another replica wrote first: again from the bucket's newest version.
+        if (attempt >= ATTEMPTS) throw new VtnConflictError(key)
+        this.components.retried?.inc()
+        ;({ value: current, revision } = await this.readFresh<T>(key))
       }
-      // Not written: take the claim back, or the other replica would give way to it too.
-      await this.withdraw(slot)
-      if (!unchanged) {
-        // This replica's copy was behind: start again from the bucket's.
-        this.setCached(key, stored)
-        current = stored
+    } finally {
+      if (claimed.size > 0) {
+        // Not those the stored version holds (written by another try of the same change, say).
+        const latest = (after ?? current) as StoredObject | undefined
+        const held = new Set(latest && OBJECT_KIND_SET.has(kind) ? uniqueNamesOf(latest) : [])
+        await this.releaseAll(
+          [...claimed].filter((name) => !held.has(name)),
+          id,
+        )
       }
-      if (attempt >= ATTEMPTS) throw new VtnConflictError(key)
+    }
+  }
+
+  /** Delete a key whatever its version (a new object that lost its name). */
+  private async remove(key: string): Promise<void> {
+    for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
+      const { revision } = await this.readFresh(key)
+      if (revision === 0 || (await this.deleteKey(key, revision))) return
+    }
+  }
+
+  /** Delete a key if it is still at `revision`: a tombstone by compare-and-set, then the key. */
+  private async deleteKey(key: string, revision: number): Promise<boolean> {
+    const tombstone = await this.store.update(key, NOTHING, revision)
+    if (tombstone === undefined) return false
+    this.offer(key, undefined, tombstone)
+    await this.store.delete(key).catch((error) =>
+      // Read as absent all the same.
+      this.components.logger?.warn({ key, err: (error as Error).message }, 'openadr vtn: tombstone left'),
+    )
+    return true
+  }
+
+  // ---- unique names --------------------------------------------------------------------------
+
+  /**
+   * Take a unique name for object `id` (see the module comment): its revision, or
+   * VtnNameTakenError. `pending` for a new object, confirmed once it is written.
+   */
+  private async claim(name: UniqueName, id: string, pending: boolean): Promise<number> {
+    const holder = encode(
+      pending ? ({ id, pending: true } satisfies NameHolder) : ({ id } satisfies NameHolder),
+    )
+    const holderKind = NAME_KINDS[name.key.split('.')[1] as NameKind]
+    for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
+      const created = await this.store.create(name.key, holder)
+      if (created !== undefined) return created
+      const entry = await this.readName(name.key)
+      if (!entry) continue // deleted meanwhile: create it again
+      const current = entry.holder
+      if (current?.id === id) {
+        // This object's already (an earlier try, or the same fixed id on another replica). A
+        // rename takes it again, so that its revision is newer than the object's.
+        if (pending) return entry.revision
+      } else if (current) {
+        const key = `${holderKind}.${current.id}`
+        const object = await this.store.getEntry(key)
+        const stored = object && (this.decode(key, object.value) as StoredObject | undefined)
+        const holds = stored !== undefined && uniqueNamesOf(stored).includes(name.key)
+        if (current.pending && holds) {
+          // Written, but its maker has not confirmed (it died, or is about to): confirm for it.
+          await this.store.update(name.key, encode({ id: current.id } satisfies NameHolder), entry.revision)
+          throw new VtnNameTakenError(name.key, name.taken)
+        }
+        // Held; or being renamed to it (taken before the object is written, so the older).
+        if (!current.pending && (holds || (object && stored && object.revision < entry.revision)))
+          throw new VtnNameTakenError(name.key, name.taken)
+        // Free: pending and not written yet (its maker finds its confirm refused and gives way),
+        // or its object is gone or changed since without it (a release that never came).
+      }
+      const updated = await this.store.update(name.key, holder, entry.revision)
+      if (updated !== undefined) return updated
       this.components.retried?.inc()
-      if (!won) await sleep(backoff(attempt))
     }
+    throw new VtnConflictError(name.key)
   }
 
-  /** Put this replica's claim on a slot, then look at the others' (Lamport: announce, then look). */
-  private async announce(slot: string, revision: number): Promise<{ won: boolean; claims: string[] }> {
-    const mine = `claim.${slot}.${this.replica}`
-    const now = Date.now()
-    await this.store.put(mine, encode({ revision, at: now } satisfies Claim))
-    const claims = await this.store.keys(`claim.${slot}.*`)
-    let won = true
-    for (const key of claims) {
-      if (key === mine) continue
-      const claim = await this.read<Claim>(key)
-      if (claim && claim.at > now - CLAIM_TTL_MS && claim.revision >= revision) won = false
-    }
-    return { won, claims }
-  }
-
-  private async withdraw(slot: string): Promise<void> {
-    await this.store.put(`claim.${slot}.${this.replica}`, encode({ revision: 0, at: 0 } satisfies Claim))
-  }
-
-  /** Whether another replica holds a fresh claim on a slot. */
-  private async claimedByOthers(slot: string): Promise<boolean> {
-    for (const key of await this.store.keys(`claim.${slot}.*`)) {
-      if (key === `claim.${slot}.${this.replica}`) continue
-      const claim = await this.read<Claim>(key)
-      if (claim && claim.at > Date.now() - CLAIM_TTL_MS) return true
+  /** A new object is written: make its pending name its own. False when another object took it over. */
+  private async confirm(key: string, id: string, revision: number): Promise<boolean> {
+    let expected = revision
+    for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
+      if ((await this.store.update(key, encode({ id } satisfies NameHolder), expected)) !== undefined)
+        return true
+      const entry = await this.readName(key)
+      if (entry?.holder?.id !== id) return false
+      if (!entry.holder.pending) return true
+      expected = entry.revision
     }
     return false
   }
 
-  // ---- the feed: which keys this replica changed --------------------------------------------
-
-  private changed(key: string): void {
-    this.pending.push(key)
-    if (this.flushTimer) return
-    this.flushTimer = setTimeout(() => {
-      this.flushTimer = undefined
-      void this.flush().catch((error) =>
-        this.components.logger?.warn(
-          { err: (error as Error).message },
-          'openadr vtn: change feed not written',
-        ),
-      )
-    }, FEED_FLUSH_MS)
-    this.flushTimer.unref?.()
-  }
-
-  private flush(): Promise<void> {
-    const run = this.flushing.then(async () => {
-      while (this.pending.length > 0) {
-        const keys = [...new Set(this.pending.slice(0, BATCH_KEYS))]
-        const batch = this.batch + 1
-        await this.store.put(
-          `feed.${this.replica}.b${batch % FEED_SLOTS}`,
-          encode({ batch, keys } satisfies FeedBatch),
-        )
-        await this.store.put(`feed.${this.replica}.head`, encode({ batch } satisfies FeedHead))
-        this.batch = batch
-        this.pending.splice(0, BATCH_KEYS)
-      }
-    })
-    this.flushing = run.catch(() => {})
-    return run
-  }
-
-  private async listFeeds(): Promise<void> {
-    const heads = await this.store.keys('feed.*.head')
-    this.feeds = heads.map((key) => key.split('.')[1]!).filter((replica) => replica !== this.replica)
-    this.feedsListedAt = Date.now()
-  }
-
-  private async syncOnce(): Promise<void> {
-    const now = Date.now()
-    const early = this.feeds.length === 0 && now - this.startedAt < EARLY_MS
-    if (early || now - this.feedsListedAt >= FEED_LIST_MS) await this.listFeeds()
-    let behind = false
-    for (const replica of this.feeds) {
-      const head = await this.read<FeedHead>(`feed.${replica}.head`)
-      if (!head) continue
-      const last = this.cursors.get(replica) ?? 0
-      if (head.batch === last) continue
-      if (head.batch < last || head.batch - last > FEED_SLOTS) {
-        behind = true
-        break
-      }
-      const keys = new Set<string>()
-      for (let batch = last + 1; batch <= head.batch; batch++) {
-        const read = await this.read<FeedBatch>(`feed.${replica}.b${batch % FEED_SLOTS}`)
-        if (read?.batch !== batch) {
-          behind = true
-          break
+  /** Release names if `id` still holds them (best effort: an unreleased name is found free later). */
+  private async releaseAll(keys: string[], id: string): Promise<void> {
+    for (const key of keys) {
+      try {
+        for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
+          const entry = await this.readName(key)
+          if (entry?.holder?.id !== id) break
+          if ((await this.store.update(key, NOTHING, entry.revision)) !== undefined) break
         }
-        for (const key of read.keys) keys.add(key)
+      } catch (error) {
+        this.components.logger?.warn({ key, err: (error as Error).message }, 'openadr vtn: name not released')
       }
-      if (behind) break
-      for (const key of keys) {
-        if (!this.isDataKey(key)) continue
-        const seen = this.cached(key)
-        const value = await this.read<Stored>(key)
-        // Written here meanwhile, or older than ours: keep ours.
-        if (this.cached(key) !== seen) continue
-        if (value && seen && (value.revision ?? 0) < (seen.revision ?? 0)) continue
-        this.setCached(key, value)
-      }
-      this.cursors.set(replica, head.batch)
     }
-    if (behind) {
-      this.components.logger?.info({}, 'openadr vtn: behind another replica, reading the whole store again')
-      await this.load()
-    }
+  }
+
+  private async readName(
+    key: string,
+  ): Promise<{ holder: NameHolder | undefined; revision: number } | undefined> {
+    const entry = await this.store.getEntry(key)
+    if (!entry) return undefined
+    const holder = this.parse(key, entry.value) as NameHolder | undefined
+    return { holder: typeof holder?.id === 'string' ? holder : undefined, revision: entry.revision }
   }
 
   // ---- memory ------------------------------------------------------------------------------
+
+  private onWatched(change: PluginStoreChange): void {
+    if (change.revision > this.watched) this.watched = change.revision
+    if (!this.isDataKey(change.key)) return
+    this.offer(change.key, change.value && this.decode(change.key, change.value), change.revision)
+    // The watch is past this delete: nothing older comes from it; no read in flight either.
+    if (this.reading === 0) {
+      const tombstone = this.tombstones.get(change.key)
+      if (tombstone !== undefined && tombstone <= change.revision) this.tombstones.delete(change.key)
+    }
+  }
+
+  /** The bucket's entry for a key, now (memory takes it unless it knows a newer one). */
+  private async readFresh<T extends Stored>(
+    key: string,
+  ): Promise<{ value: T | undefined; revision: number }> {
+    this.reading += 1
+    try {
+      const entry = await this.store.getEntry(key)
+      if (!entry) return { value: undefined, revision: 0 }
+      const value = this.decode(key, entry.value) as T | undefined
+      this.offer(key, value, entry.revision)
+      return { value: value && { ...value, revision: entry.revision }, revision: entry.revision }
+    } finally {
+      this.readDone()
+    }
+  }
+
+  private readDone(): void {
+    this.reading -= 1
+    if (this.reading > 0 || this.tombstones.size === 0) return
+    for (const [key, revision] of this.tombstones) if (revision <= this.watched) this.tombstones.delete(key)
+  }
+
+  /** The newest revision memory knows of a key (0: none). */
+  private known(key: string): number {
+    return this.cached(key)?.revision ?? this.tombstones.get(key) ?? 0
+  }
+
+  /** A version of a key (undefined: deleted), taken unless memory knows a newer one. */
+  private offer(key: string, value: Stored | undefined, revision: number): void {
+    if (revision <= this.known(key)) return
+    if (value) {
+      this.setCached(key, { ...value, revision })
+      this.tombstones.delete(key)
+    } else {
+      this.setCached(key, undefined)
+      this.tombstones.set(key, revision)
+    }
+  }
 
   private isDataKey(key: string): boolean {
     const dot = key.indexOf('.')
@@ -571,21 +683,25 @@ export class VtnState {
     objects.set(rest, value as StoredObject)
   }
 
-  private async read<T>(key: string): Promise<T | undefined> {
-    const value = await this.store.get(key)
-    if (!value) return undefined
+  /** The stored form: the revision is the KV entry's, not part of the value. */
+  private encodeStored(value: Stored): Uint8Array {
+    return encode({ ...value, revision: undefined })
+  }
+
+  /** A stored value (undefined: a tombstone, or unreadable). */
+  private decode(key: string, value: Uint8Array): Stored | undefined {
+    const parsed = this.parse(key, value)
+    return parsed !== null && typeof parsed === 'object' ? (parsed as Stored) : undefined
+  }
+
+  private parse(key: string, value: Uint8Array): unknown {
     try {
-      return JSON.parse(decoder.decode(value)) as T
+      return JSON.parse(decoder.decode(value))
     } catch {
       this.components.logger?.warn({ key }, 'openadr vtn: unreadable value in the store, ignored')
       return undefined
     }
   }
-}
-
-/** Wait before trying again: growing, with jitter so two replicas part ways. */
-function backoff(attempt: number): number {
-  return (5 + Math.random() * 20) * 2 ** (attempt - 1)
 }
 
 let sequence = 0

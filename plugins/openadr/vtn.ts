@@ -11,7 +11,7 @@ import { TokenIssuer } from './auth.ts'
 import { dropUndefined, isObject, isoString } from './codec.ts'
 import type { VtnConfig } from './config.ts'
 import { contractFor, OPENADR_VERSIONS, type OpenAdrVersion } from './contract.ts'
-import { VtnConflictError } from './errors.ts'
+import { VtnConflictError, VtnNameTakenError } from './errors.ts'
 import {
   type Body,
   type Client,
@@ -35,7 +35,7 @@ import {
 } from './mqtt.ts'
 import { limitToEventBody, reportToTelemetry, resourceIdFor } from './normalise.ts'
 import { CODECS, problem, type VtnRequest, type VtnResponse, VtnServer } from './server.ts'
-import { fixedId, newId, VtnState } from './state.ts'
+import { fixedId, newId, type UniqueName, uniqueKey, VtnState } from './state.ts'
 import { resolveEvent, valuesAt } from './timing.ts'
 import { mayWrite, OWNED_KINDS, owns, targetView } from './visibility.ts'
 import { WebhookSender } from './webhooks.ts'
@@ -44,11 +44,6 @@ export interface VtnInit {
   config: VtnConfig
   host: string
   port: number
-  /**
-   * This replica's mark (`[a-z0-9]+`, kept in its data folder): names its change feed and claims
-   * in the store when several replicas of the node serve one bucket. Random when not given.
-   */
-  replica?: string
 }
 
 export interface VtnComponents {
@@ -185,17 +180,14 @@ export class Vtn {
     private readonly components: VtnComponents,
   ) {
     const { config } = init
-    this.state = new VtnState(
-      {
-        store: components.objects,
-        logger: components.logger,
-        retried: components.metrics.counter(
-          'replica_retries_total',
-          'VTN changes redone on the newest version: another replica changed the same object at once',
-        ),
-      },
-      init.replica ? { replica: init.replica } : undefined,
-    )
+    this.state = new VtnState({
+      store: components.objects,
+      logger: components.logger,
+      retried: components.metrics.counter(
+        'replica_retries_total',
+        'VTN writes redone on the newest version: another replica wrote the same key first',
+      ),
+    })
     this.tokens = new TokenIssuer(
       { clients: config.clients, lifetimeS: config.token_lifetime },
       { store: components.tokens },
@@ -440,7 +432,8 @@ export class Vtn {
       }
     } catch (error) {
       if (error instanceof Refusal) return error.response
-      if (error instanceof VtnConflictError) return this.conflict(request, error.message).response
+      if (error instanceof VtnConflictError || error instanceof VtnNameTakenError)
+        return this.conflict(request, error.message).response
       throw error
     }
   }
@@ -744,7 +737,8 @@ export class Vtn {
       out.push(rendered)
       if (kind === 'event' && client.role === 'ven') delivered.push(object)
     }
-    for (const event of delivered) void this.markDelivered(event)
+    // Recorded before the VEN has the answer, so 'Delivered' comes before the VEN's own result.
+    for (const event of delivered) await this.markDelivered(event)
     return { status: 200, body: out }
   }
 
@@ -761,7 +755,7 @@ export class Vtn {
       throw new Refusal(
         problem({ status: 404, detail: `this ${kind} cannot be shown in OpenADR ${request.version}` }),
       )
-    if (kind === 'event' && client.role === 'ven') void this.markDelivered(object.object)
+    if (kind === 'event' && client.role === 'ven') await this.markDelivered(object.object)
     return { status: 200, body: rendered }
   }
 
@@ -824,7 +818,7 @@ export class Vtn {
     const now = isoString(Date.now())
     const object: StoredObject = { kind, id: newId(), createdDateTime: now, modificationDateTime: now, body }
     await this.checkAndComplete(request, object, client, undefined)
-    await this.state.create(object)
+    await this.state.create(object, this.claims(object, undefined, client))
     await this.afterWrite(object, 'CREATE', undefined)
     if (kind === 'report') await this.pruneReports()
     const rendered = this.render(request, object, (object.body.targets as string[] | undefined) ?? [])
@@ -838,25 +832,32 @@ export class Vtn {
    */
   private async update(request: VtnRequest, kind: ObjectKind, client: Client): Promise<VtnResponse> {
     const id = this.pathId(request, kind)
-    // Absent or not this client's: 404 before anything is claimed.
+    // Absent or not this client's: 404 before anything is written.
     this.visibleObject(request, kind, client, await this.state.fetch(kind, id))
-    const committed = await this.state.changeObject(kind, id, async (current) => {
-      const { object: existing } = this.visibleObject(request, kind, client, current)
-      if (!mayWrite(client, kind, 'update'))
-        throw this.forbidden(request, `a ${client.role.toUpperCase()} client may not change ${kind}s`)
-      const fill: Body = {}
-      if (kind === 'resource') fill.venID = request.params.venID ?? existing.body.venID
-      if ((kind === 'ven' || kind === 'resource') && existing.clientID && request.version === '3.1.0')
-        fill.clientID = existing.clientID
-      const body = this.decodeBody(request, kind, client, fill)
-      const changed: StoredObject = {
-        ...existing,
-        modificationDateTime: isoString(Math.max(Date.now(), Date.parse(existing.modificationDateTime) + 1)),
-        body,
-      }
-      await this.checkAndComplete(request, changed, client, existing)
-      return changed
-    })
+    const committed = await this.state.changeObject(
+      kind,
+      id,
+      async (current) => {
+        const { object: existing } = this.visibleObject(request, kind, client, current)
+        if (!mayWrite(client, kind, 'update'))
+          throw this.forbidden(request, `a ${client.role.toUpperCase()} client may not change ${kind}s`)
+        const fill: Body = {}
+        if (kind === 'resource') fill.venID = request.params.venID ?? existing.body.venID
+        if ((kind === 'ven' || kind === 'resource') && existing.clientID && request.version === '3.1.0')
+          fill.clientID = existing.clientID
+        const body = this.decodeBody(request, kind, client, fill)
+        const changed: StoredObject = {
+          ...existing,
+          modificationDateTime: isoString(
+            Math.max(Date.now(), Date.parse(existing.modificationDateTime) + 1),
+          ),
+          body,
+        }
+        await this.checkAndComplete(request, changed, client, existing)
+        return changed
+      },
+      { claims: (next, current) => this.claims(next, current, client) },
+    )
     const object = committed.after!
     await this.afterWrite(object, 'UPDATE', committed.before)
     const view = this.view(
@@ -870,7 +871,7 @@ export class Vtn {
 
   private async remove(request: VtnRequest, kind: ObjectKind, client: Client): Promise<VtnResponse> {
     const id = this.pathId(request, kind)
-    // Absent or not this client's: 404 before anything is claimed.
+    // Absent or not this client's: 404 before anything is written.
     this.visibleObject(request, kind, client, await this.state.fetch(kind, id))
     let rendered: Body | undefined
     const committed = await this.state.changeObject(kind, id, (current) => {
@@ -902,10 +903,51 @@ export class Vtn {
       await this.state.forget('report', report.id)
   }
 
-  /** Claim a name that must be unique across replicas (409 while another replica makes it). */
-  private async unique(request: VtnRequest, name: string, what: string): Promise<void> {
-    if (!(await this.state.claimUnique(name)))
-      throw this.conflict(request, `another replica of this VTN is making ${what} now`)
+  /**
+   * The unique names a write takes (new, or changed by it): the state takes each in the store
+   * before writing, so two replicas cannot give one name to two objects (409 for the second).
+   */
+  private claims(object: StoredObject, existing: StoredObject | undefined, client: Client): UniqueName[] {
+    const body = object.body
+    const changed = (field: string) => existing?.body[field] !== body[field]
+    switch (object.kind) {
+      case 'program': {
+        const name = String(body.programName)
+        return changed('programName')
+          ? [{ key: uniqueKey('program', name), taken: `a program named '${name}' exists` }]
+          : []
+      }
+      case 'ven': {
+        const name = String(body.venName)
+        return [
+          ...(client.role === 'ven' && !existing
+            ? [
+                {
+                  key: uniqueKey('ven-client', client.clientId),
+                  taken: 'this client already has a ven object',
+                },
+              ]
+            : []),
+          ...(changed('venName')
+            ? [{ key: uniqueKey('ven', name), taken: `a ven named '${name}' exists` }]
+            : []),
+        ]
+      }
+      case 'resource': {
+        const venID = String(body.venID)
+        const name = String(body.resourceName)
+        return changed('resourceName') || changed('venID')
+          ? [
+              {
+                key: uniqueKey('resource', venID, name),
+                taken: `ven '${venID}' has a resource named '${name}'`,
+              },
+            ]
+          : []
+      }
+      default:
+        return []
+    }
   }
 
   /** Per-kind rules on create and update: references, names, owners, what a VEN may not change. */
@@ -920,16 +962,8 @@ export class Vtn {
       this.state.list(kind).filter((candidate) => candidate.id !== object.id)
     const lookup = (kind: ObjectKind, id: unknown) =>
       typeof id === 'string' ? this.state.fetch(kind, id) : Promise.resolve(undefined)
-    /** Whether a unique name is new or changed by this write (then it is claimed first). */
-    const named = (field: string) => existing?.body[field] !== body[field]
     switch (object.kind) {
       case 'program':
-        if (named('programName'))
-          await this.unique(
-            request,
-            `program:${String(body.programName)}`,
-            `program '${String(body.programName)}'`,
-          )
         if (others('program').some((program) => program.body.programName === body.programName))
           throw this.conflict(request, `a program named '${String(body.programName)}' exists`)
         break
@@ -972,7 +1006,6 @@ export class Vtn {
           // Targets are BL's to grant: a VEN's update keeps them.
           if (existing?.body.targets !== undefined) body.targets = existing.body.targets
           else delete body.targets
-          if (!existing) await this.unique(request, `ven-client:${client.clientId}`, 'a ven of this client')
           if (!existing && this.state.list('ven').some((ven) => ven.clientID === client.clientId))
             throw this.conflict(request, 'this client already has a ven object')
         } else {
@@ -980,8 +1013,6 @@ export class Vtn {
         }
         delete body.clientID
         if (object.clientID === undefined) delete object.clientID
-        if (named('venName'))
-          await this.unique(request, `ven:${String(body.venName)}`, `ven '${String(body.venName)}'`)
         if (others('ven').some((ven) => ven.body.venName === body.venName))
           throw this.conflict(request, `a ven named '${String(body.venName)}' exists`)
         break
@@ -998,12 +1029,6 @@ export class Vtn {
           if (existing?.body.targets !== undefined) body.targets = existing.body.targets
           else delete body.targets
         }
-        if (named('resourceName') || named('venID'))
-          await this.unique(
-            request,
-            `resource:${ven.id}:${String(body.resourceName)}`,
-            `resource '${String(body.resourceName)}' of ven '${ven.id}'`,
-          )
         if (
           others('resource').some(
             (resource) => resource.body.venID === ven.id && resource.body.resourceName === body.resourceName,
@@ -1176,11 +1201,13 @@ export class Vtn {
 
   /**
    * The program of the node's control events, made once: its id comes from its name, so
-   * replicas starting together make the same object, and the second finds the first's.
+   * replicas starting together make the same object (`create` lets one of them), and the other
+   * finds the first's.
    */
   private async ensureControlProgram(): Promise<void> {
     const name = this.init.config.control_program
-    const existing = this.state.list('program').find((program) => program.body.programName === name)
+    const byName = () => this.state.list('program').find((program) => program.body.programName === name)
+    const existing = byName()
     if (existing) {
       this.controlProgramId = existing.id
       return
@@ -1198,10 +1225,17 @@ export class Vtn {
         ],
       },
     }
-    const made = await this.state.changeObject('program', program.id, (current) =>
-      current ? undefined : program,
-    )
-    this.controlProgramId = made.after?.id ?? program.id
+    try {
+      this.controlProgramId = (
+        await this.state.create(program, [
+          { key: uniqueKey('program', name), taken: `a program named '${name}' exists` },
+        ])
+      ).id
+    } catch (error) {
+      if (!(error instanceof VtnConflictError || error instanceof VtnNameTakenError)) throw error
+      // Made through another replica at the same moment (or, by that name, by BL).
+      this.controlProgramId = ((await this.state.fetch('program', program.id)) ?? byName())?.id ?? program.id
+    }
   }
 
   private findResourceByRid(rid: string): { resource: StoredObject; ven: StoredObject } | undefined {
@@ -1223,10 +1257,10 @@ export class Vtn {
   }
 
   private async onLimitPower(message: ControlMessage): Promise<void> {
-    // A resource registered through another replica a moment ago: read the others' changes first.
+    // A resource registered through another replica a moment ago: read what this one lacks.
     let found = this.findResourceByRid(message.rid)
     if (!found) {
-      await this.state.sync().catch(() => {})
+      await Promise.all([this.state.refresh('ven'), this.state.refresh('resource')]).catch(() => {})
       found = this.findResourceByRid(message.rid)
     }
     if (!found) {
