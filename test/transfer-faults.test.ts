@@ -47,8 +47,15 @@ async function midStream(pair: FaultPair, feeder: TelemetryFeeder, accepted: num
  * records, and the provider holds accepted records the consumer has not (a backlog in between).
  */
 async function atFault(pair: FaultPair, feeder: TelemetryFeeder, backlog = true): Promise<AtFault> {
-  const flow = await flowOf(pair.consumer, pair.id).catch(() => ({ recordsIn: -1 }))
-  const at = { at: Date.now(), accepted: feeder.accepted.size, consumerRecordsIn: flow.recordsIn }
+  const sample = async (): Promise<AtFault> => {
+    const flow = await flowOf(pair.consumer, pair.id).catch(() => ({ recordsIn: -1 }))
+    return { at: Date.now(), accepted: feeder.accepted.size, consumerRecordsIn: flow.recordsIn }
+  }
+  let at = await sample()
+  // A consumer that keeps up is level with the provider between two requests: strike at a
+  // moment when it is not (the next accepted batch, before it has crossed).
+  const deadline = Date.now() + 10_000
+  while (backlog && at.accepted - at.consumerRecordsIn <= 0 && Date.now() < deadline) at = await sample()
   expect(at.consumerRecordsIn, 'records reached the consumer before the fault').toBeGreaterThan(0)
   if (backlog)
     expect(
