@@ -7,6 +7,7 @@ import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import {
   AckPolicy,
+  type Consumer,
   DeliverPolicy,
   JetStreamApiCodes,
   JetStreamApiError,
@@ -529,6 +530,23 @@ export class PluginHost {
       deliver_policy: DeliverPolicy.StartTime,
       opt_start_time: new Date(Math.max(0, options.since - (byArrival ? 0 : 3_600_000))).toISOString(),
     })
+    try {
+      return await this.readOrdered(consumer, kind, rid, byArrival, max, options)
+    } finally {
+      // Gone at once: left alone, each read's consumer would live on for minutes on the server
+      // (a plugin reading per site per post kept thousands, and the server's memory with them).
+      void consumer.delete().catch(() => {})
+    }
+  }
+
+  private async readOrdered(
+    consumer: Consumer,
+    kind: ResourceKind,
+    rid: string,
+    byArrival: boolean,
+    max: number,
+    options: { since: number; signal?: AbortSignal },
+  ): Promise<TelemetryRecord[]> {
     const out: TelemetryRecord[] = []
     // Nothing from the start time on: done (consume would wait for new messages).
     if ((await consumer.info()).num_pending === 0) return out

@@ -120,6 +120,14 @@ test('publishControl stores a command on oe.ctl; readTelemetry reads one resourc
       ['power', 2000],
     ])
     expect(await ctx.dataPlane.readTelemetry!('battery', 'nothing', ['power'], { since: 0 })).toEqual([])
+    // Each read's consumer is gone once the read is: 20 reads leave none behind on OE_TEL.
+    for (let i = 0; i < 20; i++) {
+      await ctx.dataPlane.readTelemetry!('battery', 'b1', ['power'], { since: now - 15_000 })
+      await ctx.dataPlane.readTelemetry!('battery', 'b1', ['power'], { since: now + 60_000 })
+    }
+    const consumersLeft = async () => (await dataPlane.manager.streams.info('OE_TEL')).state.consumer_count
+    for (let i = 0; i < 50 && (await consumersLeft()) > 0; i++) await Bun.sleep(20)
+    expect(await consumersLeft()).toBe(0)
     await ctx.dataPlane.publishControl!('battery', 'b1', 'limit_power', { v: 1500, u: 'W' })
     const message = await dataPlane.jetstream.streams
       .get('OE_CTL')
