@@ -101,8 +101,22 @@ const DEFAULT_POLL_S = 900
 const RETRY_MIN_S = 1
 /** A server clock further off than this from the host's is logged (the schedule follows the server). */
 const CLOCK_WARN_MS = 60_000
+/**
+ * How old a read of the EndDeviceList or MirrorUsagePointList may be for a site registering to
+ * look for its own entry in it (sites registering one after another share one read).
+ */
+const REGISTRATION_LIST_MAX_AGE_MS = 15_000
+/** Sites whose commands a tick publishes at once. */
+const TICK_CONCURRENCY = 64
 /** How often a standby replica reads the shared state it shows in its status. */
 const STANDBY_REFRESH_MS = 5_000
+
+/** A read of a list several sites look into, and what this client added to the list since (key → href). */
+interface SharedList {
+  startedAt: number
+  read: Promise<ListPage<unknown>>
+  added: Map<string, string>
+}
 
 /** This replica's turn at the client's work: while its lease holds. */
 interface Session {
@@ -127,6 +141,8 @@ interface Site {
   nextPoll: number
   nextPost: number
   failures: number
+  /** When an exchange for this site last failed (epoch ms): lists read before it are not reused. */
+  failedAt?: number
   readingTypes: { site: Map<string, MirrorReadingType>; der: Map<string, MirrorReadingType> }
   /** Telemetry since the last post: `<kind>.<rid>` → q → records. */
   buffer: Map<string, Map<string, TelemetryRecord[]>>
@@ -144,6 +160,14 @@ interface Site {
   ratedW?: number
   /** The default ramp rate (DefaultDERControl setGradW) the DER was last set to. */
   gradW?: number
+  /**
+   * Server time (s) from which the schedule's output may differ from what the last tick made of
+   * it: the next event edge, 0 after anything that changes it (a poll, a new clock offset, a
+   * command not published). Until then a tick has nothing to do for the site.
+   */
+  tickDue: number
+  /** Counts what made the schedule due (see `markDue`), so a tick under way does not clear a newer cause. */
+  dueCount: number
 }
 
 export class CsipClient {
@@ -174,10 +198,14 @@ export class CsipClient {
   private wake: (() => void) | undefined
   private loop: Promise<void> | undefined
   private tickTimer: ReturnType<typeof setInterval> | undefined
+  private edgeTimer: ReturnType<typeof setTimeout> | undefined
+  private tickQueued = false
   private ticking: Promise<void> = Promise.resolve()
   /** Aborted when the client stops (every session's signal follows it). */
   private readonly abort = new AbortController()
   private warnedNoControl = false
+  /** The last read of each list several sites look into (see `sharedList`), by href. */
+  private sharedLists = new Map<string, SharedList>()
   private listener: NotificationListener | undefined
   /** Where this client posts Subscriptions in aggregator mode: the aggregator's own EndDevice. */
   private aggregatorSubscriptions: string | undefined
@@ -313,6 +341,7 @@ export class CsipClient {
     this.phase = 'stopped'
     this.abort.abort()
     clearInterval(this.tickTimer)
+    clearTimeout(this.edgeTimer)
     clearInterval(this.standbyTimer)
     this.wake?.()
   }
@@ -344,6 +373,7 @@ export class CsipClient {
     const session: Session = { lease, signal: AbortSignal.any([this.abort.signal, lease.signal]) }
     this.session = session
     this.dcap = undefined
+    this.sharedLists.clear()
     this.nextDiscovery = 0
     this.discoveryFailures = 0
     this.connected = false
@@ -373,6 +403,8 @@ export class CsipClient {
         lastPostAt: Date.now(),
         connected: true,
         energized: true,
+        tickDue: 0,
+        dueCount: 0,
       })
     }
     if (!this.running) {
@@ -405,6 +437,7 @@ export class CsipClient {
       )
     }
     clearInterval(this.tickTimer)
+    clearTimeout(this.edgeTimer)
     this.wake?.()
     await this.loop
     await this.ticking
@@ -545,6 +578,7 @@ export class CsipClient {
         return
       }
       site.failures += 1
+      site.failedAt = Date.now()
       const retry = Math.min(this.pollSeconds(site.pollRate), RETRY_MIN_S * 2 ** Math.min(site.failures, 10))
       if (what === 'readings') site.nextPost = Date.now() + retry * 1000
       else site.nextPoll = Date.now() + retry * 1000
@@ -607,6 +641,44 @@ export class CsipClient {
     return { ...first!, items: items.slice(0, this.config.max_list_items) }
   }
 
+  /**
+   * A whole list that several sites look into (the EndDeviceList and MirrorUsagePointList, where
+   * each site finds its own entry): one read serves every site that asks for a read started after
+   * `since` (and at most `maxAgeMs` old), rather than each site reading all of it — with 1,000
+   * sites that is one read of the list instead of 1,000.
+   */
+  private async sharedList<T>(
+    href: string,
+    item: string,
+    decode: (node: XmlNode) => T,
+    options: { since: number; maxAgeMs?: number },
+  ): Promise<{ list: ListPage<T>; added: Map<string, string> }> {
+    const now = Date.now()
+    let entry = this.sharedLists.get(href)
+    if (
+      !entry ||
+      entry.startedAt <= options.since ||
+      (options.maxAgeMs !== undefined && now - entry.startedAt > options.maxAgeMs)
+    ) {
+      const fresh: SharedList = { startedAt: now, read: this.readList(href, item, decode), added: new Map() }
+      this.sharedLists.set(href, fresh)
+      // A failed read is not reused: the next site reads again.
+      fresh.read.catch(() => {
+        if (this.sharedLists.get(href) === fresh) this.sharedLists.delete(href)
+      })
+      entry = fresh
+    }
+    return { list: (await entry.read) as ListPage<T>, added: entry.added }
+  }
+
+  /**
+   * What this client just created in a list (an EndDevice by LFDI, a MirrorUsagePoint by mRID):
+   * later sites looking into the same read see it.
+   */
+  private noteAdded(listHref: string, key: string, href: string): void {
+    this.sharedLists.get(listHref)?.added.set(key, href)
+  }
+
   // ── discovery and registration ───────────────────────────────────────────────────────────────
 
   private async discover(): Promise<void> {
@@ -635,6 +707,8 @@ export class CsipClient {
     // Keep sub-second noise out: only a change over a second moves the clock.
     if (Math.abs(offset - this.offsetMs) > 1_000) {
       this.offsetMs = offset
+      // Commands carry `until` in host time: every site's are due again.
+      for (const site of this.sites) markDue(site)
       const level = Math.abs(offset) > CLOCK_WARN_MS ? 'warn' : 'info'
       this.components.logger[level](
         { offsetMs: Math.round(offset), quality: time.quality },
@@ -655,9 +729,14 @@ export class CsipClient {
         })
     }
     if (!device && dcap.endDeviceListLink) {
-      const list = await this.readList(dcap.endDeviceListLink, 'EndDevice', decodeEndDevice)
+      const { list, added } = await this.sharedList(dcap.endDeviceListLink, 'EndDevice', decodeEndDevice, {
+        since: site.failedAt ?? 0,
+        maxAgeMs: REGISTRATION_LIST_MAX_AGE_MS,
+      })
       this.noteAggregator(list.items)
       device = list.items.find((candidate) => candidate.lfdi === site.lfdi && candidate.href)
+      const addedHref = added.get(site.lfdi)
+      if (!device && addedHref) device = { href: addedHref }
       if (!device) {
         // In-band registration.
         const answer = await this.transport.post(
@@ -680,6 +759,7 @@ export class CsipClient {
           'EndDevice registered',
         )
         device = { href: this.transport.resolve(href).pathname }
+        this.noteAdded(dcap.endDeviceListLink, site.lfdi, device.href!)
       }
       // The full resource (its links) from its own href.
       const parsed = await this.get(device.href!)
@@ -798,7 +878,12 @@ export class CsipClient {
     const listHref = this.dcap?.mirrorUsagePointListLink
     if (!listHref) return
     if (site.state.mirrors.site && (site.config.ders.length === 0 || site.state.mirrors.der)) return
-    const existing = await this.readList(listHref, 'MirrorUsagePoint', decodeMirrorUsagePoint)
+    const { list: existing, added } = await this.sharedList(
+      listHref,
+      'MirrorUsagePoint',
+      decodeMirrorUsagePoint,
+      { since: site.failedAt ?? 0, maxAgeMs: REGISTRATION_LIST_MAX_AGE_MS },
+    )
     if (existing.pollRate !== undefined) site.postRate = existing.pollRate
     for (const role of ['site', 'der'] as const) {
       if (role === 'der' && site.config.ders.length === 0) continue
@@ -808,6 +893,11 @@ export class CsipClient {
       if (found?.href) {
         site.state.mirrors[role] = found.href
         if (found.postRate) site.postRate = found.postRate
+        continue
+      }
+      const addedHref = added.get(mrid)
+      if (addedHref) {
+        site.state.mirrors[role] = addedHref
         continue
       }
       const types = this.readingTypesFor(site, role)
@@ -831,7 +921,10 @@ export class CsipClient {
         (await this.readList(listHref, 'MirrorUsagePoint', decodeMirrorUsagePoint)).items.find(
           (point) => point.mrid === mrid,
         )?.href
-      if (href) site.state.mirrors[role] = this.transport.resolve(href).pathname
+      if (href) {
+        site.state.mirrors[role] = this.transport.resolve(href).pathname
+        this.noteAdded(listHref, mrid, site.state.mirrors[role]!)
+      }
     }
   }
 
@@ -935,6 +1028,7 @@ export class CsipClient {
       )
     }
     const due = site.schedule.update(programs, this.serverNow())
+    markDue(site)
     site.pendingResponses.push(...due)
     site.schedule.prune(this.serverNow() - 86_400)
     this.persist(site)
@@ -1048,48 +1142,93 @@ export class CsipClient {
     })
   }
 
-  /** Every second (and after each poll): what is in force now, and the responses due. */
+  /**
+   * Every second, at each event edge, and after each poll: what is in force now, and the
+   * responses due. A pass already waiting to start covers later calls.
+   */
   private scheduleTick(): void {
+    if (!this.running || this.tickQueued) return
+    this.tickQueued = true
+    this.ticking = this.ticking.then(() =>
+      this.tickPass().catch((error: Error) => {
+        this.components.logger.warn({ err: error.message }, 'schedule tick failed')
+      }),
+    )
+  }
+
+  /** One pass over the sites whose schedule may have changed since their last tick. */
+  private async tickPass(): Promise<void> {
+    this.tickQueued = false
+    const now = this.serverNow()
+    const due = this.sites.filter((site) => now >= site.tickDue)
+    // Sites publish side by side (each its own commands in order): 1,000 sites' new envelope
+    // is on the data plane in a fraction of a second rather than one confirmed publish after another.
+    let next = 0
+    const worker = async () => {
+      while (next < due.length && this.running) await this.tickSite(due[next++]!, now)
+    }
+    await Promise.all(Array.from({ length: Math.min(TICK_CONCURRENCY, due.length) }, worker))
     if (!this.running) return
-    this.ticking = this.ticking.then(async () => {
-      for (const site of this.sites) {
-        if (!this.running) return
-        const { responses, modes } = site.schedule.tick(this.serverNow())
-        const connected = modes.get('opModConnect')?.value !== false
-        const energized = modes.get('opModEnergize')?.value !== false
-        const statusChanged = connected !== site.connected || energized !== site.energized
-        site.connected = connected
-        site.energized = energized
-        // The utility sees the new connection state at once, not at the next poll.
-        if (statusChanged && site.registered) void this.putStatus(site).catch(() => {})
-        site.pendingResponses.push(...responses)
-        const controls = controlsFor(modes, this.offsetMs)
-        let changed = responses.length > 0
-        for (const control of controls) {
-          if (sameControl(site.state.published[control.command], control.payload)) continue
-          // The lease may have gone while the last command was published: the next owner publishes.
-          if (!this.running) return
-          const ok = await this.publishControl(site, control)
-          if (ok) {
-            site.state.published[control.command] = control.payload
-            changed = true
-          } else if (control.payload.source.startsWith('csip-aus:event:')) {
-            const mrid = control.payload.source.slice('csip-aus:event:'.length)
-            const track = site.schedule.events.get(mrid)
-            if (track?.replyTo && !track.sent.includes(RESPONSE_STATUS.cannotBeMet)) {
-              track.sent.push(RESPONSE_STATUS.cannotBeMet)
-              site.pendingResponses.push({
-                mrid,
-                replyTo: track.replyTo,
-                status: RESPONSE_STATUS.cannotBeMet,
-              })
-            }
+    if (this.sites.some((site) => site.pendingResponses.length > 0 && site.registered)) this.wake?.()
+    this.armEdgeTick()
+  }
+
+  /** A tick at the next event edge within the second: a control starts on time, not up to a second late. */
+  private armEdgeTick(): void {
+    clearTimeout(this.edgeTimer)
+    const now = this.serverNow()
+    let edge = Number.POSITIVE_INFINITY
+    for (const site of this.sites) if (site.tickDue > now && site.tickDue < edge) edge = site.tickDue
+    const delayMs = edge * 1000 - this.offsetMs - Date.now()
+    if (!(delayMs < 1_000)) return
+    this.edgeTimer = setTimeout(() => this.scheduleTick(), Math.max(0, delayMs) + 2)
+  }
+
+  /** What is in force for one site now: commands published when they change, responses due. */
+  private async tickSite(site: Site, now: number): Promise<void> {
+    const dueCount = site.dueCount
+    const { responses, modes } = site.schedule.tick(now)
+    const connected = modes.get('opModConnect')?.value !== false
+    const energized = modes.get('opModEnergize')?.value !== false
+    const statusChanged = connected !== site.connected || energized !== site.energized
+    site.connected = connected
+    site.energized = energized
+    // The utility sees the new connection state at once, not at the next poll.
+    if (statusChanged && site.registered) void this.putStatus(site).catch(() => {})
+    site.pendingResponses.push(...responses)
+    const controls = controlsFor(modes, this.offsetMs)
+    let changed = responses.length > 0
+    let unpublished = false
+    for (const control of controls) {
+      if (sameControl(site.state.published[control.command], control.payload)) continue
+      // The lease may have gone while the last command was published: the next owner publishes.
+      if (!this.running) return
+      const ok = await this.publishControl(site, control)
+      if (ok) {
+        site.state.published[control.command] = control.payload
+        changed = true
+      } else {
+        unpublished = true
+        if (control.payload.source.startsWith('csip-aus:event:')) {
+          const mrid = control.payload.source.slice('csip-aus:event:'.length)
+          const track = site.schedule.events.get(mrid)
+          if (track?.replyTo && !track.sent.includes(RESPONSE_STATUS.cannotBeMet)) {
+            track.sent.push(RESPONSE_STATUS.cannotBeMet)
+            site.pendingResponses.push({
+              mrid,
+              replyTo: track.replyTo,
+              status: RESPONSE_STATUS.cannotBeMet,
+            })
           }
         }
-        if (changed) this.persist(site)
-        if (site.pendingResponses.length > 0 && site.registered) this.wake?.()
       }
-    })
+    }
+    // A command not published is tried again at the next tick; otherwise nothing changes before
+    // the next edge, unless a poll or a new clock offset came while this tick published.
+    if (unpublished) site.tickDue = 0
+    else if (site.dueCount === dueCount)
+      site.tickDue = site.schedule.nextChange(now) ?? Number.POSITIVE_INFINITY
+    if (changed) this.persist(site)
   }
 
   private async publishControl(site: Site, control: SiteControl): Promise<boolean> {
@@ -1216,7 +1355,10 @@ export class CsipClient {
     // The list tells the post rate the server wants now (it may change it at any time).
     const listHref = this.dcap?.mirrorUsagePointListLink
     if (listHref) {
-      const list = await this.readList(listHref, 'MirrorUsagePoint', decodeMirrorUsagePoint)
+      // Read within the site's last post interval: the rate the server wants now.
+      const { list } = await this.sharedList(listHref, 'MirrorUsagePoint', decodeMirrorUsagePoint, {
+        since: site.lastPostAt,
+      })
       const mine = list.items.find((point) => point.href && point.href === site.state.mirrors.site)
       const rate = mine?.postRate ?? list.pollRate
       if (rate !== undefined) site.postRate = rate
@@ -1269,6 +1411,12 @@ export class CsipClient {
       site.lastPost = { at: Date.now(), readings: rows.site.length + rows.der.length }
     }
   }
+}
+
+/** The site's schedule may have changed: its next tick works it out again. */
+function markDue(site: Site): void {
+  site.tickDue = 0
+  site.dueCount += 1
 }
 
 function absentOn404(error: unknown): undefined {

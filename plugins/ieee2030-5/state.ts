@@ -60,24 +60,42 @@ export function emptySiteState(lfdi: string): SiteState {
 
 export class CsipState {
   private writing: Promise<void> = Promise.resolve()
+  /**
+   * Hash of what each site's key holds (as read or last written): a poll that changed nothing
+   * writes nothing, so the bucket sees one write per change rather than one per site and poll.
+   */
+  private readonly stored = new Map<string, bigint | number>()
 
   constructor(private readonly store: KeyValueStore) {}
 
   async load(rid: string): Promise<SiteState | undefined> {
     const bytes = await this.store.get(`site.${rid}`)
+    this.stored.delete(rid)
     if (!bytes) return undefined
     try {
-      const state = JSON.parse(new TextDecoder().decode(bytes)) as SiteState
-      return state.v === 1 ? state : undefined
+      const json = new TextDecoder().decode(bytes)
+      const state = JSON.parse(json) as SiteState
+      if (state.v !== 1) return undefined
+      this.stored.set(rid, Bun.hash(json))
+      return state
     } catch {
       return undefined
     }
   }
 
-  /** Persist (serialised per client; the last call's content wins). */
+  /** Persist (serialised per client; the last call's content wins; unchanged content is not rewritten). */
   save(rid: string, state: SiteState): Promise<void> {
-    const bytes = new TextEncoder().encode(JSON.stringify(state))
-    const run = () => this.store.put(`site.${rid}`, bytes)
+    const json = JSON.stringify(state)
+    const hash = Bun.hash(json)
+    if (this.stored.get(rid) === hash) return this.writing
+    this.stored.set(rid, hash)
+    const bytes = new TextEncoder().encode(json)
+    const run = () =>
+      this.store.put(`site.${rid}`, bytes).catch((error: unknown) => {
+        // Not written: the next save writes it again.
+        if (this.stored.get(rid) === hash) this.stored.delete(rid)
+        throw error
+      })
     this.writing = this.writing.then(run, run)
     return this.writing
   }
@@ -97,6 +115,7 @@ export class CsipState {
   }
 
   async forget(rid: string): Promise<void> {
+    this.stored.delete(rid)
     await this.store.delete(`site.${rid}`)
   }
 

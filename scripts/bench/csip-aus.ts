@@ -13,10 +13,13 @@
  * data plane (a core subscription on the node's nats-server); the node's CPU over the control
  * window; the node's RSS with its nats-server at the end.
  *
- * `metrics.sites`, `metrics.control_p99_ms` and `metrics.rss_mib` are the issue's figures.
+ * `metrics.sites`, `metrics.control_p99_ms` and `metrics.rss_mib` (node + nats-server; each is in
+ * `rss_node_mib` and `rss_nats_mib`) are the issue's figures.
  */
-import { readFile } from 'node:fs/promises'
+import { createHash } from 'node:crypto'
+import { copyFile, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { jetstreamManager } from '@nats-io/jetstream'
 import { connect } from '@nats-io/transport-node'
 import { decodeCbor } from '../../data-plane/index.ts'
 import { CsipTestServer, makePki } from '../../test/helpers/csip-server.ts'
@@ -47,10 +50,15 @@ const LEAD_S = Number(process.env.BENCH_CSIP_LEAD_SECONDS ?? POLL_S + 30)
 const READING_EVERY_MS = 5_000
 const TARGETS = { sites: 1_000, control_p99_ms: 1_000, rss_mib: 300 }
 
-const lfdiOf = (n: number) => `AB${n.toString(16).toUpperCase().padStart(38, '0')}`
+/** A site's LFDI, like a certificate hash: its leading digits (in MirrorUsagePoint mRIDs) differ per site. */
+const lfdiOf = (n: number) =>
+  createHash('sha256').update(`bench-site-${n}`).digest('hex').slice(0, 40).toUpperCase()
 
 export async function csipAusSuite(scope: Scope): Promise<SuiteResult> {
   const dir = await scope.tempDir('csip')
+  // BENCH_CSIP_NODE_LOG=<path>: keep the node's log there (it goes with the temp dir otherwise).
+  const keepLog = process.env.BENCH_CSIP_NODE_LOG
+  if (keepLog) scope.defer('keep the node log', () => copyFile(join(dir, 'node.log'), keepLog))
   const pki = makePki(dir)
   const server = new CsipTestServer({ pki })
   server.rates = {
@@ -88,12 +96,27 @@ export async function csipAusSuite(scope: Scope): Promise<SuiteResult> {
   const node = await launchNode(scope, {
     label: 'oe-node csip',
     command: process.execPath,
-    args: [join(root, 'cli', 'main.ts'), ...startArgs(dataDir)],
+    // BENCH_CSIP_NODE_FLAGS: runtime flags for the node (e.g. `--cpu-prof --cpu-prof-dir=/tmp/p`).
+    args: [
+      ...(process.env.BENCH_CSIP_NODE_FLAGS?.split(' ').filter(Boolean) ?? []),
+      join(root, 'cli', 'main.ts'),
+      ...startArgs(dataDir),
+    ],
     dataDir,
     logFile: join(dir, 'node.log'),
     pollMs: 50,
     timeoutMs: 60_000,
   })
+
+  const nodePid = node.child.pid
+  const natsPidEarly = await readNatsPid(dataDir).catch(() => 0)
+  // RSS of each process along the run, in the log (memory that grows with time shows here).
+  const sampler = setInterval(() => {
+    const nodeMiB = Math.round(rssKiB(nodePid) / 1024)
+    const natsMiB = natsPidEarly ? Math.round(rssKiB(natsPidEarly) / 1024) : 0
+    log(`RSS node ${nodeMiB} MiB, nats-server ${natsMiB} MiB`)
+  }, 15_000)
+  scope.defer('stop the RSS sampler', () => clearInterval(sampler))
 
   const registeredBy = performance.now() + 300_000
   while (server.devices.length < SITES || server.devices.some((device) => !device.der.derg)) {
@@ -168,8 +191,6 @@ export async function csipAusSuite(scope: Scope): Promise<SuiteResult> {
     return { startMs: (firstStart + round * ROUND_S) * 1000, limit }
   })
   log(`${ROUNDS} controls of ${ROUND_S} s, the first starting in ${LEAD_S} s`)
-  const nodePid = node.child.pid
-  const natsPidEarly = await readNatsPid(dataDir).catch(() => 0)
   await Bun.sleep(Math.max(0, firstStart * 1000 - Date.now()))
   const cpuBefore = { node: processCpuMs(nodePid), nats: natsPidEarly ? processCpuMs(natsPidEarly) : 0 }
   const windowStarted = performance.now()
@@ -193,8 +214,33 @@ export async function csipAusSuite(scope: Scope): Promise<SuiteResult> {
   }
   const posts = server.requests.filter((r) => r.method === 'POST' && /^\/mup\/\d+$/.test(r.path)).length
   const natsPid = await readNatsPid(dataDir).catch(() => 0)
-  const rssMiB = (rssKiB(node.child.pid) + (natsPid ? rssKiB(natsPid) : 0)) / 1024
+  const rssNodeMiB = rssKiB(node.child.pid) / 1024
+  const rssNatsMiB = (natsPid ? rssKiB(natsPid) : 0) / 1024
+  const rssMiB = rssNodeMiB + rssNatsMiB
+  // Where the data plane's bytes are: each stream (the plugin's KV bucket is KV_oe-plugin-csip-aus-state).
+  const jsm = await jetstreamManager(nc)
+  const streams: Record<string, { written: number; consumers: number }> = {}
+  for await (const info of jsm.streams.list()) {
+    const { messages, last_seq: written, bytes, consumer_count: consumers } = info.state
+    streams[info.config.name] = { written, consumers }
+    log(
+      `stream ${info.config.name}: ${messages} messages (${written} written), ` +
+        `${Math.round(bytes / 1024)} KiB, ${consumers} consumers`,
+    )
+  }
   const requests = server.requests.length
+  // What the client asks the server for, by resource (ids folded).
+  const byResource = new Map<string, number>()
+  for (const request of server.requests) {
+    const key = `${request.method} ${request.path.replace(/\d+/g, 'N')}`
+    byResource.set(key, (byResource.get(key) ?? 0) + 1)
+  }
+  log(
+    `requests by resource: ${[...byResource]
+      .sort((a, b) => b[1] - a[1])
+      .map(([key, count]) => `${key} ${count}`)
+      .join(', ')}`,
+  )
   const metrics: Numbers = {
     sites: SITES,
     controls: ROUNDS,
@@ -209,6 +255,12 @@ export async function csipAusSuite(scope: Scope): Promise<SuiteResult> {
     cpu_ms_per_s_node: cpuMsPerS.node,
     cpu_ms_per_s_nats: cpuMsPerS.nats,
     rss_mib: rssMiB,
+    rss_node_mib: rssNodeMiB,
+    rss_nats_mib: rssNatsMiB,
+    // Consumers left on the telemetry stream (reads of it that were not cleaned up) and the
+    // plugin's state writes (one per change is the aim, not one per poll).
+    tel_consumers: streams.OE_TEL?.consumers ?? 0,
+    state_writes: streams['KV_oe-plugin-csip-aus-state']?.written ?? 0,
   }
   const table: TableRow[] = [
     {
@@ -238,6 +290,11 @@ export async function csipAusSuite(scope: Scope): Promise<SuiteResult> {
       metric: 'node RSS (with nats-server)',
       value: show(round(rssMiB), 'MiB'),
       reference: `target < ${TARGETS.rss_mib} MiB`,
+    },
+    {
+      metric: 'RSS: node / nats-server',
+      value: `${show(round(rssNodeMiB))} / ${show(round(rssNatsMiB), 'MiB')}`,
+      reference: '',
     },
   ]
   return {
