@@ -12,12 +12,9 @@
  */
 import { copyFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream'
-import { connect } from '@nats-io/transport-node'
 import { afterAll, describe, expect, test } from 'vitest'
-import { decodeCbor } from '../data-plane/index.ts'
 import { api, cardOf, propose, waitAgreementState, waitPeerState } from './helpers/federation.ts'
-import { startNatsCluster, stopClusters } from './helpers/nats-cluster.ts'
+import { startNatsCluster, stopClusters, storedOnCluster } from './helpers/nats-cluster.ts'
 import { createLab, type NetnsLab, run } from './helpers/netns.ts'
 import { cleanupAll, type RunningNode, runCli, startNode, tempDir, waitFor } from './helpers/node-process.ts'
 import {
@@ -59,37 +56,6 @@ async function ownerAmong(nodes: RunningNode[], id: string): Promise<string | un
     if (s.leases.some((lease) => lease.name === `transfer.${id}` && lease.mine)) return s.replica.id
   }
   return undefined
-}
-
-async function storedOnCluster(url: string): Promise<{ rid: string; v: number }[]> {
-  for (let attempt = 1; ; attempt++) {
-    const nc = await connect({ servers: url.split(',') })
-    try {
-      const total = (await (await jetstreamManager(nc, { timeout: 10_000 })).streams.info('OE_TEL')).state
-        .messages
-      const consumer = await jetstream(nc, { timeout: 10_000 }).consumers.get('OE_TEL', {
-        filter_subjects: ['oe.tel.meter.*.power'],
-        deliver_policy: DeliverPolicy.All,
-      })
-      const out: { rid: string; v: number }[] = []
-      while (out.length < total) {
-        const batch = await consumer.fetch({ max_messages: 2_000, expires: 3_000 })
-        let count = 0
-        for await (const msg of batch) {
-          count += 1
-          const tokens = msg.subject.split('.')
-          out.push({ rid: tokens[tokens.length - 2]!, v: (decodeCbor(msg.data) as { v: number }).v })
-        }
-        if (count === 0) break
-      }
-      return out
-    } catch (error) {
-      if (attempt >= 5) throw error
-      await Bun.sleep(1_000)
-    } finally {
-      await nc.close()
-    }
-  }
 }
 
 describe('scale-out: a partitioned owner', () => {

@@ -15,13 +15,20 @@
  */
 import { copyFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream'
+import { jetstream, jetstreamManager } from '@nats-io/jetstream'
 import { connect } from '@nats-io/transport-node'
 import { RPCClient } from 'ocpp-rpc'
 import { afterAll, describe, expect, test } from 'vitest'
-import { decodeCbor, encodeCbor, freePort } from '../data-plane/index.ts'
+import { encodeCbor, freePort } from '../data-plane/index.ts'
 import { api, cardOf, propose, waitAgreementState, waitPeerState } from './helpers/federation.ts'
-import { type NatsCluster, startNatsCluster, stopClusters, waitJetStream } from './helpers/nats-cluster.ts'
+import {
+  type NatsCluster,
+  readFromCluster,
+  startNatsCluster,
+  stopClusters,
+  storedOnCluster,
+  waitJetStream,
+} from './helpers/nats-cluster.ts'
 import { cleanupAll, type RunningNode, runCli, startNode, tempDir, waitFor } from './helpers/node-process.ts'
 import {
   compare,
@@ -87,28 +94,8 @@ async function station(replica: Replica, unlocks: string[]): Promise<RPCClient> 
 }
 
 /** The events on `subject` in A's OE_EVT, read from the cluster. */
-async function eventsOnCluster(url: string, subject: string): Promise<Record<string, unknown>[]> {
-  const nc = await connect({ servers: url.split(','), maxReconnectAttempts: -1 })
-  try {
-    const js = jetstream(nc, { timeout: 10_000 })
-    const consumer = await js.consumers.get('OE_EVT', {
-      filter_subjects: [subject],
-      deliver_policy: DeliverPolicy.All,
-    })
-    const out: Record<string, unknown>[] = []
-    for (;;) {
-      const batch = await consumer.fetch({ max_messages: 1_000, expires: 1_000 })
-      let count = 0
-      for await (const msg of batch) {
-        count += 1
-        out.push(decodeCbor(msg.data) as Record<string, unknown>)
-      }
-      if (count === 0) return out
-    }
-  } finally {
-    await nc.close()
-  }
-}
+const eventsOnCluster = async (url: string, subject: string) =>
+  (await readFromCluster(url, 'OE_EVT', subject)).map(({ data }) => data as Record<string, unknown>)
 
 /** The replica holding `transfer.<id>`, as the live replicas report it (all must agree). */
 async function owner(replicas: Replica[], id: string): Promise<Replica | undefined> {
@@ -133,46 +120,6 @@ async function waitOwner(replicas: Replica[], id: string, not?: Replica): Promis
     'a replica to own the transfer',
   )
   return found!
-}
-
-/** The meter power values A's replicas stored, read from the cluster in stream order. */
-async function storedOnCluster(url: string): Promise<{ rid: string; v: number }[]> {
-  // After a server died, the stream answers once the two left have elected its new leader.
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await readStored(url)
-    } catch (error) {
-      if (attempt >= 6) throw error
-      await Bun.sleep(1_000)
-    }
-  }
-}
-
-async function readStored(url: string): Promise<{ rid: string; v: number }[]> {
-  const nc = await connect({ servers: url.split(','), maxReconnectAttempts: -1 })
-  try {
-    const js = jetstream(nc, { timeout: 10_000 })
-    const total = (await (await jetstreamManager(nc, { timeout: 10_000 })).streams.info('OE_TEL')).state
-      .messages
-    const consumer = await js.consumers.get('OE_TEL', {
-      filter_subjects: ['oe.tel.meter.*.power'],
-      deliver_policy: DeliverPolicy.All,
-    })
-    const out: { rid: string; v: number }[] = []
-    while (out.length < total) {
-      const batch = await consumer.fetch({ max_messages: 2_000, expires: 3_000 })
-      let count = 0
-      for await (const msg of batch) {
-        count += 1
-        const tokens = msg.subject.split('.')
-        out.push({ rid: tokens[tokens.length - 2]!, v: (decodeCbor(msg.data) as { v: number }).v })
-      }
-      if (count === 0) break
-    }
-    return out
-  } finally {
-    await nc.close()
-  }
 }
 
 /** On a failure: each node's view of the flow, and its transfer and lease log lines. */

@@ -12,9 +12,9 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { jetstreamManager } from '@nats-io/jetstream'
+import { DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream'
 import { connect } from '@nats-io/transport-node'
-import { freePort } from '../../data-plane/index.ts'
+import { decodeCbor, freePort } from '../../data-plane/index.ts'
 import { tempDir, waitFor } from './node-process.ts'
 
 const clusters: (() => Promise<void>)[] = []
@@ -151,4 +151,51 @@ export async function waitJetStream(url: string, timeoutMs = 20_000): Promise<vo
   } finally {
     await nc.close()
   }
+}
+
+/**
+ * Every message on `subject` in `stream`, read from the cluster in stream order (subject and
+ * decoded CBOR). After a server died, the stream answers once the servers left have elected its
+ * new leader: tried up to 6 times, a second apart.
+ */
+export async function readFromCluster(
+  url: string,
+  stream: string,
+  subject: string,
+): Promise<{ subject: string; data: unknown }[]> {
+  for (let attempt = 1; ; attempt++) {
+    const nc = await connect({ servers: url.split(','), maxReconnectAttempts: -1 })
+    try {
+      const total = (await (await jetstreamManager(nc, { timeout: 10_000 })).streams.info(stream)).state
+        .messages
+      const consumer = await jetstream(nc, { timeout: 10_000 }).consumers.get(stream, {
+        filter_subjects: [subject],
+        deliver_policy: DeliverPolicy.All,
+      })
+      const out: { subject: string; data: unknown }[] = []
+      while (out.length < total) {
+        const batch = await consumer.fetch({ max_messages: 2_000, expires: 1_000 })
+        let count = 0
+        for await (const msg of batch) {
+          count += 1
+          out.push({ subject: msg.subject, data: decodeCbor(msg.data) })
+        }
+        if (count === 0) break
+      }
+      return out
+    } catch (error) {
+      if (attempt >= 6) throw error
+      await Bun.sleep(1_000)
+    } finally {
+      await nc.close()
+    }
+  }
+}
+
+/** The meter power values stored in OE_TEL on the cluster, in stream order. */
+export async function storedOnCluster(url: string): Promise<{ rid: string; v: number }[]> {
+  return (await readFromCluster(url, 'OE_TEL', 'oe.tel.meter.*.power')).map(({ subject, data }) => {
+    const tokens = subject.split('.')
+    return { rid: tokens[tokens.length - 2]!, v: (data as { v: number }).v }
+  })
 }
