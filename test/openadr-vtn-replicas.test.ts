@@ -20,8 +20,9 @@ import type { NatsConnection } from '@nats-io/nats-core'
 import { connect } from '@nats-io/transport-node'
 import { Registry } from 'prom-client'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { DataPlane, decodeCbor, encodeCbor, LeaseManager, type Logger } from '../data-plane/index.ts'
+import { DataPlane, decodeCbor, encodeCbor, LeaseManager } from '../data-plane/index.ts'
 import { configSchema } from '../node/config.ts'
+import { silentLogger } from '../node/logger.ts'
 import { retentionLimits } from '../node/node.ts'
 import { PluginHost } from '../plugins/index.ts'
 import { openadrVtnPlugin, resourceIdFor } from '../plugins/openadr/index.ts'
@@ -33,15 +34,7 @@ import {
 } from '../plugins/openadr/testing.ts'
 import { cleanupAll, startNatsServer, tempDir, waitFor } from './helpers/node-process.ts'
 
-const silent: Logger = {
-  child: () => silent,
-  trace: () => {},
-  debug: () => {},
-  info: () => {},
-  warn: () => {},
-  error: () => {},
-  fatal: () => {},
-} as unknown as Logger
+const silent = silentLogger()
 
 const SECRETS = { bl: 'bl-secret-123', 'ven-1': 'ven-1-secret-1', 'ven-2': 'ven-2-secret-2' }
 
