@@ -12,7 +12,7 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream'
+import { DeliverPolicy, jetstream, jetstreamManager, StorageType } from '@nats-io/jetstream'
 import { connect } from '@nats-io/transport-node'
 import { decodeCbor, freePort } from '../../data-plane/index.ts'
 import { tempDir, waitFor } from './node-process.ts'
@@ -50,6 +50,8 @@ export async function startNatsCluster(
     name?: string
     /** Client listen host (default 127.0.0.1; `0.0.0.0` lets network namespaces reach it). */
     host?: string
+    /** Set on the one fresh start after a cluster that did not form. */
+    retried?: boolean
   } = {},
 ): Promise<NatsCluster> {
   const size = options.size ?? 3
@@ -132,7 +134,41 @@ export async function startNatsCluster(
   await Promise.all(servers.map((server) => server.start()))
   const url = servers.map((server) => server.url).join(',')
   await waitJetStream(url)
+  try {
+    await waitPlacement(url, size)
+  } catch (error) {
+    // Seen once in CI: a cluster whose JetStream never had `size` peers to place on (a node
+    // starting on it waited 60 s on "no suitable peers for placement"). Start a fresh one.
+    await stop()
+    if (options.retried) throw error
+    return startNatsCluster({ ...options, retried: true })
+  }
   return { servers, url, stop }
+}
+
+/** Wait until a stream with `replicas` copies can be placed (every server is a JetStream peer). */
+async function waitPlacement(url: string, replicas: number, timeoutMs = 20_000): Promise<void> {
+  const nc = await connect({ servers: url.split(','), maxReconnectAttempts: -1 })
+  try {
+    const jsm = await jetstreamManager(nc, { timeout: 5_000 })
+    await waitFor(
+      async () => {
+        await jsm.streams.add({
+          name: 'PLACEMENT_PROBE',
+          subjects: ['placement.probe'],
+          num_replicas: replicas,
+          storage: StorageType.Memory,
+          max_bytes: 1024,
+        })
+        await jsm.streams.delete('PLACEMENT_PROBE')
+        return true
+      },
+      timeoutMs,
+      `a stream of ${replicas} replicas to be placed`,
+    )
+  } finally {
+    await nc.close()
+  }
 }
 
 /** Wait until the cluster's JetStream answers (a meta leader was elected). */
