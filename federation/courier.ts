@@ -9,8 +9,7 @@
  *   const stream = await openStream(AGREEMENT_PROTOCOL, { signal })
  * })
  */
-import { noise } from '@chainsafe/libp2p-noise'
-import { asCrypto, defaultCrypto } from '@chainsafe/libp2p-noise/crypto'
+import { type ICryptoInterface, noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { generateKeyPairFromSeed } from '@libp2p/crypto/keys'
 import { identify } from '@libp2p/identify'
@@ -20,6 +19,7 @@ import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
+import { noiseCrypto } from './noise-crypto.ts'
 
 export type OpenStream = (protocol: string, options: { signal?: AbortSignal }) => Promise<Stream>
 
@@ -36,13 +36,13 @@ export async function withCourier<T>(
   seed: Uint8Array,
   target: CourierTarget,
   work: (openStream: OpenStream) => Promise<T>,
-  options: { signal?: AbortSignal } = {},
+  options: { signal?: AbortSignal; crypto?: ICryptoInterface } = {},
 ): Promise<T> {
   const node = await createLibp2p({
     privateKey: await generateKeyPairFromSeed('Ed25519', seed),
     addresses: { listen: [] },
     transports: [tcp()],
-    connectionEncrypters: [noise({ crypto: { ...defaultCrypto, ...asCrypto } })],
+    connectionEncrypters: [noise({ crypto: options.crypto ?? noiseCrypto().crypto })],
     streamMuxers: [yamux()],
     // The peer pings and identifies whoever connects; a courier that did not answer would be hung up.
     services: { identify: identify(), ping: ping() },

@@ -57,6 +57,7 @@ import { type AuditSink, TransferFlows } from './flows.ts'
 import { readFrame, writeFrame } from './frames.ts'
 import { FederationHost, type PeerConnectionState } from './host.ts'
 import { AGREEMENT_PROTOCOL, type AgreementMessage, parseAgreementMessage, parseReply } from './messages.ts'
+import { type NoiseCrypto, noiseCrypto } from './noise-crypto.ts'
 import { RefusalAggregator } from './refusals.ts'
 import { refuseStream } from './refuse.ts'
 import { SiteIndex } from './site-index.ts'
@@ -93,6 +94,8 @@ export interface FederationInit {
   /** How long a message exchange with a peer may take. */
   messageTimeoutMs?: number
   transfer?: Partial<TransferTuning>
+  /** Noise's ciphers (noise-crypto.ts); the system's OpenSSL when it passes its checks. */
+  noiseCrypto?: NoiseCrypto
 }
 
 export interface FederationComponents {
@@ -187,6 +190,7 @@ export class Federation {
   private timer: ReturnType<typeof setInterval> | undefined
   private outboxSequence = 0
   private readonly myKey: string
+  private readonly noise: NoiseCrypto
   private readonly siteIndex = new SiteIndex()
   private readonly refusals = new RefusalAggregator()
   private readonly transfers: TransferFlows
@@ -206,6 +210,7 @@ export class Federation {
     private readonly components: FederationComponents,
   ) {
     this.myKey = base64url(components.signer.publicKey)
+    this.noise = init.noiseCrypto ?? noiseCrypto()
     this.transfers = new TransferFlows(
       { ...DEFAULT_TUNING, ...init.transfer },
       {
@@ -250,6 +255,11 @@ export class Federation {
     return this.host?.addresses() ?? []
   }
 
+  /** What seals Noise frames: `openssl (libcrypto.so.3)` or `wasm`. */
+  get noiseCrypto(): string {
+    return this.noise.impl
+  }
+
   async start(): Promise<void> {
     if (this.host) return
     const js = this.components.dataPlane.jetstream
@@ -273,7 +283,7 @@ export class Federation {
     this.outboxSequence = this.outbox.size
 
     const host = new FederationHost(
-      { listen: this.init.listen },
+      { listen: this.init.listen, crypto: this.noise.crypto },
       {
         privateKeySeed: this.components.signer.privateKeySeed,
         logger: this.components.logger,
@@ -1139,17 +1149,22 @@ export class Federation {
     }
     this.delivering.add(peer.alias)
     try {
-      return await withCourier(signer.privateKeySeed, peer, async (openStream) => {
-        for (const entry of entries) {
-          if (!this.outbox.has(entry.key)) continue
-          if (!(await this.deliverOne(peer.alias, peer, entry, openStream))) return false
-        }
-        this.components.logger.info(
-          { peer: peer.alias, messages: entries.length },
-          'key succession delivered by courier (the peer was offline at the rotation)',
-        )
-        return true
-      })
+      return await withCourier(
+        signer.privateKeySeed,
+        peer,
+        async (openStream) => {
+          for (const entry of entries) {
+            if (!this.outbox.has(entry.key)) continue
+            if (!(await this.deliverOne(peer.alias, peer, entry, openStream))) return false
+          }
+          this.components.logger.info(
+            { peer: peer.alias, messages: entries.length },
+            'key succession delivered by courier (the peer was offline at the rotation)',
+          )
+          return true
+        },
+        { crypto: this.noise.crypto },
+      )
     } catch (error) {
       this.outboxErrors.set(peer.alias, `courier: ${(error as Error).message}`)
       return false

@@ -1,11 +1,11 @@
 /**
- * The libp2p host: TCP, Noise (with the WASM ChaCha20-Poly1305 that Bun needs), Yamux,
+ * The libp2p host: TCP, Noise (ChaCha20-Poly1305 from the system's OpenSSL, or WebAssembly: see
+ * noise-crypto.ts), Yamux,
  * identify and ping, keyed by the node's identity. A gater admits only peers in the directory,
  * inbound and outbound, before any protocol runs. A supervisor keeps a connection to every
  * known peer (redialling with backoff), measures RTT, and notices dead links by failed pings.
  */
-import { noise } from '@chainsafe/libp2p-noise'
-import { asCrypto, defaultCrypto } from '@chainsafe/libp2p-noise/crypto'
+import { type ICryptoInterface, noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { generateKeyPairFromSeed } from '@libp2p/crypto/keys'
 import { identify } from '@libp2p/identify'
@@ -29,6 +29,8 @@ export interface FederationHostInit {
   pingIntervalMs?: number
   /** How long a dial or ping may take. */
   timeoutMs?: number
+  /** Noise's ciphers (noise-crypto.ts). */
+  crypto: ICryptoInterface
 }
 
 export interface FederationHostComponents {
@@ -127,7 +129,7 @@ export class FederationHost {
       privateKey,
       addresses: { listen: this.init.listen },
       transports: [tcp()],
-      connectionEncrypters: [noise({ crypto: { ...defaultCrypto, ...asCrypto } })],
+      connectionEncrypters: [noise({ crypto: this.init.crypto })],
       streamMuxers: [yamux()],
       services: { identify: identify(), ping: ping() },
       connectionGater: {

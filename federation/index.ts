@@ -40,6 +40,13 @@ export { decodeFramePayload, encodeFrame, FrameDecoder, MAX_FRAME_BYTES } from '
 export { describeGrant, parseGrantSpec } from './grant-spec.ts'
 export { AGREEMENT_PROTOCOL, type AgreementMessage, parseAgreementMessage } from './messages.ts'
 export {
+  NOISE_CRYPTO_CHOICES,
+  type NoiseCrypto,
+  type NoiseCryptoChoice,
+  NoiseCryptoUnavailableError,
+  noiseCrypto,
+} from './noise-crypto.ts'
+export {
   REPLICAS_BUCKET,
   ReplicaDirectory,
   type ReplicaDirectoryComponents,

@@ -278,6 +278,18 @@ describe('federation batching', () => {
     expect(byPath['federation.batch_wait']).toMatch(/at most 10s/)
     expect(byPath['federation.credit']).toMatch(/at most 256 batches/)
   })
+
+  test('federation.noise_crypto: "auto" by default, set from the file or OE_NODE_*, anything else refused by name', async () => {
+    expect((await loadConfig({})).federation.noise_crypto).toBe('auto')
+    const file = await configFile('[federation]\nnoise_crypto = "wasm"\n')
+    expect((await loadConfig({ file })).federation.noise_crypto).toBe('wasm')
+    expect(
+      (await loadConfig({ env: { OE_NODE_FEDERATION_NOISE_CRYPTO: 'openssl' } })).federation.noise_crypto,
+    ).toBe('openssl')
+    const error = await loadError({ file: await configFile('[federation]\nnoise_crypto = "aes"\n') })
+    const byPath = Object.fromEntries(error.issues.map((issue) => [issue.path, issue.message]))
+    expect(byPath['federation.noise_crypto']).toMatch(/must be "auto", "openssl" or "wasm"/)
+  })
 })
 
 describe('loadConfig errors', () => {

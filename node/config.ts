@@ -123,6 +123,11 @@ export const configSchema = z.strictObject({
         .min(1, 'must be at least 1 batch')
         .max(256, 'must be at most 256 batches')
         .default(8),
+      // What seals Noise frames: the system's OpenSSL when it passes its self-test ("auto"),
+      // OpenSSL or nothing ("openssl"), or the WebAssembly build ("wasm").
+      noise_crypto: z
+        .enum(['auto', 'openssl', 'wasm'], { error: 'must be "auto", "openssl" or "wasm"' })
+        .default('auto'),
     })
     .prefault({}),
   nats: z
@@ -203,6 +208,7 @@ const SETTINGS: Record<string, 'string' | 'list' | 'number'> = {
   'federation.batch_records': 'number',
   'federation.batch_wait': 'string',
   'federation.credit': 'number',
+  'federation.noise_crypto': 'string',
   'nats.url': 'string',
   'nats.creds': 'string',
   'nats.port': 'number',

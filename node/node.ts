@@ -33,6 +33,8 @@ import {
   type FederationSigner,
   type KeySuccession,
   MAX_GRACE_MS,
+  type NoiseCrypto,
+  noiseCrypto,
   type PeerView,
   ReplicaDirectory,
   type ReplicaView,
@@ -94,6 +96,8 @@ export interface NodeStatus {
   listen: string[]
   /** Addresses libp2p actually listens on (ports resolved), with /p2p/<peer id>. */
   addrs: string[]
+  /** What seals Noise frames: `openssl (libcrypto.so.3)` or `wasm` (`federation.noise_crypto`). */
+  noiseCrypto?: string
   nats: {
     url: string
     connected: boolean
@@ -157,6 +161,7 @@ export class OeNode {
   private api: HttpApi | undefined
   private auditLog: AuditLog | undefined
   private federationValue: Federation | undefined
+  private noise: NoiseCrypto | undefined
   private pluginHost: PluginHost | undefined
   private leaseManager: LeaseManager | undefined
   private replicaDirectory: ReplicaDirectory | undefined
@@ -454,10 +459,17 @@ export class OeNode {
   private newFederation(identity: NodeIdentity, listen: string[], replacing?: Federation): Federation {
     const { config } = this.init
     const log = this.components.logger
+    if (!this.noise) {
+      // Throws NoiseCryptoUnavailableError when "openssl" is asked for and cannot be had.
+      this.noise = noiseCrypto(config.federation.noise_crypto)
+      if (this.noise.fallback)
+        log.warn({ reason: this.noise.fallback }, 'Noise uses the WebAssembly ChaCha20-Poly1305 (slower)')
+    }
     return new Federation(
       {
         org: this.org,
         listen,
+        noiseCrypto: this.noise,
         transfer: {
           maxBatchRecords: config.federation.batch_records,
           batchWaitMs: config.federation.batch_wait,
@@ -680,6 +692,7 @@ export class OeNode {
       api: this.apiUrl,
       listen: this.init.config.federation.listen,
       addrs: this.federationValue?.addresses() ?? [],
+      ...(this.federationValue ? { noiseCrypto: this.federationValue.noiseCrypto } : {}),
       nats: {
         url: this.natsUrl,
         connected: this.dataPlaneValue?.isConnected() ?? false,

@@ -69,6 +69,10 @@ const DOCS: Record<string, KeyDoc> = {
     meaning:
       'as a consumer: batches a provider may have in flight before an ack (1–256); bounds memory per link',
   },
+  'federation.noise_crypto': {
+    meaning:
+      "what seals Noise frames: `auto` uses the system's OpenSSL (`libcrypto.so.3`, through `bun:ffi`) when it passes an RFC 8439 self-test, else the WebAssembly build; `openssl` refuses to start without it; `wasm` never uses it. `oe-node status` shows which is in use",
+  },
   'nats.url': {
     meaning: 'external NATS (`--nats-url`); unset runs the embedded nats-server',
     type: 'NATS URL',

@@ -34,6 +34,8 @@ describe('reporting commands', () => {
       uptimeS: expect.any(Number),
       api: node.api,
       listen: ['/ip4/127.0.0.1/tcp/0'],
+      // This machine has libcrypto.so.3, so Noise runs on OpenSSL (federation.noise_crypto = auto).
+      noiseCrypto: expect.stringMatching(/^openssl \(libcrypto\.so/),
       nats: { url: expect.stringMatching(/^nats:\/\/127\.0\.0\.1:\d+$/), connected: true },
       peers: [],
       agreements: [],
@@ -45,6 +47,7 @@ describe('reporting commands', () => {
     const result = await cli('status')
     expect(result.stdout).toMatch(/org\s+Clitest/)
     expect(result.stdout).toContain('embedded, connected')
+    expect(result.stdout).toMatch(/noise\s+ChaCha20-Poly1305 by openssl \(libcrypto\.so/)
   })
 
   test('card prints one pasteable line that verifies; --json prints its fields', async () => {

@@ -43,6 +43,7 @@ export function registerStatus(program: Command): void {
         `uptime      ${formatDuration(s.uptimeS)}`,
         `api         ${s.api}`,
         `listen      ${s.listen.join(' ')}`,
+        ...(s.noiseCrypto ? [`noise       ChaCha20-Poly1305 by ${s.noiseCrypto}`] : []),
         `nats        ${s.nats.url} (${s.nats.embedded ? 'embedded' : 'external'}, ${s.nats.connected ? 'connected' : 'DISCONNECTED'}${s.nats.serverVersion ? `, v${s.nats.serverVersion}` : ''})`,
         ...replicaStatusLines(s),
         `peers       ${s.peers.length}`,
