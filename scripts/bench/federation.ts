@@ -478,11 +478,18 @@ function selfCpuMs(): number {
 export async function federationSuite(scope: Scope): Promise<SuiteResult> {
   await ensureBinary()
   const work = await scope.tempDir('federation')
+  // OE_BENCH_NOISE_CRYPTO=wasm measures the nodes with the WebAssembly cipher (an A/B of the lever).
+  const noiseEnv: Record<string, string> = process.env.OE_BENCH_NOISE_CRYPTO
+    ? { OE_NODE_FEDERATION_NOISE_CRYPTO: process.env.OE_BENCH_NOISE_CRYPTO }
+    : {}
   const [provider, consumer] = await Promise.all([
-    startNode(scope, 'provider', join(work, 'provider'), join(work, 'provider.log')),
-    startNode(scope, 'consumer', join(work, 'consumer'), join(work, 'consumer.log')),
+    startNode(scope, 'provider', join(work, 'provider'), join(work, 'provider.log'), noiseEnv),
+    startNode(scope, 'consumer', join(work, 'consumer'), join(work, 'consumer.log'), noiseEnv),
   ])
   await peerNodes(provider, consumer)
+  const noiseImpl =
+    ((await api(provider, 'GET', '/v1/status')) as { noiseCrypto?: string }).noiseCrypto ?? 'unknown'
+  log(`federation: Noise ChaCha20-Poly1305 by ${noiseImpl}`)
   const publisher = await connectNode(provider, 'oe-bench-publisher')
   scope.defer('close the publisher connection', () => publisher.close())
   const subscriber = await connectNode(consumer, 'oe-bench-subscriber')
@@ -652,7 +659,8 @@ export async function federationSuite(scope: Scope): Promise<SuiteResult> {
   const libp2pStream = await libp2pBaseline(scope, work, pool)
   const leafnode = await leafnodeBaseline(scope, work, pool)
   const jetstreamBridge = await jetstreamBridgeBaseline(scope, work, pool)
-  const natsSourcing = await natsSourcingBaseline(scope, work, pool)
+  const sourcing = await natsSourcingBaseline(scope, work, pool)
+  const natsSourcing = sourcing.perS
 
   const batches = flowAfter.batchesOut - flowBefore.batchesOut
   const firstSecond = timeline[0] ?? 0
@@ -675,6 +683,8 @@ export async function federationSuite(scope: Scope): Promise<SuiteResult> {
     consumer_node_cpu_ms_per_1k: perK(cpuMs[2]!),
     consumer_nats_cpu_ms_per_1k: perK(cpuMs[3]!),
     bench_client_cpu_ms_per_1k: perK(benchCpuMs),
+    all_processes_cpu_ms_per_1k: perK(cpuMs.reduce((a, b) => a + b, 0) + benchCpuMs),
+    nats_servers_and_bench_cpu_ms_per_1k: perK(cpuMs[1]! + cpuMs[3]! + benchCpuMs),
     p50_ms_at_10k: percentile(latencies, 50),
     p90_ms_at_10k: percentile(latencies, 90),
     p99_ms_at_10k: percentile(latencies, 99),
@@ -708,6 +718,11 @@ export async function federationSuite(scope: Scope): Promise<SuiteResult> {
     leafnode_records_per_s: leafnode,
     jetstream_bridge_records_per_s: jetstreamBridge,
     nats_sourcing_records_per_s: natsSourcing,
+    nats_sourcing_cpu_ms_per_1k:
+      sourcing.cpuMsPer1k.hub + sourcing.cpuMsPer1k.leaf + sourcing.cpuMsPer1k.bench,
+    nats_sourcing_hub_cpu_ms_per_1k: sourcing.cpuMsPer1k.hub,
+    nats_sourcing_leaf_cpu_ms_per_1k: sourcing.cpuMsPer1k.leaf,
+    nats_sourcing_bench_cpu_ms_per_1k: sourcing.cpuMsPer1k.bench,
   }
   const ratios = {
     vs_nats_pubsub: recordsPerS / natsPubsub,
@@ -715,6 +730,16 @@ export async function federationSuite(scope: Scope): Promise<SuiteResult> {
     vs_libp2p: recordsPerS / libp2pStream,
     vs_jetstream_bridge: recordsPerS / jetstreamBridge,
     vs_nats_sourcing: recordsPerS / natsSourcing,
+    /**
+     * Every process here competes for the same 2 cores, so when both rounds are CPU-bound their
+     * rates stand in the inverse ratio of their CPU per record: this is the ratio to sourcing that
+     * the federation's CPU allows (a ceiling, not a measurement of speed).
+     */
+    cpu_bound_ceiling_vs_nats_sourcing:
+      baselines.nats_sourcing_cpu_ms_per_1k / metrics.all_processes_cpu_ms_per_1k,
+    /** The same ceiling if the two nodes cost nothing: the federation's own nats-servers and bench alone. */
+    ceiling_with_free_nodes_vs_nats_sourcing:
+      baselines.nats_sourcing_cpu_ms_per_1k / metrics.nats_servers_and_bench_cpu_ms_per_1k,
   }
   const mark = (ok: boolean): string => (ok ? 'ok' : 'MISSED')
   const ms = (value: number): string => show(value, 'ms')
@@ -783,6 +808,24 @@ export async function federationSuite(scope: Scope): Promise<SuiteResult> {
           .join(' / ')
           .concat(' ms'),
         reference: '2 cores: 2,000 ms per s at most',
+      },
+      {
+        metric:
+          'CPU per 1,000 records, every process: federated round / NATS stream sourcing (hub + leaf + bench)',
+        value: `${show(metrics.all_processes_cpu_ms_per_1k)} / ${show(baselines.nats_sourcing_cpu_ms_per_1k)} ms`,
+        reference: `sourcing: hub ${show(sourcing.cpuMsPer1k.hub)} / leaf ${show(sourcing.cpuMsPer1k.leaf)} / bench ${show(sourcing.cpuMsPer1k.bench)} ms`,
+      },
+      {
+        metric:
+          'ceiling on vs_nats_sourcing that this CPU allows on 2 cores: as measured / with both nodes at zero CPU',
+        value: `${show(ratios.cpu_bound_ceiling_vs_nats_sourcing)}× / ${show(ratios.ceiling_with_free_nodes_vs_nats_sourcing)}×`,
+        reference:
+          'sourcing CPU ÷ federated CPU per record (the second: its two nats-servers and the bench alone)',
+      },
+      {
+        metric: 'Noise ChaCha20-Poly1305 in the nodes',
+        value: noiseImpl,
+        reference: 'federation.noise_crypto (OE_BENCH_NOISE_CRYPTO sets it for a run)',
       },
       latencyRow,
       {
@@ -1069,7 +1112,11 @@ async function jetstreamBridgeBaseline(scope: Scope, work: string, pool: Uint8Ar
  * sources it through `$JS.leaf.API`. Both ends store every record; the clock stops when the hub's
  * stream holds them all, the point at which the federation round counts a record too.
  */
-async function natsSourcingBaseline(scope: Scope, work: string, pool: Uint8Array[]): Promise<number> {
+async function natsSourcingBaseline(
+  scope: Scope,
+  work: string,
+  pool: Uint8Array[],
+): Promise<{ perS: number; cpuMsPer1k: { hub: number; leaf: number; bench: number } }> {
   const [hubPort, leafPort, leafnodePort] = [await freePort(), await freePort(), await freePort()]
   const hubConf = join(work, 'sourcing-hub.conf')
   const leafConf = join(work, 'sourcing-leaf.conf')
@@ -1129,14 +1176,18 @@ async function natsSourcingBaseline(scope: Scope, work: string, pool: Uint8Array
     }
     await storedBurst(pub, pool, WARMUP_RECORDS, 'bench.')
     await stored(WARMUP_RECORDS, 'sourcing warm-up')
+    const cpuBefore = [processCpuMs(hub.pid), processCpuMs(leaf.pid), selfCpuMs()]
     const started = performance.now()
     await storedBurst(pub, pool, RECORDS, 'bench.')
     const doneAt = await stored(WARMUP_RECORDS + RECORDS, 'NATS stream sourcing')
+    const [hubMs, leafMs, benchMs] = [processCpuMs(hub.pid), processCpuMs(leaf.pid), selfCpuMs()].map(
+      (ms, i) => ((ms - cpuBefore[i]!) / RECORDS) * 1000,
+    )
     const perS = RECORDS / ((doneAt - started) / 1000)
     log(
-      `baseline: NATS stream sourcing across a leafnode ${Math.round(perS).toLocaleString('en-US')} records/s`,
+      `baseline: NATS stream sourcing across a leafnode ${Math.round(perS).toLocaleString('en-US')} records/s (CPU per 1,000: hub ${show(hubMs!)} / leaf ${show(leafMs!)} / bench ${show(benchMs!)} ms)`,
     )
-    return perS
+    return { perS, cpuMsPer1k: { hub: hubMs!, leaf: leafMs!, bench: benchMs! } }
   } finally {
     await Promise.all([pub.close(), hubClient.close()])
     await leaf.stop()

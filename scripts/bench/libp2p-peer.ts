@@ -1,25 +1,29 @@
 /**
  * The receiving half of the federation suite's raw js-libp2p baseline, run as its own process:
  * `bun scripts/bench/libp2p-peer.ts`. A libp2p node configured like the product's host (TCP,
- * Noise with the WASM ChaCha that Bun needs, Yamux) listens on loopback, prints
+ * Noise with the node's ChaCha20-Poly1305, Yamux) listens on loopback, prints
  * `{"addr": "<multiaddr>"}` on one line, and on each `/oe-bench/raw/1.0.0` stream counts the
  * length-prefixed messages it reads until the sender closes its side, then answers with the
  * count (one length-prefixed UTF-8 number) and closes. The sender is the suite itself.
  */
 import { noise } from '@chainsafe/libp2p-noise'
-import { asCrypto, defaultCrypto } from '@chainsafe/libp2p-noise/crypto'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { tcp } from '@libp2p/tcp'
 import { createLibp2p, type Libp2p } from 'libp2p'
+import { type NoiseCryptoChoice, noiseCrypto } from '../../federation/noise-crypto.ts'
 
 export const RAW_PROTOCOL = '/oe-bench/raw/1.0.0'
 
-/** A libp2p node like `federation/host.ts` builds, without identify, ping or gating. */
+/**
+ * A libp2p node like `federation/host.ts` builds, without identify, ping or gating, and with the
+ * same Noise cipher as the nodes of the run (OE_BENCH_NOISE_CRYPTO, else the default "auto").
+ */
 export function rawNode(listen: string[] = []): Promise<Libp2p> {
+  const choice = (process.env.OE_BENCH_NOISE_CRYPTO ?? 'auto') as NoiseCryptoChoice
   return createLibp2p({
     addresses: { listen },
     transports: [tcp()],
-    connectionEncrypters: [noise({ crypto: { ...defaultCrypto, ...asCrypto } })],
+    connectionEncrypters: [noise({ crypto: noiseCrypto(choice).crypto })],
     streamMuxers: [yamux()],
   })
 }
