@@ -1,7 +1,7 @@
 /**
  * The federation service: the peer directory and its connections, and the lifecycle of sharing
  * agreements between this node and its peers. Local actions (propose, accept, reject, revoke)
- * take effect here at once and are delivered to the peer through a durable outbox, retried
+ * take effect here at once and are delivered to the peer through a durable outbox (`outbox.ts`), retried
  * until the peer acknowledges them. Messages from peers are checked against the agreement and
  * the authenticated sender before anything changes; repeats are harmless.
  *
@@ -9,7 +9,7 @@
  * to its new key under the same alias; the old key stays accepted (gate, messages) until the
  * statement's grace ends. Agreements keep the keys they were signed with: whatever a party signs
  * later (batches, control commands, acceptances, revocations) is checked against the party's key
- * in force, found by following that chain. This node's own statements go through the outbox; a
+ * in force, found by following that chain. This node's own statements go through the outbox, and a
  * peer that was offline gets them from a courier keyed by the retired key (`courier.ts`).
  */
 import type { KeyObject } from 'node:crypto'
@@ -36,7 +36,6 @@ import {
 } from './agreement.ts'
 import { CONTROL_PROTOCOL } from './control.ts'
 import { ControlRelay } from './control-relay.ts'
-import { type OpenStream, withCourier } from './courier.ts'
 import {
   AgreementExpiredError,
   AgreementFormatError,
@@ -48,7 +47,6 @@ import {
   FrameError,
   KeySuccessionError,
   PeerExistsError,
-  PeerRefusedError,
   SuccessionKeyMismatchError,
   SuccessionUnknownPeerError,
   UnknownPeerError,
@@ -56,8 +54,9 @@ import {
 import { type AuditSink, TransferFlows } from './flows.ts'
 import { readFrame, writeFrame } from './frames.ts'
 import { FederationHost, type PeerConnectionState } from './host.ts'
-import { AGREEMENT_PROTOCOL, type AgreementMessage, parseAgreementMessage, parseReply } from './messages.ts'
+import { AGREEMENT_PROTOCOL, type AgreementMessage, parseAgreementMessage } from './messages.ts'
 import { type NoiseCrypto, noiseCrypto } from './noise-crypto.ts'
+import { Outbox } from './outbox.ts'
 import { RefusalAggregator } from './refusals.ts'
 import { refuseStream } from './refuse.ts'
 import { SiteIndex } from './site-index.ts'
@@ -66,8 +65,6 @@ import {
   type AgreementRecord,
   type BucketChange,
   IDENTITY_BUCKET,
-  OUTBOX_BUCKET,
-  type OutboxEntry,
   PEERS_BUCKET,
   type PeerRecord,
   RecordBucket,
@@ -172,25 +169,18 @@ export interface ProposeInput {
 const iso = (ms: number): string => new Date(ms).toISOString()
 
 /** How soon a courier tries again after it could not reach its peer, at first and at most. */
-const COURIER_RETRY_MS = 1_000
-const COURIER_MAX_RETRY_MS = 15_000
 
 export class Federation {
   private host: FederationHost | undefined
   private peersBucket: RecordBucket<PeerRecord> | undefined
   private agreementsBucket: RecordBucket<AgreementRecord> | undefined
-  private outboxBucket: RecordBucket<OutboxEntry> | undefined
   private readonly peersByAlias = new Map<string, PeerRecord>()
   private readonly agreements = new Map<string, AgreementRecord>()
-  private readonly outbox = new Map<string, OutboxEntry>()
   private readonly locks = new Map<string, Promise<unknown>>()
-  private readonly delivering = new Set<string>()
-  private readonly deliverAgain = new Set<string>()
-  private readonly outboxErrors = new Map<string, string>()
   private timer: ReturnType<typeof setInterval> | undefined
-  private outboxSequence = 0
   private readonly myKey: string
   private readonly noise: NoiseCrypto
+  private readonly outbox: Outbox
   private readonly siteIndex = new SiteIndex()
   private readonly refusals = new RefusalAggregator()
   private readonly transfers: TransferFlows
@@ -199,8 +189,6 @@ export class Federation {
   private identityBucket: RecordBucket<KeySuccession[]> | undefined
   /** This node's own key successions, oldest first (shared by its replicas). */
   private ownSuccessions: KeySuccession[] = []
-  /** Per peer alias, when its courier may run next, and its current backoff. */
-  private readonly couriers = new Map<string, { next: number; backoffMs: number; running: boolean }>()
   /** Retired keys whose connections are being closed now. */
   private readonly closing = new Set<string>()
   private retiredWarned = false
@@ -211,6 +199,19 @@ export class Federation {
   ) {
     this.myKey = base64url(components.signer.publicKey)
     this.noise = init.noiseCrypto ?? noiseCrypto()
+    const retiredSigner = components.retiredSigner
+    this.outbox = new Outbox({
+      logger: components.logger,
+      audit: components.audit,
+      peer: (alias) => this.peersByAlias.get(alias),
+      host: () => this.host,
+      myKey: () => this.myKey,
+      ...(retiredSigner
+        ? { retiredSeed: async (publicKey: string) => (await retiredSigner(publicKey))?.privateKeySeed }
+        : {}),
+      crypto: this.noise.crypto,
+      messageTimeoutMs: init.messageTimeoutMs ?? 10_000,
+    })
     this.transfers = new TransferFlows(
       { ...DEFAULT_TUNING, ...init.transfer },
       {
@@ -266,7 +267,7 @@ export class Federation {
     const replicas = { replicas: this.components.dataPlane.replicas }
     this.peersBucket = await RecordBucket.open<PeerRecord>(js, PEERS_BUCKET, replicas)
     this.agreementsBucket = await RecordBucket.open<AgreementRecord>(js, AGREEMENTS_BUCKET, replicas)
-    this.outboxBucket = await RecordBucket.open<OutboxEntry>(js, OUTBOX_BUCKET, replicas)
+    await this.outbox.open(js, replicas)
     this.identityBucket = await RecordBucket.open<KeySuccession[]>(js, IDENTITY_BUCKET, replicas)
     await this.transfers.start()
     await this.siteIndex.start(js)
@@ -274,13 +275,12 @@ export class Federation {
     // change falls between the reads below and the watch).
     await this.peersBucket.watch((change) => this.onPeerChange(change))
     await this.agreementsBucket.watch((change) => this.onAgreementChange(change))
-    await this.outboxBucket.watch((change) => this.onOutboxChange(change))
+    await this.outbox.follow()
     await this.identityBucket.watch((change) => this.onOwnSuccessions(change.value ?? []))
     this.ownSuccessions = (await this.identityBucket.get(SUCCESSIONS_KEY)) ?? []
     for (const peer of await this.peersBucket.list()) this.peersByAlias.set(peer.alias, peer)
     for (const record of await this.agreementsBucket.list()) this.agreements.set(record.id, record)
-    for (const entry of await this.outboxBucket.list()) this.outbox.set(entry.key, entry)
-    this.outboxSequence = this.outbox.size
+    await this.outbox.load()
 
     const host = new FederationHost(
       { listen: this.init.listen, crypto: this.noise.crypto },
@@ -302,7 +302,7 @@ export class Federation {
           if (!peer) return
           this.components.logger.info({ peer: peer.alias }, 'peer connected')
           void this.components.audit.append('connection.accepted', { peer: peer.alias, peerId })
-          void this.deliver(peer.alias)
+          void this.outbox.deliver(peer.alias)
         },
         onListenAddrs: (peerId, addrs) => void this.learnAddrs(peerId, addrs),
         onDisconnected: (peerId) => {
@@ -341,7 +341,8 @@ export class Federation {
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer)
     this.timer = undefined
-    for (const bucket of [this.peersBucket, this.agreementsBucket, this.outboxBucket]) bucket?.stopWatching()
+    for (const bucket of [this.peersBucket, this.agreementsBucket]) bucket?.stopWatching()
+    this.outbox.stopWatching()
     this.offReconnect?.()
     this.transfers.stop('node stopping')
     this.siteIndex.stop()
@@ -377,15 +378,6 @@ export class Federation {
     // A revocation made on another replica stops this one's sessions at once.
     const state = this.state(change.value)
     if (state !== 'active') this.transfers.endAgreement(change.key, state)
-  }
-
-  private onOutboxChange(change: BucketChange<OutboxEntry>): void {
-    if (!change.value) {
-      this.outbox.delete(change.key)
-      return
-    }
-    this.outbox.set(change.key, change.value)
-    void this.deliver(change.value.peer)
   }
 
   // ── peers ────────────────────────────────────────────────────────────────────────────────
@@ -496,11 +488,7 @@ export class Federation {
       ...(peer.retired?.length
         ? { retired: peer.retired.map((key) => ({ peerId: key.peerId, acceptedUntil: iso(key.until) })) }
         : {}),
-      ...([...this.outbox.values()].some(
-        (entry) => entry.peer === peer.alias && entry.message.t === 'succession',
-      )
-        ? { keySuccessionPending: true }
-        : {}),
+      ...(this.outbox.hasSuccessionFor(peer.alias) ? { keySuccessionPending: true } : {}),
     }
   }
 
@@ -570,7 +558,7 @@ export class Federation {
         role,
         grants: body.grants.length,
       })
-      await this.enqueue(peer.alias, { t: 'propose', doc: record.doc })
+      await this.outbox.enqueue(peer.alias, { t: 'propose', doc: record.doc })
     })
     return { id, state: this.state(record) }
   }
@@ -603,7 +591,7 @@ export class Federation {
       record.doc.signatures[record.role] = sig
       await this.save(record)
       await this.components.audit.append('agreement.accepted', { id, peer: record.peer, role: record.role })
-      await this.enqueue(record.peer, { t: 'accept', id, sig })
+      await this.outbox.enqueue(record.peer, { t: 'accept', id, sig })
       return { id, state: this.state(record) }
     })
   }
@@ -620,7 +608,7 @@ export class Federation {
       record.rejection = signTermination('reject', id, reason, this.components.signer)
       await this.save(record)
       await this.components.audit.append('agreement.rejected', { id, peer: record.peer, by: 'us', reason })
-      await this.enqueue(record.peer, { t: 'reject', rejection: record.rejection })
+      await this.outbox.enqueue(record.peer, { t: 'reject', rejection: record.rejection })
       return { id, state: this.state(record) }
     })
   }
@@ -637,14 +625,14 @@ export class Federation {
       this.transfers.endAgreement(id, 'revoked')
       await this.save(record)
       await this.components.audit.append('agreement.revoked', { id, peer: record.peer, by: 'us', reason })
-      await this.enqueue(record.peer, { t: 'revoke', revocation: record.revocation })
+      await this.outbox.enqueue(record.peer, { t: 'revoke', revocation: record.revocation })
       return { id, state: this.state(record) }
     })
   }
 
   agreement(id: string): AgreementDetail {
     const record = this.requireAgreement(id)
-    const pending = [...this.outbox.values()].filter((entry) => entry.peer === record.peer)
+    const pending = this.outbox.pending(record.peer)
     return {
       ...this.summary(record),
       body: record.doc.body,
@@ -652,7 +640,7 @@ export class Federation {
       proposedBy: record.proposedBy,
       rejection: record.rejection ?? null,
       revocation: record.revocation ?? null,
-      outbox: { pending: pending.length, lastError: this.outboxErrors.get(record.peer) ?? null },
+      outbox: { pending: pending.length, lastError: this.outbox.lastError(record.peer) },
       flow: {
         ...this.flow(id),
         session: this.transfers.hasSession(id),
@@ -1065,7 +1053,7 @@ export class Federation {
    */
   async announceSuccession(statement: KeySuccession): Promise<string[]> {
     const aliases = [...this.peersByAlias.keys()].sort()
-    for (const alias of aliases) await this.enqueue(alias, { t: 'succession', succession: statement })
+    for (const alias of aliases) await this.outbox.enqueue(alias, { t: 'succession', succession: statement })
     // Recorded once queued everywhere: a node that stops in between finds it queued or not at all.
     const successions = [...this.ownSuccessions.filter((s) => s.to !== statement.to), statement]
     await this.identityBucket!.put(SUCCESSIONS_KEY, successions)
@@ -1075,12 +1063,7 @@ export class Federation {
 
   /** Aliases of the peers a succession statement still waits for (not yet acknowledged). */
   pendingSuccession(statement: KeySuccession): string[] {
-    const pending = new Set<string>()
-    for (const entry of this.outbox.values()) {
-      if (entry.message.t === 'succession' && entry.message.succession.to === statement.to)
-        pending.add(entry.peer)
-    }
-    return [...pending].sort()
+    return this.outbox.pendingSuccession(statement)
   }
 
   /**
@@ -1099,82 +1082,6 @@ export class Federation {
     }
   }
 
-  /**
-   * Peers that wait for one of this node's succession statements and are not connected (their
-   * gate knows only the old key): a courier keyed by the old key delivers what is queued up to
-   * and including the statement, retried with backoff while the peer is unreachable.
-   */
-  private runCouriers(now: number): void {
-    const host = this.host
-    if (!host || !this.components.retiredSigner) return
-    for (const alias of new Set([...this.outbox.values()].map((entry) => entry.peer))) {
-      const peer = this.peersByAlias.get(alias)
-      if (!peer || host.isConnected(peer.peerId)) continue
-      const state = this.couriers.get(alias) ?? { next: 0, backoffMs: COURIER_RETRY_MS, running: false }
-      this.couriers.set(alias, state)
-      if (state.running || state.next > now || this.delivering.has(alias)) continue
-      const entries = this.pendingFor(alias)
-      const last = entries.findIndex(
-        (entry) => entry.message.t === 'succession' && entry.message.succession.from !== this.myKey,
-      )
-      if (last < 0) continue
-      state.running = true
-      void this.runCourier(peer, entries.slice(0, last + 1))
-        .then((delivered) => {
-          state.next = delivered ? 0 : Date.now() + state.backoffMs
-          state.backoffMs = delivered ? COURIER_RETRY_MS : Math.min(state.backoffMs * 2, COURIER_MAX_RETRY_MS)
-        })
-        .finally(() => {
-          state.running = false
-        })
-    }
-  }
-
-  private pendingFor(alias: string): OutboxEntry[] {
-    return [...this.outbox.values()]
-      .filter((entry) => entry.peer === alias)
-      .sort((a, b) => a.key.localeCompare(b.key))
-  }
-
-  /** One courier run; true when everything it carried was delivered (or refused by the peer). */
-  private async runCourier(peer: PeerRecord, entries: OutboxEntry[]): Promise<boolean> {
-    const statement = (entries[entries.length - 1]!.message as { succession: KeySuccession }).succession
-    const signer = await this.components.retiredSigner!(statement.from).catch(() => undefined)
-    if (!signer) {
-      this.outboxErrors.set(
-        peer.alias,
-        `the retired key ${peerIdOfKey(statement.from)} is no longer kept: ${peer.alias} cannot be told of the key rotation (send it the new card)`,
-      )
-      return false
-    }
-    this.delivering.add(peer.alias)
-    try {
-      return await withCourier(
-        signer.privateKeySeed,
-        peer,
-        async (openStream) => {
-          for (const entry of entries) {
-            if (!this.outbox.has(entry.key)) continue
-            if (!(await this.deliverOne(peer.alias, peer, entry, openStream))) return false
-          }
-          this.components.logger.info(
-            { peer: peer.alias, messages: entries.length },
-            'key succession delivered by courier (the peer was offline at the rotation)',
-          )
-          return true
-        },
-        { crypto: this.noise.crypto },
-      )
-    } catch (error) {
-      this.outboxErrors.set(peer.alias, `courier: ${(error as Error).message}`)
-      return false
-    } finally {
-      this.delivering.delete(peer.alias)
-      // What was queued after the statement goes over the new key's connection.
-      this.host?.wake(peer.peerId)
-    }
-  }
-
   // ── data transfer ──────────────────────────────────────────────────────────────────────────
 
   /** Flow counters of an agreement on this node. */
@@ -1187,103 +1094,12 @@ export class Federation {
     return this.transfers.flowsByAgreement()
   }
 
-  // ── delivery ───────────────────────────────────────────────────────────────────────────────
-
-  private async enqueue(peer: string, message: AgreementMessage): Promise<void> {
-    const sequence = ++this.outboxSequence
-    const key = `${peer}.${Date.now().toString().padStart(15, '0')}-${sequence.toString().padStart(8, '0')}`
-    const entry: OutboxEntry = { key, peer, message, created: Date.now(), attempts: 0 }
-    await this.outboxBucket!.put(key, entry)
-    this.outbox.set(key, entry)
-    void this.deliver(peer)
-  }
-
-  /**
-   * Send a peer's queued messages in order while it is connected. A message queued while a
-   * pass runs is sent by that pass (it looks again before it ends), not left for the timer:
-   * a revocation must reach the peer at once.
-   */
-  private async deliver(alias: string): Promise<void> {
-    if (this.delivering.has(alias)) {
-      this.deliverAgain.add(alias)
-      return
-    }
-    const peer = this.peersByAlias.get(alias)
-    const host = this.host
-    if (!peer || !host?.isConnected(peer.peerId)) return
-    this.delivering.add(alias)
-    try {
-      do {
-        this.deliverAgain.delete(alias)
-        const entries = [...this.outbox.values()]
-          .filter((entry) => entry.peer === alias)
-          .sort((a, b) => a.key.localeCompare(b.key))
-        for (const entry of entries) {
-          if (!(await this.deliverOne(alias, peer, entry))) return
-        }
-      } while (this.deliverAgain.has(alias))
-    } finally {
-      this.delivering.delete(alias)
-    }
-  }
-
-  /** Send one queued message; false when the link failed and the rest must wait. */
-  private async deliverOne(
-    alias: string,
-    peer: PeerRecord,
-    entry: OutboxEntry,
-    openStream?: OpenStream,
-  ): Promise<boolean> {
-    try {
-      await this.send(peer, entry.message, openStream)
-      this.outboxErrors.delete(alias)
-    } catch (error) {
-      if (!(error instanceof PeerRefusedError)) {
-        entry.attempts += 1
-        entry.lastError = (error as Error).message
-        this.outboxErrors.set(alias, entry.lastError)
-        return false
-      }
-      // The peer checked the message and refused it: retrying cannot help.
-      this.outboxErrors.set(alias, error.message)
-      await this.components.audit.append(
-        entry.message.t === 'succession' ? 'key.succession_refused' : 'agreement.delivery_refused',
-        {
-          peer: alias,
-          type: entry.message.t,
-          error: error.remoteName,
-          reason: error.message,
-        },
-      )
-    }
-    this.outbox.delete(entry.key)
-    await this.outboxBucket!.delete(entry.key)
-    return true
-  }
-
-  private async send(peer: PeerRecord, message: AgreementMessage, openStream?: OpenStream): Promise<void> {
-    const signal = AbortSignal.timeout(this.init.messageTimeoutMs ?? 10_000)
-    const stream = openStream
-      ? await openStream(AGREEMENT_PROTOCOL, { signal })
-      : await this.host!.openStream(peer.peerId, AGREEMENT_PROTOCOL, { signal })
-    try {
-      await writeFrame(stream, message, { signal })
-      await stream.close({ signal })
-      const reply = parseReply(await readFrame(stream, { signal }))
-      if (!reply.ok)
-        throw new PeerRefusedError(reply.error, `${peer.alias} refused the ${message.t}: ${reply.message}`)
-    } catch (error) {
-      if (stream.status === 'open') stream.abort(error as Error)
-      throw error
-    }
-  }
-
-  /** Retry deliveries and record expiries. */
   /** Connections the gate refused since start (every attempt, audited or counted). */
   refusedConnections(): number {
     return this.refusals.total
   }
 
+  /** Refusals to summarise, peer keys to retire, couriers to send, deliveries to retry, expiries to record. */
   private housekeeping(): void {
     const now = Date.now()
     for (const summary of this.refusals.flush(now)) {
@@ -1292,9 +1108,8 @@ export class Federation {
       void this.components.audit.append('connection.refused', { ...summary, reason })
     }
     this.retireExpiredPeerKeys(now)
-    this.runCouriers(now)
-    for (const alias of new Set([...this.outbox.values()].map((entry) => entry.peer)))
-      void this.deliver(alias)
+    this.outbox.runCouriers(now)
+    this.outbox.deliverAll()
     for (const record of this.agreements.values()) {
       const state = this.state(record, now)
       if (state !== 'active') this.transfers.endAgreement(record.id, state)
