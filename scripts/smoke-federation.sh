@@ -32,6 +32,9 @@ wait_for() { # description command...
 
 start a Gridco
 start b Sunfleet
+# The compiled binary reaches the system's OpenSSL through bun:ffi (federation.noise_crypto = auto).
+noise=$(oe a status | sed -n 's/^noise *//p')
+case "$noise" in *openssl*) ;; *) fail "Noise is not on OpenSSL in the compiled binary: '${noise}'" ;; esac
 oe a peers add "$(oe b card)" --alias sunfleet > /dev/null
 oe b peers add "$(oe a card)" --alias gridco > /dev/null
 wait_for "peers to connect" sh -c "'$bin' --data-dir '$work/a' --json peers list | grep -q '\"state\":\"connected\"'"
@@ -47,4 +50,4 @@ for pid in "${pids[@]}"; do wait "$pid" || fail "a node exited non-zero after SI
 pids=()
 oe a audit verify > /dev/null || fail "audit verify a"
 oe b audit verify > /dev/null || fail "audit verify b"
-echo "smoke-federation: ok (peered, proposed, accepted, revoked, audit logs verify, clean exits)"
+echo "smoke-federation: ok (peered over Noise, ${noise}, proposed, accepted, revoked, audit logs verify, clean exits)"
