@@ -50,6 +50,7 @@ export interface SubjectMessage {
 }
 
 interface PendingBatch {
+  total: number
   remaining: number
   failures: string[]
   /** Highest stream sequence JetStream reported for the batch. */
@@ -199,11 +200,31 @@ export class DataPlane {
       if (status.type === 'disconnect') {
         this.connected = false
         this.components.logger.warn({ server: status.server }, 'data plane disconnected')
+        this.failPending()
       } else if (status.type === 'reconnect') {
         this.connected = true
         this.components.logger.info({ server: status.server }, 'data plane reconnected')
         for (const listener of this.reconnectListeners) listener()
       }
+    }
+  }
+
+  /**
+   * The connection is lost: acks of what was already sent on it will not come (a nats-server
+   * answers on the connection it received on), so waiting out the publish timeout only delays
+   * the caller's retry, by 10 s after a nats-server restart. Every unconfirmed batch fails now,
+   * as it would at the timeout: some of it may be stored, which a retry with Idempotency-Key
+   * (Nats-Msg-Id) or a transfer's recovery from `Oe-Src` finds and does not store twice.
+   */
+  private failPending(): void {
+    for (const [id, batch] of this.pending) {
+      clearTimeout(batch.timer)
+      this.pending.delete(id)
+      batch.reject(
+        new PublishError(
+          `the connection to NATS was lost before JetStream confirmed ${batch.total - batch.remaining} of ${batch.total} messages`,
+        ),
+      )
     }
   }
 
@@ -275,7 +296,15 @@ export class DataPlane {
           ),
         )
       }, timeoutMs)
-      this.pending.set(id, { remaining: messages.length, failures: [], lastSeq: 0, resolve, reject, timer })
+      this.pending.set(id, {
+        total: messages.length,
+        remaining: messages.length,
+        failures: [],
+        lastSeq: 0,
+        resolve,
+        reject,
+        timer,
+      })
     })
     // nats.js reads a header through its encode() during publish(), and keeps neither the options
     // nor the header: one of each serves the whole batch.
