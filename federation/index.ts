@@ -40,7 +40,6 @@ export { decodeFramePayload, encodeFrame, FrameDecoder, MAX_FRAME_BYTES } from '
 export { describeGrant, parseGrantSpec } from './grant-spec.ts'
 export { AGREEMENT_PROTOCOL, type AgreementMessage, parseAgreementMessage } from './messages.ts'
 export {
-  NOISE_CRYPTO_CHOICES,
   type NoiseCrypto,
   type NoiseCryptoChoice,
   NoiseCryptoUnavailableError,

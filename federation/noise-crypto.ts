@@ -21,7 +21,6 @@ import { asCrypto, defaultCrypto } from '@chainsafe/libp2p-noise/crypto'
 import { FederationError } from './errors.ts'
 
 export type NoiseCryptoChoice = 'auto' | 'openssl' | 'wasm'
-export const NOISE_CRYPTO_CHOICES: readonly NoiseCryptoChoice[] = ['auto', 'openssl', 'wasm']
 
 export interface NoiseCrypto {
   crypto: ICryptoInterface

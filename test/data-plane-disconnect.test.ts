@@ -6,41 +6,23 @@
  */
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import type { NatsConnection } from '@nats-io/nats-core'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import {
-  connectDataPlane,
-  DataPlane,
-  EmbeddedNatsServer,
-  type OutgoingMessage,
-  PublishError,
-  type RetentionLimits,
-  STREAMS,
-} from '../data-plane/index.ts'
+import { type DataPlane, type OutgoingMessage, PublishError } from '../data-plane/index.ts'
 import { silentLogger } from '../node/logger.ts'
-import { cleanupAll, tempDir, waitFor } from './helpers/node-process.ts'
+import { startDataPlane, type TestDataPlane } from './helpers/data-plane.ts'
+import { cleanupAll, waitFor } from './helpers/node-process.ts'
 
+let plane: TestDataPlane
 let dir: string
-let server: EmbeddedNatsServer
-let connection: NatsConnection
 let dataPlane: DataPlane
 
 beforeAll(async () => {
-  dir = await tempDir('oe-dp-disconnect-')
-  server = new EmbeddedNatsServer({ dir: join(dir, 'nats') }, { logger: silentLogger() })
-  await server.start()
-  connection = await connectDataPlane({ servers: server.url, ...server.credentials })
-  const limits = Object.fromEntries(
-    Object.keys(STREAMS).map((name) => [name, { maxAgeMs: 0, maxBytes: -1 }]),
-  ) as RetentionLimits
-  dataPlane = new DataPlane({ limits }, { connection, logger: silentLogger() })
-  await dataPlane.start()
+  plane = await startDataPlane('oe-dp-disconnect-', silentLogger())
+  ;({ dir, dataPlane } = plane)
 })
 
 afterAll(async () => {
-  await dataPlane?.stop()
-  await connection?.close()
-  await server?.stop()
+  await plane?.stop()
   await cleanupAll()
 })
 

@@ -5,43 +5,25 @@
  * same server, bad names and keys are refused by name, and plugins do not share buckets.
  */
 import { Kvm } from '@nats-io/kv'
-import type { NatsConnection } from '@nats-io/nats-core'
 import { afterAll, beforeAll, expect, test } from 'vitest'
 import * as z from 'zod'
-import {
-  connectDataPlane,
-  DataPlane,
-  decodeCbor,
-  EmbeddedNatsServer,
-  type RetentionLimits,
-  STREAMS,
-} from '../data-plane/index.ts'
+import { type DataPlane, decodeCbor } from '../data-plane/index.ts'
 import { createRecordingLogger } from '../plugins/compliance.ts'
 import { definePlugin, type PluginContext, PluginHost } from '../plugins/index.ts'
-import { cleanupAll, tempDir } from './helpers/node-process.ts'
+import { startDataPlane, type TestDataPlane } from './helpers/data-plane.ts'
+import { cleanupAll } from './helpers/node-process.ts'
 
-let server: EmbeddedNatsServer
-let connection: NatsConnection
+let plane: TestDataPlane
 let dataPlane: DataPlane
-let dir: string
 const logger = createRecordingLogger()
 
 beforeAll(async () => {
-  dir = await tempDir('oe-store-')
-  server = new EmbeddedNatsServer({ dir: `${dir}/nats` }, { logger })
-  await server.start()
-  connection = await connectDataPlane({ servers: server.url, ...server.credentials })
-  const limits = Object.fromEntries(
-    Object.keys(STREAMS).map((name) => [name, { maxAgeMs: 0, maxBytes: -1 }]),
-  ) as RetentionLimits
-  dataPlane = new DataPlane({ limits }, { connection, logger })
-  await dataPlane.start()
+  plane = await startDataPlane('oe-store-', logger)
+  dataPlane = plane.dataPlane
 })
 
 afterAll(async () => {
-  await dataPlane?.stop()
-  await connection?.close()
-  await server?.stop()
+  await plane?.stop()
   await cleanupAll()
 })
 
@@ -59,7 +41,7 @@ async function withPlugin<T>(id: string, work: (ctx: PluginContext<unknown>) => 
     },
   })
   const host = new PluginHost(
-    { config: { [id]: { enabled: true } }, dir: `${dir}/plugins` },
+    { config: { [id]: { enabled: true } }, dir: `${plane.dir}/plugins` },
     { dataPlane, logger, registry: new (await import('prom-client')).Registry(), definitions: [probe] },
   )
   await host.start()
